@@ -1,0 +1,473 @@
+//! Factor use cases: enrol and confirm a TOTP device, verify codes, recovery codes, list,
+//! remove, and the audit trail.
+
+use crate::{App, AppError, ClientContext};
+use serde_json::json;
+use tessera_core::factor::{AuditKind, Factor, FactorStatus};
+use tessera_core::otp::{self, Algorithm, Code, Secret, TotpParams};
+use tessera_core::recovery::RecoveryCode;
+use tessera_core::seal::{Aad, KeyId, Keyring, Sealed};
+use tessera_core::throttle::Gate;
+use tessera_core::{CoreError, otpauth, qr, validate};
+use tessera_store::{
+    AuditEvent, ConfirmOutcome as StoreConfirm, GateResult, NewAuditEvent, NewRecoveryCode, NewTotpFactor,
+    SECOND_FACTOR, SealedSecret, TotpDevice,
+};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+/// Purpose bound into a TOTP secret's associated data.
+pub(crate) const TOTP_PURPOSE: &str = "totp-secret";
+/// Format version of a sealed TOTP secret (raw secret bytes).
+pub(crate) const TOTP_FORMAT: u8 = 1;
+
+/// The result of a code check. Malformed input is an [`AppError`], never an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The code was good and is now used up.
+    Accepted {
+        /// The factor that matched (for a recovery code: none).
+        factor_id: Option<String>,
+    },
+    /// The code was wrong (or already used); this many attempts remain before a lock.
+    Rejected {
+        /// Attempts left.
+        attempts_remaining: u32,
+    },
+    /// Too many failures: no code is checked until then.
+    Locked {
+        /// End of the lock.
+        until: OffsetDateTime,
+    },
+}
+
+/// What to enrol.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollRequest {
+    /// Owner.
+    pub subject_id: String,
+    /// Device label, e.g. "Work phone".
+    pub label: String,
+    /// Account name shown in the app, e.g. the user's email.
+    pub account_name: String,
+    /// Algorithm (default SHA1: what every app supports).
+    pub algorithm: Option<Algorithm>,
+    /// 6 (default) or 8.
+    pub digits: Option<u32>,
+    /// 30 (default) or 60.
+    pub period: Option<u32>,
+}
+
+/// A pending device and what the user needs to add it to their app. Holds the secret:
+/// show it once, never log it.
+pub struct Enrollment {
+    /// The new factor's id.
+    pub factor_id: String,
+    /// `otpauth://totp/…`.
+    pub otpauth_uri: Zeroizing<String>,
+    /// The secret in base32, for manual entry.
+    pub secret_base32: Zeroizing<String>,
+    /// QR code of the URI, PNG.
+    pub qr_png: Vec<u8>,
+    /// QR code of the URI, SVG.
+    pub qr_svg: String,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment").field("factor_id", &self.factor_id).finish_non_exhaustive()
+    }
+}
+
+/// The result of confirming a pending device.
+#[derive(Debug)]
+pub enum ConfirmOutcome {
+    /// Active now. `recovery_codes` is filled (for display, once) when this is the
+    /// subject's first active factor.
+    Confirmed {
+        /// The factor, now active.
+        factor: Factor,
+        /// New recovery codes (`XXXX-XXXX-XXXX-XXXX`), or empty.
+        recovery_codes: Vec<Zeroizing<String>>,
+    },
+    /// The code did not match (counts as a failed attempt).
+    Rejected {
+        /// Attempts left.
+        attempts_remaining: u32,
+    },
+    /// Too many failures.
+    Locked {
+        /// End of the lock.
+        until: OffsetDateTime,
+    },
+}
+
+fn aad<'a>(factor_id: &'a str, subject_id: &'a str) -> Aad<'a> {
+    Aad { purpose: TOTP_PURPOSE, version: TOTP_FORMAT, factor_id, subject_id }
+}
+
+fn to_sealed(s: Sealed) -> SealedSecret {
+    SealedSecret { key_id: s.key_id.to_string(), nonce: s.nonce, ciphertext: s.ciphertext }
+}
+
+/// What a failed or refused attempt becomes.
+enum Failure {
+    Rejected(u32),
+    Locked(OffsetDateTime),
+}
+
+impl App {
+    fn event(
+        &self,
+        now: OffsetDateTime,
+        subject: &str,
+        factor: Option<&str>,
+        kind: AuditKind,
+        ctx: &ClientContext,
+    ) -> NewAuditEvent {
+        NewAuditEvent {
+            at: now,
+            subject_id: subject.to_owned(),
+            factor_id: factor.map(str::to_owned),
+            actor: None,
+            kind,
+            ip: ctx.ip(),
+            user_agent: ctx.user_agent(),
+            detail: "{}".into(),
+        }
+    }
+
+    /// Open a sealed secret; if its key is unknown, reload the keyring once (another replica
+    /// or `tessera keys rotate` may have added it) and retry.
+    pub(crate) fn open_secret(
+        &self,
+        subject: &str,
+        factor_id: &str,
+        sealed: &SealedSecret,
+    ) -> Result<Secret, AppError> {
+        let s = Sealed {
+            key_id: KeyId::new(&sealed.key_id)?,
+            nonce: sealed.nonce.clone(),
+            ciphertext: sealed.ciphertext.clone(),
+        };
+        let keyring = self.keys.get();
+        let bytes = match keyring.open(&aad(factor_id, subject), &s) {
+            Err(CoreError::UnknownKey(_)) => self.keys.reload()?.open(&aad(factor_id, subject), &s),
+            r => r,
+        }
+        .map_err(|e| {
+            tracing::error!(factor_id, error = %e, "a sealed TOTP secret could not be opened");
+            AppError::Keys(e)
+        })?;
+        Ok(Secret::from_bytes(bytes.to_vec()))
+    }
+
+    /// Reserve an attempt; `Err(failure)` when the subject may not try now.
+    async fn gate(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<Result<u32, Failure>, AppError> {
+        match self.store.gate_attempt(subject, SECOND_FACTOR, now).await? {
+            GateResult::Reserved(n) if self.config.throttle.gate(n) == Gate::Proceed => Ok(Ok(n)),
+            GateResult::Reserved(_) => {
+                // More attempts in flight than the budget: refuse unchecked, and make sure the
+                // lock is in force even if the attempt that should have set it never finished.
+                let ev = self.event(now, subject, None, AuditKind::Locked, ctx);
+                let until = self.store.lock_if_due(subject, SECOND_FACTOR, &self.config.throttle, now, &ev).await?;
+                let ev = self.event(now, subject, None, AuditKind::AttemptWhileLocked, ctx);
+                self.store.append_audit(&ev).await?;
+                Ok(Err(until.map_or(Failure::Rejected(0), Failure::Locked)))
+            }
+            GateResult::Locked(until) => {
+                let ev = self.event(now, subject, None, AuditKind::AttemptWhileLocked, ctx);
+                self.store.append_audit(&ev).await?;
+                Ok(Err(Failure::Locked(until)))
+            }
+        }
+    }
+
+    /// Record a failed attempt that held failure slot `reserved`: audit it, and lock if it
+    /// used up the budget.
+    async fn fail(
+        &self,
+        subject: &str,
+        reserved: u32,
+        now: OffsetDateTime,
+        mut ev: NewAuditEvent,
+        reason: &str,
+        ctx: &ClientContext,
+    ) -> Result<Failure, AppError> {
+        let policy = &self.config.throttle;
+        let remaining = policy.remaining(reserved);
+        ev.detail = json!({ "reason": reason, "attempts_remaining": remaining }).to_string();
+        tracing::debug!(subject, kind = ev.kind.as_str(), remaining, "second factor refused");
+        self.store.append_audit(&ev).await?;
+        if policy.locks_after(reserved) {
+            let mut lock_ev = self.event(now, subject, None, AuditKind::Locked, ctx);
+            lock_ev.detail = json!({ "failures": reserved }).to_string();
+            let until = self.store.lock_if_due(subject, SECOND_FACTOR, policy, now, &lock_ev).await?;
+            if let Some(until) = until {
+                tracing::info!(subject, until = until.unix_timestamp(), "second factor locked");
+                return Ok(Failure::Locked(until));
+            }
+        }
+        Ok(Failure::Rejected(remaining))
+    }
+
+    fn recovery_batch(
+        &self,
+        keyring: &Keyring,
+        subject: &str,
+    ) -> Result<(Vec<Zeroizing<String>>, Vec<NewRecoveryCode>), AppError> {
+        let key = keyring.current_id();
+        let batch_id = uuid::Uuid::new_v4().to_string();
+        let mut shown = Vec::with_capacity(10);
+        let mut rows = Vec::with_capacity(10);
+        for code in RecoveryCode::generate_batch()? {
+            rows.push(NewRecoveryCode {
+                id: uuid::Uuid::new_v4().to_string(),
+                batch_id: batch_id.clone(),
+                key_id: key.to_string(),
+                code_mac: code.mac(keyring, &key, subject)?.to_vec(),
+            });
+            shown.push(code.display());
+        }
+        Ok((shown, rows))
+    }
+
+    /// Enrol a TOTP device: a pending factor with a fresh sealed secret, and the URI and QR
+    /// codes that carry it to the user's app.
+    pub async fn enroll_totp(&self, req: &EnrollRequest, ctx: &ClientContext) -> Result<Enrollment, AppError> {
+        let subject = validate::subject_id(&req.subject_id)?;
+        let label = validate::display_name("label", &req.label, validate::MAX_LABEL_CHARS)?;
+        let account = validate::display_name("account_name", &req.account_name, validate::MAX_ACCOUNT_NAME_CHARS)?;
+        let params =
+            TotpParams::new(req.algorithm.unwrap_or_default(), req.digits.unwrap_or(6), req.period.unwrap_or(30))?;
+        let now = self.clock.now();
+        let secret = Secret::generate(params.algorithm())?;
+        let factor_id = uuid::Uuid::new_v4().to_string();
+        let sealed = self.keys.get().seal(&aad(&factor_id, subject), secret.expose())?;
+        let uri = otpauth::build_uri(&self.config.issuer, account, &secret, &params);
+        let qr_svg = qr::svg(&uri)?;
+        let qr_png = qr::png(&uri)?;
+        let row = NewTotpFactor {
+            id: factor_id.clone(),
+            subject_id: subject.to_owned(),
+            label: label.to_owned(),
+            params,
+            sealed: to_sealed(sealed),
+            created_at: now,
+        };
+        let mut ev = self.event(now, subject, Some(&factor_id), AuditKind::TotpEnrolled, ctx);
+        ev.detail = json!({ "label": label, "algorithm": params.algorithm().as_str(),
+                            "digits": params.digits(), "period": params.period() })
+        .to_string();
+        if !self.store.insert_totp_factor(&row, self.config.max_factors_per_subject, &ev).await? {
+            return Err(AppError::FailedPrecondition(format!(
+                "subject already has {} factors; remove one first",
+                self.config.max_factors_per_subject
+            )));
+        }
+        Ok(Enrollment { factor_id, otpauth_uri: uri, secret_base32: secret.to_base32(), qr_png, qr_svg })
+    }
+
+    /// Confirm a pending device with its first code (which counts as used). The subject's
+    /// first active factor also gets a fresh batch of recovery codes.
+    pub async fn confirm_totp(
+        &self,
+        subject_id: &str,
+        factor_id: &str,
+        code: &str,
+        ctx: &ClientContext,
+    ) -> Result<ConfirmOutcome, AppError> {
+        let subject = validate::subject_id(subject_id)?;
+        let code = Code::parse(code)?;
+        let device = self.store.totp_device(subject, factor_id).await?.ok_or(AppError::NotFound("factor"))?;
+        if device.factor.status != FactorStatus::Pending {
+            return Err(AppError::FailedPrecondition("factor is already active".into()));
+        }
+        let now = self.clock.now();
+        let reserved = match self.gate(subject, now, ctx).await? {
+            Ok(n) => n,
+            Err(f) => return Ok(f.into_confirm()),
+        };
+        let secret = self.open_secret(subject, factor_id, &device.sealed)?;
+        let matched = otp::verify(&secret, &device.params, &code, now.unix_timestamp(), self.config.window);
+        let Some(step) = matched else {
+            let ev = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmFailed, ctx);
+            return Ok(self.fail(subject, reserved, now, ev, "mismatch", ctx).await?.into_confirm());
+        };
+        let keyring = self.keys.get();
+        let (shown, rows) = self.recovery_batch(&keyring, subject)?;
+        let ev_confirm = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmed, ctx);
+        let mut ev_codes = self.event(now, subject, None, AuditKind::RecoveryCodesGenerated, ctx);
+        ev_codes.detail = json!({ "count": rows.len(), "reason": "first factor" }).to_string();
+        match self.store.confirm_totp(subject, factor_id, step, now, &rows, &ev_confirm, &ev_codes).await? {
+            StoreConfirm::Confirmed { first } => {
+                let factor = self
+                    .store
+                    .totp_device(subject, factor_id)
+                    .await?
+                    .map(|d| d.factor)
+                    .ok_or(AppError::NotFound("factor"))?;
+                Ok(ConfirmOutcome::Confirmed { factor, recovery_codes: if first { shown } else { Vec::new() } })
+            }
+            StoreConfirm::NotPending => Err(AppError::FailedPrecondition("factor is already active".into())),
+            StoreConfirm::Replayed => {
+                let ev = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmFailed, ctx);
+                Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_confirm())
+            }
+        }
+    }
+
+    /// Check a TOTP code against every active device of the subject. A code is accepted at
+    /// most once, whatever the concurrency, and only when the subject is not locked.
+    pub async fn verify_totp(&self, subject_id: &str, code: &str, ctx: &ClientContext) -> Result<Outcome, AppError> {
+        let subject = validate::subject_id(subject_id)?;
+        let code = Code::parse(code)?;
+        let now = self.clock.now();
+        let reserved = match self.gate(subject, now, ctx).await? {
+            Ok(n) => n,
+            Err(f) => return Ok(f.into_outcome()),
+        };
+        let devices = self.store.active_totp_devices(subject).await?;
+        let mut matched: Option<(&TotpDevice, u64)> = None;
+        for d in &devices {
+            let secret = self.open_secret(subject, &d.factor.id, &d.sealed)?;
+            // Every device is checked, match or not, so timing does not reveal which one.
+            if let Some(step) = otp::verify(&secret, &d.params, &code, now.unix_timestamp(), self.config.window) {
+                matched = matched.or(Some((d, step)));
+            }
+        }
+        if let Some((d, step)) = matched {
+            let mut ev = self.event(now, subject, Some(&d.factor.id), AuditKind::TotpVerified, ctx);
+            ev.detail = json!({ "step": step }).to_string();
+            if self.store.accept_totp(subject, &d.factor.id, step, now, &ev).await? {
+                return Ok(Outcome::Accepted { factor_id: Some(d.factor.id.clone()) });
+            }
+            let ev = self.event(now, subject, Some(&d.factor.id), AuditKind::TotpRejected, ctx);
+            return Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_outcome());
+        }
+        let ev = self.event(now, subject, None, AuditKind::TotpRejected, ctx);
+        Ok(self.fail(subject, reserved, now, ev, "mismatch", ctx).await?.into_outcome())
+    }
+
+    /// Redeem a recovery code (once). Returns the outcome and the codes left.
+    pub async fn redeem_recovery_code(
+        &self,
+        subject_id: &str,
+        code: &str,
+        ctx: &ClientContext,
+    ) -> Result<(Outcome, u32), AppError> {
+        let subject = validate::subject_id(subject_id)?;
+        let code = RecoveryCode::parse(code)?;
+        let now = self.clock.now();
+        let reserved = match self.gate(subject, now, ctx).await? {
+            Ok(n) => n,
+            Err(f) => {
+                let left = self.store.recovery_codes_remaining(subject).await?;
+                return Ok((f.into_outcome(), left));
+            }
+        };
+        let keyring = self.keys.get();
+        let candidates = keyring
+            .ids()
+            .iter()
+            .map(|k| Ok((k.to_string(), code.mac(&keyring, k, subject)?.to_vec())))
+            .collect::<Result<Vec<_>, CoreError>>()?;
+        let ev = self.event(now, subject, None, AuditKind::RecoveryCodeRedeemed, ctx);
+        if let Some(left) = self.store.redeem_recovery_code(subject, &candidates, now, &ev).await? {
+            return Ok((Outcome::Accepted { factor_id: None }, left));
+        }
+        let ev = self.event(now, subject, None, AuditKind::RecoveryCodeRejected, ctx);
+        let outcome = self.fail(subject, reserved, now, ev, "mismatch", ctx).await?.into_outcome();
+        Ok((outcome, self.store.recovery_codes_remaining(subject).await?))
+    }
+
+    /// Replace the subject's recovery codes with a new batch (the old ones stop working).
+    /// Requires an active factor: recovery codes back one up.
+    pub async fn regenerate_recovery_codes(
+        &self,
+        subject_id: &str,
+        ctx: &ClientContext,
+    ) -> Result<Vec<Zeroizing<String>>, AppError> {
+        let subject = validate::subject_id(subject_id)?;
+        if !self.store.list_factors(subject).await?.iter().any(|f| f.status == FactorStatus::Active) {
+            return Err(AppError::FailedPrecondition("subject has no active factor to back up".into()));
+        }
+        let now = self.clock.now();
+        let keyring = self.keys.get();
+        let (shown, rows) = self.recovery_batch(&keyring, subject)?;
+        let mut ev = self.event(now, subject, None, AuditKind::RecoveryCodesGenerated, ctx);
+        ev.detail = json!({ "count": rows.len(), "reason": "regenerated" }).to_string();
+        self.store.replace_recovery_codes(subject, &rows, now, &ev).await?;
+        Ok(shown)
+    }
+
+    /// Unused recovery codes left.
+    pub async fn recovery_codes_remaining(&self, subject_id: &str) -> Result<u32, AppError> {
+        Ok(self.store.recovery_codes_remaining(validate::subject_id(subject_id)?).await?)
+    }
+
+    /// The subject's factors, oldest first.
+    pub async fn list_factors(&self, subject_id: &str) -> Result<Vec<Factor>, AppError> {
+        Ok(self.store.list_factors(validate::subject_id(subject_id)?).await?)
+    }
+
+    /// Remove a factor (its secret goes with it; the recovery codes go with the last one).
+    pub async fn remove_factor(&self, subject_id: &str, factor_id: &str, ctx: &ClientContext) -> Result<(), AppError> {
+        let subject = validate::subject_id(subject_id)?;
+        let now = self.clock.now();
+        let ev = self.event(now, subject, Some(factor_id), AuditKind::FactorRemoved, ctx);
+        if self.store.remove_factor(subject, factor_id, &ev).await? {
+            Ok(())
+        } else {
+            Err(AppError::NotFound("factor"))
+        }
+    }
+
+    /// A page of the subject's audit events, newest first: `page_size` 1..=100 (0 means 50);
+    /// `page_token` is the `next_page_token` of the previous page (empty for the first).
+    pub async fn list_audit_events(
+        &self,
+        subject_id: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditEvent>, String), AppError> {
+        let subject = validate::subject_id(subject_id)?;
+        let size = match page_size {
+            0 => 50,
+            1..=100 => page_size,
+            n => return Err(CoreError::invalid("page_size", format!("{n} is over the limit of 100")).into()),
+        };
+        if page_token.len() > 64 || !page_token.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(CoreError::invalid("page_token", "is not a token this service issued").into());
+        }
+        let before = (!page_token.is_empty()).then_some(page_token);
+        let mut events = self.store.list_audit(subject, size + 1, before).await?;
+        let next = if events.len() > size as usize {
+            events.truncate(size as usize);
+            events.last().map(|e| e.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((events, next))
+    }
+}
+
+impl Failure {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Self::Rejected(n) => Outcome::Rejected { attempts_remaining: n },
+            Self::Locked(until) => Outcome::Locked { until },
+        }
+    }
+    fn into_confirm(self) -> ConfirmOutcome {
+        match self {
+            Self::Rejected(n) => ConfirmOutcome::Rejected { attempts_remaining: n },
+            Self::Locked(until) => ConfirmOutcome::Locked { until },
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Tessera's use cases — enrol, confirm, verify, redeem, regenerate, list, remove, audit,
+//! key rotation. Transports (gRPC, web, CLI) call only these; this is the only place a use
+//! case is written. Each one validates its input, orchestrates core rules and store
+//! operations, and writes an audit event.
+//!
+//! Architecture invariant: no transport type (protobuf, HTTP) appears here, and no SQL.
+
+mod error;
+mod factors;
+pub mod keyfile;
+mod keys;
+
+pub use error::AppError;
+pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome};
+pub use keyfile::KeyringSource;
+pub use keys::{KeyStatus, ReencryptReport};
+
+use std::sync::Arc;
+use tessera_core::clock::Clock;
+use tessera_core::otp::Window;
+use tessera_core::throttle::ThrottlePolicy;
+use tessera_store::Store;
+
+/// Settings of the use cases.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Issuer shown in authenticator apps (the `issuer` of the otpauth URI).
+    pub issuer: String,
+    /// Steps accepted around the current one.
+    pub window: Window,
+    /// Lockout rule for second-factor attempts.
+    pub throttle: ThrottlePolicy,
+    /// Most factors (pending or active) one subject may have.
+    pub max_factors_per_subject: u32,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "Tessera".into(),
+            window: Window::default(),
+            throttle: ThrottlePolicy::default(),
+            max_factors_per_subject: 10,
+        }
+    }
+}
+
+/// Where a request came from, for the audit trail. Both are optional and truncated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientContext {
+    /// Client IP address as the transport saw it.
+    pub ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+}
+
+impl ClientContext {
+    fn clean(v: &Option<String>, max: usize) -> Option<String> {
+        v.as_deref()
+            .map(|s| s.chars().filter(|c| !c.is_control()).take(max).collect::<String>())
+            .filter(|s| !s.is_empty())
+    }
+    pub(crate) fn ip(&self) -> Option<String> {
+        Self::clean(&self.ip, 64)
+    }
+    pub(crate) fn user_agent(&self) -> Option<String> {
+        Self::clean(&self.user_agent, 256)
+    }
+}
+
+/// The use cases, over a store, a keyring and a clock. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct App {
+    store: Store,
+    keys: KeyringSource,
+    clock: Arc<dyn Clock>,
+    config: Arc<AppConfig>,
+}
+
+impl App {
+    /// Assemble the use cases.
+    pub fn new(store: Store, keys: KeyringSource, clock: Arc<dyn Clock>, config: AppConfig) -> Self {
+        Self { store, keys, clock, config: Arc::new(config) }
+    }
+    /// The store (for health checks and the composition root).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    /// The settings.
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+}

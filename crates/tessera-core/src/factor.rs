@@ -1,0 +1,118 @@
+//! Factors ("an additional factor" of a subject) and the audit vocabulary: the domain forms
+//! that the store persists and the transports convert.
+
+use time::OffsetDateTime;
+
+/// What kind of factor. TOTP is the first; the store is generic over kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FactorKind {
+    /// An RFC 6238 authenticator app.
+    Totp,
+}
+
+impl FactorKind {
+    /// Storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Totp => "totp",
+        }
+    }
+    /// Parse the storage name.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "totp").then_some(Self::Totp)
+    }
+}
+
+/// Pending until confirmed with a first code; only active factors verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FactorStatus {
+    /// Enrolled but not yet confirmed.
+    Pending,
+    /// Confirmed; used at login.
+    Active,
+}
+
+impl FactorStatus {
+    /// Storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+        }
+    }
+    /// Parse the storage name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "active" => Some(Self::Active),
+            _ => None,
+        }
+    }
+}
+
+/// A factor as the domain sees it (no secret in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Factor {
+    /// Factor id (UUID).
+    pub id: String,
+    /// Owner.
+    pub subject_id: String,
+    /// Kind.
+    pub kind: FactorKind,
+    /// User-chosen label, e.g. "Work phone".
+    pub label: String,
+    /// Pending or active.
+    pub status: FactorStatus,
+    /// When enrolled.
+    pub created_at: OffsetDateTime,
+    /// When confirmed.
+    pub confirmed_at: Option<OffsetDateTime>,
+    /// When last used to verify.
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// Kinds of audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditKind {
+    /// A TOTP device was enrolled (pending).
+    TotpEnrolled,
+    /// A TOTP device was confirmed (active).
+    TotpConfirmed,
+    /// A confirmation code did not match.
+    TotpConfirmFailed,
+    /// A TOTP code was accepted.
+    TotpVerified,
+    /// A TOTP code was refused (wrong, or replayed).
+    TotpRejected,
+    /// An attempt was refused because the subject is locked.
+    AttemptWhileLocked,
+    /// The subject was locked after too many failures.
+    Locked,
+    /// A new batch of recovery codes was issued.
+    RecoveryCodesGenerated,
+    /// A recovery code was redeemed.
+    RecoveryCodeRedeemed,
+    /// A recovery code was refused.
+    RecoveryCodeRejected,
+    /// A factor was removed.
+    FactorRemoved,
+}
+
+impl AuditKind {
+    /// Storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TotpEnrolled => "totp_enrolled",
+            Self::TotpConfirmed => "totp_confirmed",
+            Self::TotpConfirmFailed => "totp_confirm_failed",
+            Self::TotpVerified => "totp_verified",
+            Self::TotpRejected => "totp_rejected",
+            Self::AttemptWhileLocked => "attempt_while_locked",
+            Self::Locked => "locked",
+            Self::RecoveryCodesGenerated => "recovery_codes_generated",
+            Self::RecoveryCodeRedeemed => "recovery_code_redeemed",
+            Self::RecoveryCodeRejected => "recovery_code_rejected",
+            Self::FactorRemoved => "factor_removed",
+        }
+    }
+}

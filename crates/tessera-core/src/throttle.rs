@@ -1,0 +1,150 @@
+//! Throttling of second-factor attempts: after N consecutive failures a subject is locked
+//! for a delay that doubles with each further lock, up to a cap; a success resets.
+//!
+//! The store keeps the counters and applies them atomically (see tessera-store's attempts
+//! repository); the rules — when to refuse, when to lock, for how long — live here.
+
+use time::{Duration, OffsetDateTime};
+
+/// The configurable rule. Defaults: 5 failures, 1 minute, doubling, capped at 1 hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottlePolicy {
+    /// Consecutive failures that lock the subject (at least 1).
+    pub max_failures: u32,
+    /// Length of the first lock.
+    pub base_lock: Duration,
+    /// Longest lock.
+    pub max_lock: Duration,
+}
+
+impl Default for ThrottlePolicy {
+    fn default() -> Self {
+        Self { max_failures: 5, base_lock: Duration::minutes(1), max_lock: Duration::hours(1) }
+    }
+}
+
+/// A subject's counters for one kind of attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttemptState {
+    /// Failures since the last success or lock (attempts in flight count as failures until
+    /// they succeed: that is what bounds concurrent guessing).
+    pub consecutive_failures: u32,
+    /// Locks since the last success.
+    pub lock_count: u32,
+    /// End of the current lock, if any.
+    pub locked_until: Option<OffsetDateTime>,
+}
+
+impl AttemptState {
+    /// Whether the subject is locked at `now`.
+    pub fn is_locked(&self, now: OffsetDateTime) -> bool {
+        self.locked_until.is_some_and(|u| u > now)
+    }
+}
+
+/// What the gate says to an attempt that has reserved failure number `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Check the code.
+    Proceed,
+    /// More attempts are in flight than the budget allows: refuse without checking.
+    Refuse,
+}
+
+impl ThrottlePolicy {
+    /// The length of lock number `lock_number` (1 for the first): base × 2^(n-1), capped.
+    pub fn lock_duration(&self, lock_number: u32) -> Duration {
+        let doublings = lock_number.saturating_sub(1).min(30);
+        let d = self.base_lock.saturating_mul(1i32 << doublings);
+        if d > self.max_lock { self.max_lock } else { d }
+    }
+
+    /// An attempt reserves a failure slot before its code is checked (so N concurrent
+    /// guesses cannot all be checked). `reserved` is the failure count including this one.
+    pub fn gate(&self, reserved: u32) -> Gate {
+        if reserved <= self.max_failures { Gate::Proceed } else { Gate::Refuse }
+    }
+
+    /// Whether a failure that brought the count to `failures` locks the subject.
+    pub fn locks_after(&self, failures: u32) -> bool {
+        failures >= self.max_failures
+    }
+
+    /// Attempts left after `failures` consecutive failures.
+    pub fn remaining(&self, failures: u32) -> u32 {
+        self.max_failures.saturating_sub(failures)
+    }
+
+    /// The state after a lock is applied at `now` to `state`.
+    pub fn apply_lock(&self, state: AttemptState, now: OffsetDateTime) -> AttemptState {
+        let lock_count = state.lock_count.saturating_add(1);
+        AttemptState { consecutive_failures: 0, lock_count, locked_until: Some(now + self.lock_duration(lock_count)) }
+    }
+
+    /// The state after a failed attempt at `now` (the sequential model of the rule, which the
+    /// store's atomic statements implement).
+    pub fn record_failure(&self, state: AttemptState, now: OffsetDateTime) -> AttemptState {
+        let failures = state.consecutive_failures.saturating_add(1);
+        let s = AttemptState { consecutive_failures: failures, ..state };
+        if self.locks_after(failures) { self.apply_lock(s, now) } else { s }
+    }
+
+    /// The state after a success: everything resets.
+    pub fn record_success(&self) -> AttemptState {
+        AttemptState::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+    }
+
+    #[test]
+    fn five_failures_lock_for_a_minute() {
+        let p = ThrottlePolicy::default();
+        let mut s = AttemptState::default();
+        for i in 1..=4 {
+            s = p.record_failure(s, t0());
+            assert_eq!(s.consecutive_failures, i);
+            assert!(!s.is_locked(t0()));
+            assert_eq!(p.remaining(i), 5 - i);
+        }
+        s = p.record_failure(s, t0());
+        assert!(s.is_locked(t0()));
+        assert_eq!(s.locked_until, Some(t0() + Duration::minutes(1)));
+        assert!(s.is_locked(t0() + Duration::seconds(59)));
+        assert!(!s.is_locked(t0() + Duration::seconds(60)));
+    }
+
+    #[test]
+    fn locks_double_and_cap() {
+        let p = ThrottlePolicy::default();
+        let got: Vec<i64> = (1..=9).map(|n| p.lock_duration(n).whole_minutes()).collect();
+        assert_eq!(got, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(p.lock_duration(u32::MAX), Duration::hours(1));
+        let mut s = AttemptState::default();
+        let mut now = t0();
+        for want in [1, 2, 4] {
+            for _ in 0..5 {
+                s = p.record_failure(s, now);
+            }
+            assert_eq!(s.locked_until, Some(now + Duration::minutes(want)));
+            now = s.locked_until.unwrap();
+        }
+        assert_eq!(p.record_success(), AttemptState::default());
+    }
+
+    #[test]
+    fn gate_bounds_concurrent_attempts() {
+        let p = ThrottlePolicy { max_failures: 3, ..Default::default() };
+        assert_eq!(p.gate(1), Gate::Proceed);
+        assert_eq!(p.gate(3), Gate::Proceed);
+        assert_eq!(p.gate(4), Gate::Refuse);
+        assert!(!p.locks_after(2));
+        assert!(p.locks_after(3));
+    }
+}

@@ -1,0 +1,155 @@
+//! Attempt counters: the atomic gate that bounds guessing, locks, and resets.
+
+use crate::audit::{self, NewAuditEvent};
+use crate::{Backend, Store, StoreError};
+use sqlx::AnyConnection;
+use tessera_core::clock::{from_millis, to_millis};
+use tessera_core::throttle::{AttemptState, ThrottlePolicy};
+use time::OffsetDateTime;
+
+/// The counter kind for second-factor attempts (TOTP codes and recovery codes share it, so
+/// switching between them gains an attacker nothing).
+pub const SECOND_FACTOR: &str = "second_factor";
+
+/// What the gate answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateResult {
+    /// This attempt holds failure slot `n` (counting itself) until it succeeds.
+    Reserved(u32),
+    /// The subject is locked until then.
+    Locked(OffsetDateTime),
+}
+
+fn u32_of(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+pub(crate) async fn reset(conn: &mut AnyConnection, subject_id: &str, kind: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL \
+         WHERE subject_id = $1 AND kind = $2 AND (consecutive_failures <> 0 OR lock_count <> 0 OR locked_until IS NOT NULL)",
+    )
+    .bind(subject_id)
+    .bind(kind)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    consecutive_failures: i64,
+    lock_count: i64,
+    locked_until: Option<i64>,
+}
+
+impl From<StateRow> for AttemptState {
+    fn from(r: StateRow) -> Self {
+        AttemptState {
+            consecutive_failures: u32_of(r.consecutive_failures),
+            lock_count: u32_of(r.lock_count),
+            locked_until: r.locked_until.map(from_millis),
+        }
+    }
+}
+
+impl Store {
+    /// Atomically reserve an attempt: unless the subject is locked at `now`, add one to its
+    /// consecutive failures (a success gives it back by resetting) and return the new count.
+    /// One statement, so concurrent attempts each get a distinct count.
+    pub async fn gate_attempt(
+        &self,
+        subject_id: &str,
+        kind: &str,
+        now: OffsetDateTime,
+    ) -> Result<GateResult, StoreError> {
+        let now_ms = to_millis(now);
+        let reserved: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
+             VALUES ($1, $2, 1, 0, NULL) \
+             ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1 \
+             WHERE attempts.locked_until IS NULL OR attempts.locked_until <= $3 \
+             RETURNING consecutive_failures",
+        )
+        .bind(subject_id)
+        .bind(kind)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(n) = reserved {
+            return Ok(GateResult::Reserved(u32_of(n)));
+        }
+        let until: Option<i64> =
+            sqlx::query_scalar("SELECT locked_until FROM attempts WHERE subject_id = $1 AND kind = $2")
+                .bind(subject_id)
+                .bind(kind)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        Ok(GateResult::Locked(until.map_or(now, from_millis)))
+    }
+
+    /// Apply a lock if the failures have reached the policy's limit and no lock is in force;
+    /// returns the end of the lock in force afterwards (None if the subject is not locked,
+    /// e.g. because a concurrent success reset the counters). `audit` is written only when
+    /// this call applied the lock.
+    pub async fn lock_if_due(
+        &self,
+        subject_id: &str,
+        kind: &str,
+        policy: &ThrottlePolicy,
+        now: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let mut tx = self.begin().await?;
+        let select = match self.backend {
+            Backend::Sqlite => {
+                "SELECT consecutive_failures, lock_count, locked_until FROM attempts WHERE subject_id = $1 AND kind = $2"
+            }
+            Backend::Postgres => {
+                "SELECT consecutive_failures, lock_count, locked_until FROM attempts \
+                 WHERE subject_id = $1 AND kind = $2 FOR UPDATE"
+            }
+        };
+        let Some(row) =
+            sqlx::query_as::<_, StateRow>(select).bind(subject_id).bind(kind).fetch_optional(&mut *tx).await?
+        else {
+            return Ok(None);
+        };
+        let state = AttemptState::from(row);
+        if state.is_locked(now) {
+            return Ok(state.locked_until);
+        }
+        if !policy.locks_after(state.consecutive_failures) {
+            return Ok(None);
+        }
+        let next = policy.apply_lock(state, now);
+        sqlx::query(
+            "UPDATE attempts SET consecutive_failures = $3, lock_count = $4, locked_until = $5 \
+             WHERE subject_id = $1 AND kind = $2",
+        )
+        .bind(subject_id)
+        .bind(kind)
+        .bind(i64::from(next.consecutive_failures))
+        .bind(i64::from(next.lock_count))
+        .bind(next.locked_until.map(to_millis))
+        .execute(&mut *tx)
+        .await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(next.locked_until)
+    }
+
+    /// The counters as stored (zeroes if none).
+    pub async fn attempt_state(&self, subject_id: &str, kind: &str) -> Result<AttemptState, StoreError> {
+        Ok(sqlx::query_as::<_, StateRow>(
+            "SELECT consecutive_failures, lock_count, locked_until FROM attempts WHERE subject_id = $1 AND kind = $2",
+        )
+        .bind(subject_id)
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(AttemptState::from)
+        .unwrap_or_default())
+    }
+}

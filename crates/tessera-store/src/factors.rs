@@ -1,0 +1,341 @@
+//! Factors and their sealed TOTP secrets; the replay guard.
+
+use crate::audit::{self, NewAuditEvent};
+use crate::recovery::{self, NewRecoveryCode};
+use crate::{Store, StoreError, attempts};
+use sqlx::AnyConnection;
+use tessera_core::clock::{from_millis, to_millis};
+use tessera_core::factor::{Factor, FactorKind, FactorStatus};
+use tessera_core::otp::{Algorithm, TotpParams};
+use time::OffsetDateTime;
+
+/// A sealed secret as stored (see `tessera_core::seal::Sealed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    /// Keyring key id.
+    pub key_id: String,
+    /// AEAD nonce.
+    pub nonce: Vec<u8>,
+    /// Ciphertext with tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A TOTP factor to insert, pending.
+#[derive(Debug, Clone)]
+pub struct NewTotpFactor {
+    /// Factor id (UUID), also bound into the sealed secret's associated data.
+    pub id: String,
+    /// Owner.
+    pub subject_id: String,
+    /// Label.
+    pub label: String,
+    /// Algorithm, digits, period.
+    pub params: TotpParams,
+    /// The sealed secret.
+    pub sealed: SealedSecret,
+    /// When.
+    pub created_at: OffsetDateTime,
+}
+
+/// A TOTP factor with its sealed secret and replay guard.
+#[derive(Debug, Clone)]
+pub struct TotpDevice {
+    /// The factor.
+    pub factor: Factor,
+    /// Algorithm, digits, period.
+    pub params: TotpParams,
+    /// The sealed secret.
+    pub sealed: SealedSecret,
+    /// The last time step accepted (codes of this step or older are refused).
+    pub last_used_step: Option<u64>,
+}
+
+/// What confirming a pending device did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    /// Active now; `first` when it is the subject's first active factor (the recovery codes
+    /// passed in were stored).
+    Confirmed {
+        /// Whether this is the subject's first active factor.
+        first: bool,
+    },
+    /// The factor is not pending (already active, or gone).
+    NotPending,
+    /// The step was already used.
+    Replayed,
+}
+
+#[derive(sqlx::FromRow)]
+struct FactorRow {
+    id: String,
+    subject_id: String,
+    kind: String,
+    label: String,
+    status: String,
+    created_at: i64,
+    confirmed_at: Option<i64>,
+    last_used_at: Option<i64>,
+}
+
+impl TryFrom<FactorRow> for Factor {
+    type Error = StoreError;
+    fn try_from(r: FactorRow) -> Result<Self, StoreError> {
+        Ok(Factor {
+            kind: FactorKind::parse(&r.kind).ok_or_else(|| StoreError::Corrupt(format!("factor kind {:?}", r.kind)))?,
+            status: FactorStatus::parse(&r.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("factor status {:?}", r.status)))?,
+            id: r.id,
+            subject_id: r.subject_id,
+            label: r.label,
+            created_at: from_millis(r.created_at),
+            confirmed_at: r.confirmed_at.map(from_millis),
+            last_used_at: r.last_used_at.map(from_millis),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    #[sqlx(flatten)]
+    factor: FactorRow,
+    algorithm: String,
+    digits: i64,
+    period: i64,
+    key_id: String,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+    last_used_step: Option<i64>,
+}
+
+impl TryFrom<DeviceRow> for TotpDevice {
+    type Error = StoreError;
+    fn try_from(r: DeviceRow) -> Result<Self, StoreError> {
+        let corrupt = |e: tessera_core::CoreError| StoreError::Corrupt(e.to_string());
+        let alg = Algorithm::parse(&r.algorithm).map_err(corrupt)?;
+        let params = TotpParams::new(alg, u32::try_from(r.digits).unwrap_or(0), u32::try_from(r.period).unwrap_or(0))
+            .map_err(corrupt)?;
+        Ok(TotpDevice {
+            factor: r.factor.try_into()?,
+            params,
+            sealed: SealedSecret { key_id: r.key_id, nonce: r.nonce, ciphertext: r.ciphertext },
+            last_used_step: r.last_used_step.and_then(|s| u64::try_from(s).ok()),
+        })
+    }
+}
+
+const DEVICE_SELECT: &str = "SELECT f.id, f.subject_id, f.kind, f.label, f.status, f.created_at, f.confirmed_at, \
+    f.last_used_at, s.algorithm, s.digits, s.period, s.key_id, s.nonce, s.ciphertext, s.last_used_step \
+    FROM factors f JOIN totp_secrets s ON s.factor_id = f.id";
+
+fn step_i64(step: u64) -> i64 {
+    i64::try_from(step).unwrap_or(i64::MAX)
+}
+
+/// The replay guard: record `step` as used unless it (or a later step) already was.
+/// One row changed, or the code must be refused.
+async fn use_step(conn: &mut AnyConnection, factor_id: &str, step: u64) -> Result<bool, StoreError> {
+    let n = sqlx::query(
+        "UPDATE totp_secrets SET last_used_step = $2 \
+         WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2)",
+    )
+    .bind(factor_id)
+    .bind(step_i64(step))
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+async fn active_count(conn: &mut AnyConnection, subject_id: &str) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
+        .bind(subject_id)
+        .fetch_one(conn)
+        .await?)
+}
+
+impl Store {
+    /// Insert a pending TOTP factor with its sealed secret, unless the subject already has
+    /// `max_factors` factors (then `false`, nothing written).
+    pub async fn insert_totp_factor(
+        &self,
+        f: &NewTotpFactor,
+        max_factors: u32,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1")
+            .bind(&f.subject_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if n >= i64::from(max_factors) {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO factors (id, subject_id, kind, label, status, created_at) VALUES ($1, $2, 'totp', $3, 'pending', $4)",
+        )
+        .bind(&f.id)
+        .bind(&f.subject_id)
+        .bind(&f.label)
+        .bind(to_millis(f.created_at))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO totp_secrets (factor_id, algorithm, digits, period, key_id, nonce, ciphertext) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&f.id)
+        .bind(f.params.algorithm().as_str())
+        .bind(i64::from(f.params.digits()))
+        .bind(i64::from(f.params.period()))
+        .bind(&f.sealed.key_id)
+        .bind(&f.sealed.nonce)
+        .bind(&f.sealed.ciphertext)
+        .execute(&mut *tx)
+        .await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A subject's factors, oldest first.
+    pub async fn list_factors(&self, subject_id: &str) -> Result<Vec<Factor>, StoreError> {
+        sqlx::query_as::<_, FactorRow>(
+            "SELECT id, subject_id, kind, label, status, created_at, confirmed_at, last_used_at \
+             FROM factors WHERE subject_id = $1 ORDER BY created_at, id",
+        )
+        .bind(subject_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(Factor::try_from)
+        .collect()
+    }
+
+    /// One TOTP device of a subject (any status).
+    pub async fn totp_device(&self, subject_id: &str, factor_id: &str) -> Result<Option<TotpDevice>, StoreError> {
+        sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(
+            "{DEVICE_SELECT} WHERE f.subject_id = $1 AND f.id = $2"
+        )))
+        .bind(subject_id)
+        .bind(factor_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(TotpDevice::try_from)
+        .transpose()
+    }
+
+    /// A subject's active TOTP devices.
+    pub async fn active_totp_devices(&self, subject_id: &str) -> Result<Vec<TotpDevice>, StoreError> {
+        sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(
+            "{DEVICE_SELECT} WHERE f.subject_id = $1 AND f.status = 'active' ORDER BY f.created_at, f.id"
+        )))
+        .bind(subject_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TotpDevice::try_from)
+        .collect()
+    }
+
+    /// Accept a verified code: in one transaction, pass the replay guard for `step`, mark
+    /// the factor used, reset the subject's second-factor counters and append `audit`.
+    /// `false` (nothing written) if the step was already used.
+    pub async fn accept_totp(
+        &self,
+        subject_id: &str,
+        factor_id: &str,
+        step: u64,
+        now: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        if !use_step(&mut tx, factor_id, step).await? {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE factors SET last_used_at = $2 WHERE id = $1")
+            .bind(factor_id)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?;
+        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Activate a pending device whose first code (at `step`) matched: in one transaction,
+    /// mark it active, record the step as used, reset the counters, and — if it is the
+    /// subject's first active factor — replace their recovery codes with `first_codes`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn confirm_totp(
+        &self,
+        subject_id: &str,
+        factor_id: &str,
+        step: u64,
+        now: OffsetDateTime,
+        first_codes: &[NewRecoveryCode],
+        audit_confirm: &NewAuditEvent,
+        audit_codes: &NewAuditEvent,
+    ) -> Result<ConfirmOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3 \
+             WHERE id = $1 AND subject_id = $2 AND status = 'pending'",
+        )
+        .bind(factor_id)
+        .bind(subject_id)
+        .bind(to_millis(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(ConfirmOutcome::NotPending);
+        }
+        if !use_step(&mut tx, factor_id, step).await? {
+            return Ok(ConfirmOutcome::Replayed);
+        }
+        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
+        let first = active_count(&mut tx, subject_id).await? == 1;
+        audit::insert(&mut tx, audit_confirm).await?;
+        if first {
+            recovery::replace(&mut tx, subject_id, first_codes, now).await?;
+            audit::insert(&mut tx, audit_codes).await?;
+        }
+        tx.commit().await?;
+        Ok(ConfirmOutcome::Confirmed { first })
+    }
+
+    /// Remove a factor. When no active factor remains, the subject's recovery codes go too
+    /// (they are a backup for factors, not a factor of their own). `false` if there was no
+    /// such factor.
+    pub async fn remove_factor(
+        &self,
+        subject_id: &str,
+        factor_id: &str,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "DELETE FROM totp_secrets WHERE factor_id IN (SELECT id FROM factors WHERE id = $1 AND subject_id = $2)",
+        )
+        .bind(factor_id)
+        .bind(subject_id)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM factors WHERE id = $1 AND subject_id = $2")
+            .bind(factor_id)
+            .bind(subject_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        if active_count(&mut tx, subject_id).await? == 0 {
+            sqlx::query("DELETE FROM recovery_codes WHERE subject_id = $1").bind(subject_id).execute(&mut *tx).await?;
+        }
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

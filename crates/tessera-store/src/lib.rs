@@ -1,0 +1,174 @@
+//! Persistence for Tessera: one set of repositories over SQLite (the embedded default) and
+//! PostgreSQL (production), through sqlx's `Any` driver, with per-backend migrations.
+//!
+//! Architecture invariants:
+//! - every atomic guard is one statement: the replay guard (`last_used_step < $step`), the
+//!   recovery-code redeem (`used_at IS NULL`), and the attempt gate (an upsert that refuses
+//!   while locked), so two connections — or two replicas — can never both win;
+//! - every multi-step change runs in one transaction (`BEGIN IMMEDIATE` on SQLite, so a
+//!   read-then-write transaction never fails on a stale snapshot);
+//! - this crate stores sealed bytes and MACs only; it never sees a key or a plaintext secret.
+//!
+//! Timestamps are stored as Unix milliseconds (`BIGINT`), ids as text, blobs as
+//! `BLOB`/`BYTEA`: the types both backends share through `Any`.
+
+mod attempts;
+mod audit;
+mod error;
+mod factors;
+mod keys;
+mod recovery;
+
+pub use attempts::{GateResult, SECOND_FACTOR};
+pub use audit::{AuditEvent, NewAuditEvent};
+pub use error::StoreError;
+pub use factors::{ConfirmOutcome, NewTotpFactor, SealedSecret, TotpDevice};
+pub use keys::{KeyUsage, SealedRow};
+pub use recovery::NewRecoveryCode;
+
+use sqlx::{AnyConnection, AssertSqlSafe, Executor};
+use sqlx::{AnyPool, any::AnyPoolOptions};
+use std::time::Duration;
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file (WAL mode).
+    Sqlite,
+    /// PostgreSQL (or a compatible engine).
+    Postgres,
+}
+
+impl Backend {
+    /// Pick the backend from a database URL (`sqlite:` or `postgres://`).
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::Config("database URL must start with sqlite: or postgres://".into()))
+        }
+    }
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Pool size.
+    pub max_connections: u32,
+    /// PostgreSQL only: use this schema (created if missing) instead of `public`. Tests give
+    /// each test its own.
+    pub pg_schema: Option<String>,
+    /// How long to wait for a pooled connection.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { max_connections: 16, pg_schema: None, acquire_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// The repositories. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl Store {
+    /// Connect to `url` (a SQLite file is created if missing).
+    pub async fn connect(url: &str, opts: StoreOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        if let Some(s) = opts.pg_schema.as_ref().filter(|s| !valid_schema(s)) {
+            return Err(StoreError::Config(format!("schema name {s:?} must be a-z, 0-9, _")));
+        }
+        let schema = opts.pg_schema.clone();
+        if let (Backend::Postgres, Some(s)) = (backend, &schema) {
+            // Create the schema on one plain connection before the pool sets search_path to it.
+            let mut c = <AnyConnection as sqlx::Connection>::connect(url).await?;
+            c.execute(sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")))).await?;
+            sqlx::Connection::close(c).await?;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(opts.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    match backend {
+                        Backend::Sqlite => {
+                            conn.execute(sqlx::raw_sql(
+                                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                            ))
+                            .await?;
+                        }
+                        Backend::Postgres => {
+                            if let Some(s) = schema {
+                                conn.execute(sqlx::query(AssertSqlSafe(format!("SET search_path TO \"{s}\"")))).await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&sqlite_create_url(url))
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Apply pending migrations (safe to run from several replicas at once on PostgreSQL,
+    /// which takes an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Close the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begin a write transaction: `BEGIN IMMEDIATE` on SQLite (take the write lock up front,
+    /// waiting under busy_timeout), `BEGIN` on PostgreSQL.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+}
+
+/// SQLite URLs get `mode=rwc` so a missing file is created.
+fn sqlite_create_url(url: &str) -> String {
+    if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}mode=rwc")
+    } else {
+        url.to_owned()
+    }
+}

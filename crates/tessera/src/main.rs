@@ -1,0 +1,188 @@
+//! `tessera`: the command line. Thin: it parses flags, builds the pieces and calls the app.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tessera_app::{App, AppConfig, KeyringSource, keyfile};
+use tessera_core::clock::SystemClock;
+use tessera_core::seal::{KeyId, Keyring};
+use tessera_store::{Store, StoreOptions};
+
+/// Tessera: multi-factor authentication as a service.
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about)]
+struct Cli {
+    /// Data directory: holds the SQLite database and the keyring file by default.
+    #[arg(long, global = true, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+    data_dir: PathBuf,
+    /// Database URL: `sqlite://PATH` or `postgres://…` (default: sqlite in the data directory).
+    #[arg(long, global = true, env = "TESSERA_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Keyring file (default: DATA_DIR/keyring). Point several replicas at one keyring.
+    #[arg(long, global = true, env = "TESSERA_KEYRING_FILE")]
+    keyring: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage the keyring that seals TOTP secrets.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Create a keyring file with one fresh key (refuses to overwrite one).
+    Generate,
+    /// Add a fresh key and make it current; existing rows keep opening with their old key.
+    Rotate,
+    /// List keys, which is current, and how many rows use each.
+    Status,
+    /// Re-seal every TOTP secret under the current key, in batches, while the service runs.
+    Reencrypt {
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+    },
+    /// Remove a key from the keyring; refused while any row uses it.
+    Retire {
+        /// The key id (see `keys status`).
+        key_id: String,
+    },
+}
+
+impl Cli {
+    fn keyring_path(&self) -> PathBuf {
+        self.keyring.clone().unwrap_or_else(|| self.data_dir.join("keyring"))
+    }
+    fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tessera.db").display()))
+    }
+    async fn store(&self) -> Result<Store> {
+        if self.database_url.is_none() {
+            std::fs::create_dir_all(&self.data_dir)
+                .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+        }
+        let url = self.database_url();
+        let store = Store::connect(&url, StoreOptions::default())
+            .await
+            .with_context(|| format!("cannot open the database ({})", redact(&url)))?;
+        store.migrate().await.context("migrations failed")?;
+        Ok(store)
+    }
+    async fn app(&self) -> Result<App> {
+        let (keys, _) = KeyringSource::from_file(&self.keyring_path(), false)?;
+        Ok(App::new(self.store().await?, keys, Arc::new(SystemClock), AppConfig::default()))
+    }
+}
+
+/// A database URL with any password removed, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Migrate => {
+            cli.store().await?;
+            println!("migrations applied to {}", redact(&cli.database_url()));
+        }
+        Command::Keys(k) => keys(&cli, k).await?,
+    }
+    Ok(())
+}
+
+async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<()> {
+    let path = cli.keyring_path();
+    match cmd {
+        KeysCommand::Generate => {
+            if path.exists() {
+                bail!("{} already exists; use `tessera keys rotate` to add a key", path.display());
+            }
+            let k = Keyring::generate()?;
+            keyfile::write_file(&path, &k)?;
+            println!("created keyring {} with key {}", path.display(), k.current_id());
+            eprintln!("BACK UP {} now: without it no enrolled authenticator can be verified.", path.display());
+        }
+        KeysCommand::Rotate => {
+            let mut k = keyfile::read_file(&path)?;
+            let old = k.current_id();
+            let new = k.rotate()?;
+            keyfile::write_file(&path, &k)?;
+            println!("added key {new} and made it current (was {old})");
+            println!("running services pick it up on their own; then run `tessera keys reencrypt`");
+        }
+        KeysCommand::Status => {
+            let app = cli.app().await?;
+            println!("{:<16} {:>8} {:>13} {:>15}  note", "key", "current", "totp_secrets", "recovery_codes");
+            for s in app.key_status().await? {
+                let note = match (s.in_keyring, s.current, s.usage.totp_secrets + s.usage.recovery_codes) {
+                    (false, _, _) => "MISSING from the keyring: these rows cannot be opened",
+                    (true, true, _) => "",
+                    (true, false, 0) => "unused: can retire",
+                    (true, false, _) => "still used",
+                };
+                println!(
+                    "{:<16} {:>8} {:>13} {:>15}  {note}",
+                    s.key_id,
+                    if s.current { "yes" } else { "" },
+                    s.usage.totp_secrets,
+                    s.usage.recovery_codes
+                );
+            }
+        }
+        KeysCommand::Reencrypt { batch } => {
+            let app = cli.app().await?;
+            let r = app.reencrypt(*batch).await?;
+            println!(
+                "re-encrypted {} TOTP secrets under the current key ({} changed meanwhile and were left)",
+                r.rewritten, r.skipped
+            );
+        }
+        KeysCommand::Retire { key_id } => {
+            let id = KeyId::new(key_id)?;
+            if keyfile::read_file(&path)?.current_id() == id {
+                bail!("key {id} is the current key; rotate first");
+            }
+            let app = cli.app().await?;
+            if app.key_in_use(id.as_str()).await? {
+                bail!(
+                    "key {id} is still used by some rows (see `tessera keys status`): run `tessera keys reencrypt`; \
+                     recovery codes under it go when users regenerate or use them"
+                );
+            }
+            let mut k = keyfile::read_file(&path)?;
+            k.retire(&id)?;
+            keyfile::write_file(&path, &k)?;
+            println!("retired key {id}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,145 @@
+//! End-to-end tests of the real `tessera` binary: keyring files and key rotation.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use tessera_app::{App, AppConfig, ClientContext, ConfirmOutcome, EnrollRequest, KeyringSource, Outcome};
+use tessera_core::clock::{Clock, SystemClock};
+use tessera_core::otp::{self, Secret, TotpParams};
+use tessera_store::{Store, StoreOptions};
+
+fn tessera(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .env_remove("TESSERA_DATABASE_URL")
+        .env_remove("TESSERA_KEYRING_FILE")
+        .env("TESSERA_DATA_DIR", data)
+        .env("TESSERA_LOG", "warn")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(out: Output) -> String {
+    assert!(!out.status.success(), "expected failure; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+async fn app(data: &Path) -> App {
+    let store = Store::connect(&format!("sqlite://{}", data.join("tessera.db").display()), StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let (keys, _) = KeyringSource::from_file(&data.join("keyring"), false).unwrap();
+    App::new(store, keys, Arc::new(SystemClock), AppConfig::default())
+}
+
+fn code_now(secret: &str, steps: i64) -> String {
+    let s = Secret::from_base32(secret).unwrap();
+    let p = TotpParams::default();
+    otp::format_code(otp::totp(&s, &p, SystemClock.now().unix_timestamp() + 30 * steps), 6)
+}
+
+fn current_key(status: &str) -> String {
+    status.lines().find(|l| l.contains(" yes ")).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn keys_generate_rotate_reencrypt_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(ok(tessera(&data, &["migrate"])).contains("migrations applied"));
+    let out = tessera(&data, &["keys", "generate"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BACK UP"));
+    ok(out);
+    let keyring = data.join("keyring");
+    assert_eq!(std::fs::metadata(&keyring).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(fails(tessera(&data, &["keys", "generate"])).contains("already exists"));
+    let old = current_key(&ok(tessera(&data, &["keys", "status"])));
+
+    // two active devices sealed under the first key
+    let a = app(&data).await;
+    let ctx = ClientContext::default();
+    let mut secrets = Vec::new();
+    for s in ["alice", "bob"] {
+        let e = a
+            .enroll_totp(
+                &EnrollRequest {
+                    subject_id: s.into(),
+                    label: "phone".into(),
+                    account_name: s.into(),
+                    ..Default::default()
+                },
+                &ctx,
+            )
+            .await
+            .unwrap();
+        let c = a.confirm_totp(s, &e.factor_id, &code_now(&e.secret_base32, 0), &ctx).await.unwrap();
+        assert!(matches!(c, ConfirmOutcome::Confirmed { .. }));
+        secrets.push((s, e.secret_base32.to_string()));
+    }
+
+    let out = ok(tessera(&data, &["keys", "rotate"]));
+    assert!(out.contains(&format!("was {old}")), "{out}");
+    let status = ok(tessera(&data, &["keys", "status"]));
+    let new = current_key(&status);
+    assert_ne!(new, old);
+    assert!(ok(tessera(&data, &["keys", "reencrypt", "--batch", "1"])).contains("re-encrypted 2 TOTP secrets"));
+    let status = ok(tessera(&data, &["keys", "status"]));
+    let old_line = status.lines().find(|l| l.starts_with(&old)).unwrap().to_owned();
+    let cols: Vec<&str> = old_line.split_whitespace().collect();
+    assert_eq!(cols[1], "0", "no TOTP secret under the old key: {status}");
+    assert_eq!(cols[2], "20", "recovery codes still MACed under it: {status}");
+
+    // the old key cannot retire while recovery codes use it
+    assert!(fails(tessera(&data, &["keys", "retire", &old])).contains("still used"));
+    assert!(fails(tessera(&data, &["keys", "retire", &new])).contains("current key"));
+
+    // the running app (which loaded the keyring before rotation) still verifies every device
+    for (s, secret) in &secrets {
+        let o = a.verify_totp(s, &code_now(secret, 1), &ctx).await.unwrap();
+        assert!(matches!(o, Outcome::Accepted { .. }), "{s}: {o:?}");
+        a.regenerate_recovery_codes(s, &ctx).await.unwrap();
+    }
+    assert!(ok(tessera(&data, &["keys", "retire", &old])).contains("retired"));
+    let status = ok(tessera(&data, &["keys", "status"]));
+    assert!(!status.contains(&old), "{status}");
+    // and after retirement, a fresh process opens every device with the new key alone
+    let fresh = app(&data).await;
+    for (s, _) in &secrets {
+        assert_eq!(fresh.list_factors(s).await.unwrap().len(), 1);
+    }
+    assert!(matches!(fresh.verify_totp("alice", "000000", &ctx).await.unwrap(), Outcome::Rejected { .. }));
+}
+
+#[test]
+fn refuses_a_keyring_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(tessera(dir.path(), &["keys", "generate"]));
+    std::fs::set_permissions(dir.path().join("keyring"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = fails(tessera(dir.path(), &["keys", "status"]));
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(fails(tessera(dir.path(), &["keys", "rotate"])).contains("chmod 600"));
+}
+
+#[test]
+fn keyring_flag_and_missing_keyring() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(tessera(dir.path(), &["keys", "status"]));
+    assert!(err.contains("tessera keys generate"), "{err}");
+    let elsewhere = dir.path().join("shared/keyring");
+    ok(tessera(dir.path(), &["--keyring", elsewhere.to_str().unwrap(), "keys", "generate"]));
+    assert!(elsewhere.exists());
+    ok(tessera(dir.path(), &["--keyring", elsewhere.to_str().unwrap(), "keys", "status"]));
+}
