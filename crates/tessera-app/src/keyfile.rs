@@ -41,15 +41,16 @@ fn check_mode(_path: &Path) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Write keyring text to `path` atomically (temp file, 0600, rename).
-pub fn write_file(path: &Path, keyring: &Keyring) -> Result<(), AppError> {
+/// Write keyring text to a fresh 0600 temp file beside `path`; returns the temp path.
+fn write_temp(path: &Path, keyring: &Keyring) -> Result<PathBuf, AppError> {
     use std::io::Write;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| kerr(format!("cannot create {}: {e}", dir.display())))?;
-    let tmp =
-        dir.join(format!(".{}.tmp", path.file_name().map_or("keyring".into(), |n| n.to_string_lossy().into_owned())));
+    let name = path.file_name().map_or("keyring".into(), |n| n.to_string_lossy().into_owned());
+    let unique = u64::from_le_bytes(tessera_core::random::bytes::<8>()?);
+    let tmp = dir.join(format!(".{name}.{unique:016x}.tmp"));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -59,8 +60,27 @@ pub fn write_file(path: &Path, keyring: &Keyring) -> Result<(), AppError> {
     f.write_all(keyring.to_text().as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| kerr(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| kerr(format!("cannot replace {}: {e}", path.display())))?;
-    Ok(())
+    Ok(tmp)
+}
+
+/// Replace the keyring file at `path` atomically (temp file, 0600, rename).
+pub fn write_file(path: &Path, keyring: &Keyring) -> Result<(), AppError> {
+    let tmp = write_temp(path, keyring)?;
+    std::fs::rename(&tmp, path).map_err(|e| kerr(format!("cannot replace {}: {e}", path.display())))
+}
+
+/// Create the keyring file at `path` only if none exists, atomically: of several replicas
+/// starting at once on a shared keyring path, one creates it and the others read it.
+/// Returns whether this call created it.
+pub fn create_file(path: &Path, keyring: &Keyring) -> Result<bool, AppError> {
+    let tmp = write_temp(path, keyring)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(kerr(format!("cannot create {}: {e}", path.display()))),
+    }
 }
 
 /// Read and parse a keyring file, refusing one whose mode lets others read it.
@@ -79,8 +99,7 @@ impl KeyringSource {
         let created = if path.exists() {
             false
         } else if create {
-            write_file(path, &Keyring::generate()?)?;
-            true
+            create_file(path, &Keyring::generate()?)?
         } else {
             return Err(kerr(format!("{} does not exist; run `tessera keys generate`", path.display())));
         };
@@ -138,6 +157,23 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = KeyringSource::from_file(&p, true).unwrap_err().to_string();
         assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn concurrent_creation_agrees_on_one_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keyring");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || KeyringSource::from_file(&p, true).unwrap())
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+        let first = results[0].0.get().current_id();
+        assert!(results.iter().all(|(s, _)| s.get().current_id() == first));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp files left");
     }
 
     #[test]

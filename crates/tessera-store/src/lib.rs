@@ -148,6 +148,11 @@ impl Store {
         Ok(())
     }
 
+    /// Open and idle connections of the pool (for metrics).
+    pub fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     /// Close the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use tessera_app::{App, AppConfig, KeyringSource, keyfile};
 use tessera_core::clock::SystemClock;
 use tessera_core::seal::{KeyId, Keyring};
+use tessera_server::{ConfigFile, Listeners, ServerConfig, redact};
 use tessera_store::{Store, StoreOptions};
 
 /// Tessera: multi-factor authentication as a service.
 #[derive(Parser, Debug)]
 #[command(name = "tessera", version, about)]
 struct Cli {
-    /// Data directory: holds the SQLite database and the keyring file by default.
-    #[arg(long, global = true, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
-    data_dir: PathBuf,
+    /// Data directory: holds the SQLite database, the keyring and the service token by
+    /// default [default: ./tessera-data].
+    #[arg(long, global = true, env = "TESSERA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Database URL: `sqlite://PATH` or `postgres://…` (default: sqlite in the data directory).
     #[arg(long, global = true, env = "TESSERA_DATABASE_URL")]
     database_url: Option<String>,
@@ -28,11 +30,35 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the gRPC FactorService and the HTTP endpoints (health, readiness, metrics).
+    Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage the keyring that seals TOTP secrets.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// HTTP address for /healthz, /readyz, /metrics [default: 127.0.0.1:8080].
+    #[arg(long, env = "TESSERA_HTTP_ADDR")]
+    http_addr: Option<std::net::SocketAddr>,
+    /// gRPC address [default: 127.0.0.1:50051].
+    #[arg(long, env = "TESSERA_GRPC_ADDR")]
+    grpc_addr: Option<std::net::SocketAddr>,
+    /// TOML configuration file (flags and TESSERA_* variables override its keys).
+    #[arg(long, env = "TESSERA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "TESSERA_LOG_JSON")]
+    log_json: bool,
+    /// Issuer shown in authenticator apps [default: Tessera].
+    #[arg(long, env = "TESSERA_ISSUER")]
+    issuer: Option<String>,
+    /// Database pool size [default: 16].
+    #[arg(long, env = "TESSERA_DB_MAX_CONNECTIONS")]
+    db_max_connections: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,16 +83,21 @@ enum KeysCommand {
 }
 
 impl Cli {
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("./tessera-data"))
+    }
     fn keyring_path(&self) -> PathBuf {
-        self.keyring.clone().unwrap_or_else(|| self.data_dir.join("keyring"))
+        self.keyring.clone().unwrap_or_else(|| self.data_dir().join("keyring"))
     }
     fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tessera.db").display()))
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir().join("tessera.db").display()))
     }
     async fn store(&self) -> Result<Store> {
         if self.database_url.is_none() {
-            std::fs::create_dir_all(&self.data_dir)
-                .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+            let dir = self.data_dir();
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         }
         let url = self.database_url();
         let store = Store::connect(&url, StoreOptions::default())
@@ -81,26 +112,63 @@ impl Cli {
     }
 }
 
-/// A database URL with any password removed, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
     }
+}
+
+async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    let given = ConfigFile {
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone(),
+        keyring_file: cli.keyring.clone(),
+        http_addr: args.http_addr,
+        grpc_addr: args.grpc_addr,
+        issuer: args.issuer.clone(),
+        service_token_hashes: None,
+        db_max_connections: args.db_max_connections,
+        log_format: args.log_json.then(|| "json".to_owned()),
+    };
+    let file = match &args.config {
+        Some(p) => ConfigFile::load(p)?,
+        None => ConfigFile::default(),
+    };
+    let token = std::env::var("TESSERA_SERVICE_TOKEN").ok();
+    let cfg = ServerConfig::resolve(given.or(file), token)?;
+    init_logs(cfg.log_json);
+    let prepared = tessera_server::prepare(&cfg, None).await?;
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (gRPC)", cfg.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (HTTP)", cfg.http_addr))?;
+    println!("tessera {} serving", env!("CARGO_PKG_VERSION"));
+    println!("  gRPC: {} (tessera.v1.FactorService, grpc.health.v1, reflection)", grpc.local_addr()?);
+    println!("  HTTP: http://{} (/healthz, /readyz, /metrics)", http.local_addr()?);
+    for line in &prepared.summary {
+        println!("  {line}");
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tessera_server::run(Listeners { grpc, http }, prepared, tessera_server::shutdown_signal()).await?;
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        return serve(&cli, args).await;
+    }
+    init_logs(false);
     match &cli.command {
+        Command::Serve(_) => {}
         Command::Migrate => {
             cli.store().await?;
             println!("migrations applied to {}", redact(&cli.database_url()));
@@ -176,13 +244,4 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
-    }
 }

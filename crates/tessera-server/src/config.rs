@@ -1,0 +1,260 @@
+//! Configuration: flags and `TESSERA_*` environment variables (read by the binary) over a
+//! TOML file over secure defaults.
+
+use crate::ServerError;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The TOML file, and also the shape of what flags and environment give (every key optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Data directory (SQLite database, keyring, service token).
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: Option<String>,
+    /// Keyring file.
+    pub keyring_file: Option<PathBuf>,
+    /// HTTP listen address.
+    pub http_addr: Option<SocketAddr>,
+    /// gRPC listen address.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Issuer shown in authenticator apps.
+    pub issuer: Option<String>,
+    /// SHA-256 (hex) of each accepted service token.
+    pub service_token_hashes: Option<Vec<String>>,
+    /// Database pool size.
+    pub db_max_connections: Option<u32>,
+    /// `text` (default) or `json`.
+    pub log_format: Option<String>,
+}
+
+impl ConfigFile {
+    /// Read a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Keys set here win over `other`'s.
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            data_dir: self.data_dir.or(other.data_dir),
+            database_url: self.database_url.or(other.database_url),
+            keyring_file: self.keyring_file.or(other.keyring_file),
+            http_addr: self.http_addr.or(other.http_addr),
+            grpc_addr: self.grpc_addr.or(other.grpc_addr),
+            issuer: self.issuer.or(other.issuer),
+            service_token_hashes: self.service_token_hashes.or(other.service_token_hashes),
+            db_max_connections: self.db_max_connections.or(other.db_max_connections),
+            log_format: self.log_format.or(other.log_format),
+        }
+    }
+}
+
+/// Where accepted service tokens come from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// One token given directly (`TESSERA_SERVICE_TOKEN`).
+    Token(String),
+    /// SHA-256 hashes from the config file.
+    Hashes(Vec<[u8; 32]>),
+    /// A token file, created (0600) on first start.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token([REDACTED])"),
+            Self::Hashes(h) => write!(f, "Hashes({} hashes)", h.len()),
+            Self::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Database URL.
+    pub database_url: String,
+    /// Keyring file.
+    pub keyring_file: PathBuf,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Issuer in otpauth URIs.
+    pub issuer: String,
+    /// Service tokens.
+    pub tokens: TokenSource,
+    /// Pool size.
+    pub db_max_connections: u32,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+impl ServerConfig {
+    /// Resolve: `given` (flags and environment, already merged over the file) over defaults.
+    /// `service_token` is `TESSERA_SERVICE_TOKEN`, which wins over configured hashes.
+    pub fn resolve(given: ConfigFile, service_token: Option<String>) -> Result<Self, ServerError> {
+        let data_dir = given.data_dir.unwrap_or_else(|| PathBuf::from("./tessera-data"));
+        let tokens = match (service_token.filter(|t| !t.is_empty()), given.service_token_hashes) {
+            (Some(t), _) => {
+                if t.len() < 16 {
+                    return Err(ServerError::Config("TESSERA_SERVICE_TOKEN must be at least 16 characters".into()));
+                }
+                TokenSource::Token(t)
+            }
+            (None, Some(h)) if !h.is_empty() => TokenSource::Hashes(
+                h.iter()
+                    .map(|x| {
+                        data_encoding::HEXLOWER_PERMISSIVE
+                            .decode(x.trim().as_bytes())
+                            .ok()
+                            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                            .ok_or_else(|| {
+                                ServerError::Config("service_token_hashes: each must be 64 hex digits (SHA-256)".into())
+                            })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => TokenSource::File(data_dir.join("service-token")),
+        };
+        let log_json = match given.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => return Err(ServerError::Config(format!("log_format {other:?} must be text or json"))),
+        };
+        Ok(Self {
+            database_url: given
+                .database_url
+                .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("tessera.db").display())),
+            keyring_file: given.keyring_file.unwrap_or_else(|| data_dir.join("keyring")),
+            http_addr: given.http_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            grpc_addr: given.grpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            issuer: given.issuer.unwrap_or_else(|| "Tessera".into()),
+            db_max_connections: given.db_max_connections.unwrap_or(16).clamp(1, 1000),
+            tokens,
+            log_json,
+            data_dir,
+        })
+    }
+}
+
+/// A database URL with any password removed, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = url.get(s + 3..at).unwrap_or("");
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", url.get(..s + 3).unwrap_or(""), url.get(at..).unwrap_or(""))
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(unix)]
+fn private_file_options() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true).mode(0o600);
+    o
+}
+
+#[cfg(not(unix))]
+fn private_file_options() -> std::fs::OpenOptions {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    o
+}
+
+/// The accepted token hashes, and a line for the start-up summary (never a token).
+pub(crate) fn service_tokens(cfg: &ServerConfig) -> Result<(Vec<[u8; 32]>, String), ServerError> {
+    match &cfg.tokens {
+        TokenSource::Token(t) => {
+            Ok((vec![tessera_grpc::hash_token(t)], "service token: from TESSERA_SERVICE_TOKEN".into()))
+        }
+        TokenSource::Hashes(h) => Ok((h.clone(), format!("service tokens: {} hashes from the config file", h.len()))),
+        TokenSource::File(path) => {
+            let created = if path.exists() {
+                false
+            } else {
+                use std::io::Write;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let raw = tessera_core::random::bytes::<32>().map_err(|e| ServerError::Config(e.to_string()))?;
+                let token = format!("tsk_{}", data_encoding::BASE64URL_NOPAD.encode(&raw));
+                let mut f = private_file_options().open(path)?;
+                f.write_all(format!("{token}\n").as_bytes())?;
+                f.sync_all()?;
+                true
+            };
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(ServerError::Config(format!(
+                        "{} has mode {:o}: group and others must have no access; run `chmod 600 {}`",
+                        path.display(),
+                        mode & 0o777,
+                        path.display()
+                    )));
+                }
+            }
+            let token = std::fs::read_to_string(path)?;
+            let token = token.trim();
+            if token.len() < 16 {
+                return Err(ServerError::Config(format!("{} holds no usable token", path.display())));
+            }
+            if created {
+                tracing::warn!(path = %path.display(), "created a service token; callers send it as `authorization: Bearer <token>`");
+            }
+            Ok((
+                vec![tessera_grpc::hash_token(token)],
+                format!("service token: {}{}", path.display(), if created { " (created)" } else { "" }),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_precedence() {
+        let c = ServerConfig::resolve(ConfigFile::default(), None).unwrap();
+        assert_eq!(c.database_url, "sqlite://./tessera-data/tessera.db");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert!(matches!(c.tokens, TokenSource::File(ref p) if p.ends_with("service-token")));
+        let file: ConfigFile = toml::from_str(
+            "http_addr = \"127.0.0.1:9000\"\nissuer = \"ACME\"\nservice_token_hashes = [\"8d969eef6ecad3c29a3a629280e686cf0c3f5d5a86aff3ca12020c923adc6c92\"]",
+        )
+        .unwrap();
+        let flags = ConfigFile { issuer: Some("Flag".into()), ..Default::default() };
+        let c = ServerConfig::resolve(flags.or(file), None).unwrap();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.issuer, "Flag");
+        assert!(matches!(c.tokens, TokenSource::Hashes(ref h) if h.len() == 1));
+        let c = ServerConfig::resolve(ConfigFile::default(), Some("a-long-enough-token".into())).unwrap();
+        assert!(matches!(c.tokens, TokenSource::Token(_)));
+        assert!(!format!("{c:?}").contains("a-long-enough-token"));
+        assert!(ServerConfig::resolve(ConfigFile::default(), Some("short".into())).is_err());
+        assert!(toml::from_str::<ConfigFile>("unknown_key = 1").is_err());
+        let bad = ConfigFile { service_token_hashes: Some(vec!["xyz".into()]), ..Default::default() };
+        assert!(ServerConfig::resolve(bad, None).is_err());
+    }
+
+    #[test]
+    fn redacts() {
+        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+    }
+}

@@ -1,0 +1,172 @@
+//! The composition root: resolve configuration, open the store and keyring, and run the gRPC
+//! and HTTP servers until shutdown. `tessera serve` and the end-to-end tests start Tessera
+//! the same way: [`prepare`] then [`run`].
+//!
+//! Architecture invariant: this is the only crate that knows every other crate.
+
+mod config;
+mod http;
+
+pub use config::{ConfigFile, ServerConfig, TokenSource, redact};
+
+use std::future::Future;
+use std::sync::Arc;
+use tessera_app::{App, AppConfig, KeyringSource};
+use tessera_core::clock::{Clock, SystemClock};
+use tessera_grpc::{FactorServiceServer, FactorSvc, TokenAuth};
+use tessera_store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The keyring or a use case refused.
+    #[error(transparent)]
+    App(#[from] tessera_app::AppError),
+    /// The database refused.
+    #[error(transparent)]
+    Store(#[from] tessera_store::StoreError),
+    /// A listener or the filesystem failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Everything `run` needs, opened and checked.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The use cases.
+    pub app: App,
+    /// Accepted service tokens.
+    pub auth: TokenAuth,
+    /// What to print at start.
+    pub summary: Vec<String>,
+}
+
+/// Open the database (running migrations), the keyring (created on first start, 0600) and
+/// the service tokens (a token file created on first start when none is configured).
+pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Result<Prepared, ServerError> {
+    let mut summary = Vec::new();
+    if cfg.database_url.starts_with("sqlite:") {
+        create_private_dir(&cfg.data_dir)?;
+    }
+    let store = Store::connect(
+        &cfg.database_url,
+        StoreOptions { max_connections: cfg.db_max_connections, ..Default::default() },
+    )
+    .await?;
+    store.migrate().await?;
+    summary.push(format!("database: {}", config::redact(&cfg.database_url)));
+
+    let (keys, created) = KeyringSource::from_file(&cfg.keyring_file, true)?;
+    if created {
+        tracing::warn!(
+            path = %cfg.keyring_file.display(),
+            "created a new keyring: BACK IT UP (and keep it out of database backups); without it no enrolled device can be verified"
+        );
+    }
+    summary.push(format!("keyring: {} (current key {})", cfg.keyring_file.display(), keys.get().current_id()));
+
+    let (hashes, token_summary) = config::service_tokens(cfg)?;
+    summary.push(token_summary);
+    let app_cfg = AppConfig { issuer: cfg.issuer.clone(), ..AppConfig::default() };
+    let app = App::new(store, keys, clock.unwrap_or_else(|| Arc::new(SystemClock)), app_cfg);
+    Ok(Prepared { app, auth: TokenAuth::new(hashes), summary })
+}
+
+/// Create the data directory readable by its owner only (it holds the database).
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// The sockets to serve on (bound by the caller, so tests can use port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// HTTP: health, readiness, metrics.
+    pub http: TcpListener,
+}
+
+/// Serve until `shutdown` resolves; then stop accepting, let in-flight calls finish, and
+/// close the pool.
+pub async fn run(
+    listeners: Listeners,
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let Prepared { app, auth, .. } = prepared;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<FactorServiceServer<FactorSvc>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tessera_grpc::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tessera_grpc::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+    let factor = FactorServiceServer::with_interceptor(FactorSvc::new(app.clone()), auth);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(factor)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+            wait(stop_rx.clone()),
+        );
+    let http = axum::serve(listeners.http, http::router(app.clone())).with_graceful_shutdown(wait(stop_rx.clone()));
+
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing in-flight calls");
+    health.set_not_serving::<FactorServiceServer<FactorSvc>>().await;
+    let _ = stop_tx.send(true);
+    let g = grpc.await.map_err(|e| ServerError::Config(format!("gRPC task: {e}")))?;
+    let h = http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
+    app.store().close().await;
+    g?;
+    h?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,388 @@
+//! End-to-end tests of the gRPC service on real sockets: the in-process server (as `tessera
+//! serve` runs it, with a manual clock) and the real binary (shutdown, two replicas).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_client::{Client, ClientError, Verification, pb};
+use tessera_core::clock::{Clock, ManualClock, SystemClock};
+use tessera_core::otp::{self, Secret, TotpParams};
+use tessera_server::{ConfigFile, Listeners, ServerConfig};
+use tonic::Code;
+
+const TOKEN: &str = "test-service-token-0123456789";
+const CI_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn loud(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+fn pg_url() -> Option<String> {
+    std::env::var("TESSERA_TEST_DATABASE_URL")
+        .ok()
+        .or_else(|| std::env::var("CI").is_ok_and(|v| v == "true").then(|| CI_PG.to_owned()))
+}
+
+/// A fresh PostgreSQL database for one test (dropped by `drop_pg_db`).
+async fn create_pg_db(base: &str) -> (String, String) {
+    let name = format!("tessera_t_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
+    pool.close().await;
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    (format!("{prefix}/{name}"), name)
+}
+
+async fn drop_pg_db(base: &str, name: &str) {
+    let pool = sqlx::PgPool::connect(base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+struct InProcess {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    clock: ManualClock,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start(database_url: Option<String>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let given = ConfigFile { data_dir: Some(dir.path().to_owned()), database_url, ..Default::default() };
+        let cfg = ServerConfig::resolve(given, Some(TOKEN.into())).unwrap();
+        let clock = ManualClock::at_unix(1_767_225_610);
+        let prepared = tessera_server::prepare(&cfg, Some(Arc::new(clock.clone()))).await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ga, ha) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            tessera_server::run(Listeners { grpc, http }, prepared, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { grpc: ga, http: ha, clock, stop: Some(tx), task, _dir: dir }
+    }
+
+    async fn client(&self, token: &str) -> Client {
+        Client::connect(&format!("http://{}", self.grpc), token, Default::default()).await.unwrap()
+    }
+
+    fn code(&self, secret: &str, steps: i64) -> String {
+        code_at(secret, self.clock.now().unix_timestamp() + 30 * steps)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn code_at(secret: &str, t: i64) -> String {
+    let s = Secret::from_base32(secret).unwrap();
+    otp::format_code(otp::totp(&s, &TotpParams::default(), t), 6)
+}
+
+fn enroll(subject: &str) -> pb::EnrollTotpRequest {
+    pb::EnrollTotpRequest {
+        subject_id: subject.into(),
+        label: "Phone".into(),
+        account_name: format!("{subject}@example.com"),
+        ..Default::default()
+    }
+}
+
+fn code_of(e: ClientError) -> (Code, String) {
+    match e {
+        ClientError::Status(s) => (s.code(), s.message().to_owned()),
+        other => panic!("not a status: {other}"),
+    }
+}
+
+/// A plain HTTP/1.1 GET.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, out)
+}
+
+async fn full_flow(srv: &InProcess) {
+    let c = srv.client(TOKEN).await;
+    let e = c.enroll_totp(enroll("alice")).await.unwrap();
+    assert!(e.otpauth_uri.starts_with("otpauth://totp/Tessera:alice%40example.com?secret="));
+    assert!(e.qr_png.starts_with(b"\x89PNG") && e.qr_svg.contains("<svg"));
+
+    // a wrong confirmation code is PERMISSION_DENIED and counts as an attempt
+    let good = srv.code(&e.secret_base32, 0);
+    let wrong = if good == "000000" { "111111" } else { "000000" };
+    let (code, msg) = code_of(c.confirm_totp("alice", &e.factor_id, wrong).await.unwrap_err());
+    assert_eq!(code, Code::PermissionDenied);
+    assert!(msg.contains("4 attempts"), "{msg}");
+    let conf = c.confirm_totp("alice", &e.factor_id, &good).await.unwrap();
+    assert_eq!(conf.factor.as_ref().unwrap().status, pb::FactorStatus::Active as i32);
+    assert_eq!(conf.recovery_codes.len(), 10);
+    // confirming again: FAILED_PRECONDITION
+    assert_eq!(code_of(c.confirm_totp("alice", &e.factor_id, &good).await.unwrap_err()).0, Code::FailedPrecondition);
+
+    // verify: the confirmation code is used up; the next step's code works once
+    assert!(matches!(c.verify_totp("alice", &good, None).await.unwrap(), Verification::Rejected { .. }));
+    let next = srv.code(&e.secret_base32, 1);
+    assert_eq!(
+        c.verify_totp("alice", &next, Some(("198.51.100.4", "browser/1"))).await.unwrap(),
+        Verification::Accepted { factor_id: e.factor_id.clone() }
+    );
+    assert!(matches!(c.verify_totp("alice", &next, None).await.unwrap(), Verification::Rejected { .. }), "replay");
+
+    // lockout: wrong codes until LOCKED; a valid code while locked is LOCKED
+    srv.clock.advance(time::Duration::seconds(60));
+    let mut last = None;
+    for _ in 0..5 {
+        last = Some(c.verify_totp("alice", wrong, None).await.unwrap());
+    }
+    let Some(Verification::Locked { until }) = last else { panic!("not locked: {last:?}") };
+    let want = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs((srv.clock.now().unix_timestamp() + 60) as u64);
+    assert_eq!(until, want);
+    let fresh = srv.code(&e.secret_base32, 0);
+    assert!(matches!(c.verify_totp("alice", &fresh, None).await.unwrap(), Verification::Locked { .. }));
+
+    // after the lock: a recovery code works once
+    srv.clock.advance(time::Duration::seconds(61));
+    let (v, left) = c.redeem_recovery_code("alice", &conf.recovery_codes[0], None).await.unwrap();
+    assert!(v.is_accepted());
+    assert_eq!(left, 9);
+    assert!(!c.redeem_recovery_code("alice", &conf.recovery_codes[0], None).await.unwrap().0.is_accepted());
+    let regenerated = c.regenerate_recovery_codes("alice").await.unwrap();
+    assert_eq!(regenerated.len(), 10);
+
+    // list, audit, remove
+    let factors = c.list_factors("alice").await.unwrap();
+    assert_eq!(factors.len(), 1);
+    assert!(factors[0].last_used_at.is_some());
+    let page = c.list_audit_events("alice", 5, "").await.unwrap();
+    assert_eq!(page.events.len(), 5);
+    assert!(!page.next_page_token.is_empty());
+    let all = c.list_audit_events("alice", 100, "").await.unwrap();
+    assert!(
+        all.events.iter().any(|e| e.kind == "totp_verified" && e.ip == "198.51.100.4" && e.user_agent == "browser/1")
+    );
+    assert!(all.events.iter().any(|e| e.kind == "locked"));
+    c.remove_factor("alice", &e.factor_id).await.unwrap();
+    assert!(c.list_factors("alice").await.unwrap().is_empty());
+    assert_eq!(code_of(c.remove_factor("alice", &e.factor_id).await.unwrap_err()).0, Code::NotFound);
+
+    // HTTP endpoints
+    assert_eq!(http_get(srv.http, "/healthz").0, 200);
+    assert_eq!(http_get(srv.http, "/readyz").0, 200);
+    let (st, metrics) = http_get(srv.http, "/metrics");
+    assert_eq!(st, 200);
+    assert!(metrics.contains("tessera_verifications_total"), "{metrics}");
+    assert!(metrics.contains("tessera_grpc_request_seconds_bucket"));
+    assert!(metrics.contains("tessera_db_pool_connections"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_flow_sqlite() {
+    let srv = InProcess::start(None).await;
+    full_flow(&srv).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_flow_postgres() {
+    let Some(base) = pg_url() else {
+        loud("SKIPPED (PostgreSQL): gRPC end-to-end on PostgreSQL; set TESSERA_TEST_DATABASE_URL");
+        return;
+    };
+    let (url, name) = create_pg_db(&base).await;
+    let srv = InProcess::start(Some(url)).await;
+    full_flow(&srv).await;
+    srv.stop().await;
+    drop_pg_db(&base, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_codes() {
+    let srv = InProcess::start(None).await;
+    let c = srv.client(TOKEN).await;
+    let check = |r: Result<Verification, ClientError>, want: Code, field: &str| {
+        let (code, msg) = code_of(r.unwrap_err());
+        assert_eq!(code, want, "{msg}");
+        assert!(msg.contains(field), "message {msg:?} should name {field}");
+    };
+    check(c.verify_totp("bob", "12345", None).await, Code::InvalidArgument, "code");
+    check(c.verify_totp("bob", "12a456", None).await, Code::InvalidArgument, "code");
+    check(c.verify_totp("", "123456", None).await, Code::InvalidArgument, "subject_id");
+    check(c.verify_totp(&"x".repeat(200), "123456", None).await, Code::InvalidArgument, "subject_id");
+    let (code, msg) =
+        code_of(c.enroll_totp(pb::EnrollTotpRequest { label: "l".repeat(65), ..enroll("bob") }).await.unwrap_err());
+    assert_eq!((code, msg.contains("label")), (Code::InvalidArgument, true), "{msg}");
+    let (code, msg) =
+        code_of(c.enroll_totp(pb::EnrollTotpRequest { digits: Some(7), ..enroll("bob") }).await.unwrap_err());
+    assert_eq!((code, msg.contains("digits")), (Code::InvalidArgument, true), "{msg}");
+    let (code, msg) =
+        code_of(c.enroll_totp(pb::EnrollTotpRequest { algorithm: 9, ..enroll("bob") }).await.unwrap_err());
+    assert_eq!((code, msg.contains("algorithm")), (Code::InvalidArgument, true), "{msg}");
+    let (code, msg) = code_of(c.confirm_totp("bob", "not-a-uuid", "123456").await.unwrap_err());
+    assert_eq!((code, msg.contains("factor_id")), (Code::InvalidArgument, true), "{msg}");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(code_of(c.confirm_totp("bob", &unknown, "123456").await.unwrap_err()).0, Code::NotFound);
+    let (code, msg) = code_of(c.redeem_recovery_code("bob", "nope", None).await.unwrap_err());
+    assert_eq!((code, msg.contains("recovery_code")), (Code::InvalidArgument, true), "{msg}");
+    let (code, _) = code_of(c.list_audit_events("bob", 1000, "").await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    // a wrong code is an outcome, never RESOURCE_EXHAUSTED
+    for _ in 0..7 {
+        let v = c.verify_totp("bob", "123456", None).await.unwrap();
+        assert!(matches!(v, Verification::Rejected { .. } | Verification::Locked { .. }));
+    }
+
+    // unauthenticated: no token, wrong token
+    let wrong = srv.client("not-the-token-at-all").await;
+    assert_eq!(code_of(wrong.verify_totp("bob", "123456", None).await.unwrap_err()).0, Code::Unauthenticated);
+    assert_eq!(code_of(wrong.list_factors("bob").await.unwrap_err()).0, Code::Unauthenticated);
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", srv.grpc)).unwrap().connect().await.unwrap();
+    let mut bare = pb::factor_service_client::FactorServiceClient::new(channel.clone());
+    let s = bare.list_factors(pb::ListFactorsRequest { subject_id: "bob".into() }).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+
+    // health and reflection need no token
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "tessera.v1.FactorService".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"tessera.v1.FactorService".to_owned()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    srv.stop().await;
+}
+
+/// A `tessera serve` child process; its addresses are read from what it prints.
+struct Proc {
+    child: Child,
+    grpc: String,
+}
+
+fn spawn_serve(data: &std::path::Path, extra: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("TESSERA_DATA_DIR", data)
+        .env("TESSERA_SERVICE_TOKEN", TOKEN)
+        .env("TESSERA_LOG", "warn")
+        .env_remove("TESSERA_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut grpc = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("gRPC: ") {
+            grpc = Some(rest.split_whitespace().next().unwrap().to_owned());
+        }
+        if line.trim().starts_with("service token:") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Proc { child, grpc: grpc.expect("serve printed no gRPC address") }
+}
+
+fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
+    let st = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    for _ in 0..100 {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.child.kill().unwrap();
+    panic!("tessera serve did not stop within 5 s of SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_serve(dir.path(), &[]);
+    let c = Client::connect(&format!("http://{}", p.grpc), TOKEN, Default::default()).await.unwrap();
+    let e = c.enroll_totp(enroll("carol")).await.unwrap();
+    assert_eq!(c.list_factors("carol").await.unwrap()[0].id, e.factor_id);
+    let status = sigterm(&mut p);
+    assert!(status.success(), "exit status {status:?}");
+    // the keyring was created 0600 on first start, the service token came from the environment
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir.path().join("keyring")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!dir.path().join("service-token").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_accept_a_code_once() {
+    let Some(base) = pg_url() else {
+        loud("SKIPPED (PostgreSQL): two-replica test; set TESSERA_TEST_DATABASE_URL");
+        return;
+    };
+    let (url, name) = create_pg_db(&base).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keyring");
+    let args = ["--database-url", url.as_str(), "--keyring", keyring.to_str().unwrap()];
+    let mut a = spawn_serve(&dir.path().join("a"), &args);
+    let mut b = spawn_serve(&dir.path().join("b"), &args);
+    let ca = Client::connect(&format!("http://{}", a.grpc), TOKEN, Default::default()).await.unwrap();
+    let cb = Client::connect(&format!("http://{}", b.grpc), TOKEN, Default::default()).await.unwrap();
+
+    let e = ca.enroll_totp(enroll("dave")).await.unwrap();
+    let now = SystemClock.now().unix_timestamp();
+    ca.confirm_totp("dave", &e.factor_id, &code_at(&e.secret_base32, now)).await.unwrap();
+    // the next step's code, sent 64 times at once, half to each replica
+    let code = code_at(&e.secret_base32, now + 30);
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let c = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+        let code = code.clone();
+        tasks.push(tokio::spawn(async move { c.verify_totp("dave", &code, None).await.unwrap() }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.unwrap().is_accepted() {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1, "exactly one of 64 concurrent verifications across two replicas is accepted");
+    // both replicas see the same state
+    assert_eq!(cb.list_factors("dave").await.unwrap().len(), 1);
+    assert!(sigterm(&mut a).success());
+    assert!(sigterm(&mut b).success());
+    drop_pg_db(&base, &name).await;
+}
