@@ -209,6 +209,7 @@ impl App {
             lock_ev.detail = json!({ "failures": reserved }).to_string();
             let until = self.store.lock_if_due(subject, SECOND_FACTOR, policy, now, &lock_ev).await?;
             if let Some(until) = until {
+                metrics::counter!("tessera_lockouts_total").increment(1);
                 tracing::info!(subject, until = until.unix_timestamp(), "second factor locked");
                 return Ok(Failure::Locked(until));
             }
@@ -250,8 +251,7 @@ impl App {
         let factor_id = uuid::Uuid::new_v4().to_string();
         let sealed = self.keys.get().seal(&aad(&factor_id, subject), secret.expose())?;
         let uri = otpauth::build_uri(&self.config.issuer, account, &secret, &params);
-        let qr_svg = qr::svg(&uri)?;
-        let qr_png = qr::png(&uri)?;
+        let (qr_svg, qr_png) = qr::svg_and_png(&uri)?;
         let row = NewTotpFactor {
             id: factor_id.clone(),
             subject_id: subject.to_owned(),
@@ -270,6 +270,7 @@ impl App {
                 self.config.max_factors_per_subject
             )));
         }
+        metrics::counter!("tessera_enrolments_total", "stage" => "enrolled").increment(1);
         Ok(Enrollment { factor_id, otpauth_uri: uri, secret_base32: secret.to_base32(), qr_png, qr_svg })
     }
 
@@ -306,6 +307,7 @@ impl App {
         ev_codes.detail = json!({ "count": rows.len(), "reason": "first factor" }).to_string();
         match self.store.confirm_totp(subject, factor_id, step, now, &rows, &ev_confirm, &ev_codes).await? {
             StoreConfirm::Confirmed { first } => {
+                metrics::counter!("tessera_enrolments_total", "stage" => "confirmed").increment(1);
                 let factor = self
                     .store
                     .totp_device(subject, factor_id)

@@ -74,7 +74,7 @@ impl Store {
         .bind(subject_id)
         .bind(kind)
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         if let Some(n) = reserved {
             return Ok(GateResult::Reserved(u32_of(n)));

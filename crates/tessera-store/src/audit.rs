@@ -79,7 +79,7 @@ pub(crate) async fn insert(conn: &mut AnyConnection, ev: &NewAuditEvent) -> Resu
 impl Store {
     /// Append one event on its own.
     pub async fn append_audit(&self, ev: &NewAuditEvent) -> Result<(), StoreError> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.writer.acquire().await?;
         insert(&mut c, ev).await
     }
 

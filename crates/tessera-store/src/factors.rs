@@ -2,7 +2,7 @@
 
 use crate::audit::{self, NewAuditEvent};
 use crate::recovery::{self, NewRecoveryCode};
-use crate::{Store, StoreError, attempts};
+use crate::{Backend, Store, StoreError, attempts};
 use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
 use tessera_core::factor::{Factor, FactorKind, FactorStatus};
@@ -248,6 +248,9 @@ impl Store {
         now: OffsetDateTime,
         audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
+        if self.backend == Backend::Postgres {
+            return self.accept_totp_pg(subject_id, factor_id, step, now, audit).await;
+        }
         let mut tx = self.begin().await?;
         if !use_step(&mut tx, factor_id, step).await? {
             return Ok(false);
@@ -261,6 +264,47 @@ impl Store {
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// PostgreSQL: the same four changes as one statement (data-modifying CTEs all see the
+    /// replay guard's result and commit or fail together): one round trip per accepted code.
+    async fn accept_totp_pg(
+        &self,
+        subject_id: &str,
+        factor_id: &str,
+        step: u64,
+        now: OffsetDateTime,
+        ev: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let won: i64 = sqlx::query_scalar(
+            "WITH g AS ( \
+               UPDATE totp_secrets SET last_used_step = $2 \
+               WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2) RETURNING factor_id \
+             ), f AS ( \
+               UPDATE factors SET last_used_at = $3 WHERE id IN (SELECT factor_id FROM g) \
+             ), r AS ( \
+               UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL \
+               WHERE subject_id = $4 AND kind = $5 AND EXISTS (SELECT 1 FROM g) \
+             ), a AS ( \
+               INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
+               SELECT $6, $7, $4, $1, $8, $9, $10, $11, $12 FROM g \
+             ) SELECT COUNT(*) FROM g",
+        )
+        .bind(factor_id)
+        .bind(step_i64(step))
+        .bind(to_millis(now))
+        .bind(subject_id)
+        .bind(attempts::SECOND_FACTOR)
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(to_millis(ev.at))
+        .bind(&ev.actor)
+        .bind(ev.kind.as_str())
+        .bind(&ev.ip)
+        .bind(&ev.user_agent)
+        .bind(&ev.detail)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(won == 1)
     }
 
     /// Activate a pending device whose first code (at `step`) matched: in one transaction,

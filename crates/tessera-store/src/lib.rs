@@ -70,10 +70,16 @@ impl Default for StoreOptions {
     }
 }
 
-/// The repositories. Cheap to clone (the pool is shared).
+/// The repositories. Cheap to clone (the pools are shared).
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Reads (and, on PostgreSQL, everything).
     pool: AnyPool,
+    /// Writes. On SQLite, which admits one writer at a time, this is a pool of one
+    /// connection: writers queue here asynchronously instead of sleeping in SQLite's busy
+    /// handler (which backs off in milliseconds and ruins tail latency). On PostgreSQL it is
+    /// the same pool as `pool`.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -92,46 +98,26 @@ impl Store {
         if let Some(s) = opts.pg_schema.as_ref().filter(|s| !valid_schema(s)) {
             return Err(StoreError::Config(format!("schema name {s:?} must be a-z, 0-9, _")));
         }
-        let schema = opts.pg_schema.clone();
-        if let (Backend::Postgres, Some(s)) = (backend, &schema) {
+        if let (Backend::Postgres, Some(s)) = (backend, &opts.pg_schema) {
             // Create the schema on one plain connection before the pool sets search_path to it.
             let mut c = <AnyConnection as sqlx::Connection>::connect(url).await?;
             c.execute(sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")))).await?;
             sqlx::Connection::close(c).await?;
         }
-        let pool = AnyPoolOptions::new()
-            .max_connections(opts.max_connections)
-            .acquire_timeout(opts.acquire_timeout)
-            .after_connect(move |conn, _meta| {
-                let schema = schema.clone();
-                Box::pin(async move {
-                    match backend {
-                        Backend::Sqlite => {
-                            conn.execute(sqlx::raw_sql(
-                                "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                            ))
-                            .await?;
-                        }
-                        Backend::Postgres => {
-                            if let Some(s) = schema {
-                                conn.execute(sqlx::query(AssertSqlSafe(format!("SET search_path TO \"{s}\"")))).await?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&sqlite_create_url(url))
-            .await?;
-        Ok(Self { pool, backend })
+        let url = sqlite_create_url(url);
+        let pool = pool_options(backend, &opts, opts.max_connections).connect(&url).await?;
+        let writer = match backend {
+            Backend::Sqlite => pool_options(backend, &opts, 1).connect(&url).await?,
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Self { pool, writer, backend })
     }
 
     /// Apply pending migrations (safe to run from several replicas at once on PostgreSQL,
     /// which takes an advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.writer).await?,
             Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await?,
         }
         Ok(())
@@ -153,19 +139,47 @@ impl Store {
         (self.pool.size(), self.pool.num_idle())
     }
 
-    /// Close the pool, waiting for connections to be returned.
+    /// Close the pools, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     /// Begin a write transaction: `BEGIN IMMEDIATE` on SQLite (take the write lock up front,
     /// waiting under busy_timeout), `BEGIN` on PostgreSQL.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
         })
     }
+}
+
+/// Pool settings, with the per-connection set-up of each backend.
+fn pool_options(backend: Backend, opts: &StoreOptions, size: u32) -> AnyPoolOptions {
+    let schema = opts.pg_schema.clone();
+    AnyPoolOptions::new().max_connections(size).acquire_timeout(opts.acquire_timeout).after_connect(
+        move |conn, _meta| {
+            let schema = schema.clone();
+            Box::pin(async move {
+                match backend {
+                    Backend::Sqlite => {
+                        conn.execute(sqlx::raw_sql(
+                            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                        ))
+                        .await?;
+                    }
+                    Backend::Postgres => {
+                        if let Some(s) = schema {
+                            conn.execute(sqlx::query(AssertSqlSafe(format!("SET search_path TO \"{s}\"")))).await?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        },
+    )
 }
 
 /// SQLite URLs get `mode=rwc` so a missing file is created.

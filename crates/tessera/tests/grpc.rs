@@ -192,6 +192,8 @@ async fn full_flow(srv: &InProcess) {
     assert!(metrics.contains("tessera_verifications_total"), "{metrics}");
     assert!(metrics.contains("tessera_grpc_request_seconds_bucket"));
     assert!(metrics.contains("tessera_db_pool_connections"));
+    assert!(metrics.contains("tessera_lockouts_total"), "{metrics}");
+    assert!(metrics.contains("tessera_enrolments_total{stage=\"confirmed\"}"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,4 +387,39 @@ async fn two_replicas_accept_a_code_once() {
     assert!(sigterm(&mut a).success());
     assert!(sigterm(&mut b).success());
     drop_pg_db(&base, &name).await;
+}
+
+/// The middleware use: a handler behind `RequireTotpLayer` runs only for an accepted code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_totp_layer_guards_a_handler() {
+    use tessera_client::{CODE_HEADER, RequireTotpLayer, SUBJECT_HEADER, VerifiedSubject};
+    use tower::{Service, ServiceExt};
+    let srv = InProcess::start(None).await;
+    let c = srv.client(TOKEN).await;
+    let e = c.enroll_totp(enroll("erin")).await.unwrap();
+    c.confirm_totp("erin", &e.factor_id, &srv.code(&e.secret_base32, 0)).await.unwrap();
+
+    let handler = tower::service_fn(|req: http::Request<()>| async move {
+        let who = req.extensions().get::<VerifiedSubject>().map(|s| s.0.clone()).unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(http::Response::new(format!("hello {who}")))
+    });
+    let mut svc = tower::ServiceBuilder::new().layer(RequireTotpLayer::new(c.clone())).service(handler);
+    let mut call = async |subject: Option<&str>, code: Option<&str>| {
+        let mut b = http::Request::builder();
+        if let Some(s) = subject {
+            b = b.header(SUBJECT_HEADER, s);
+        }
+        if let Some(c) = code {
+            b = b.header(CODE_HEADER, c);
+        }
+        let resp = svc.ready().await.unwrap().call(b.body(()).unwrap()).await.unwrap();
+        (resp.status().as_u16(), resp.into_body())
+    };
+    assert_eq!(call(None, None).await.0, 401);
+    assert_eq!(call(Some("erin"), Some("000000")).await.0, 401);
+    assert_eq!(call(Some("erin"), Some("12")).await.0, 400);
+    let good = srv.code(&e.secret_base32, 1);
+    assert_eq!(call(Some("erin"), Some(&good)).await, (200, "hello erin".to_owned()));
+    assert_eq!(call(Some("erin"), Some(&good)).await.0, 401, "a replayed code does not get through");
+    srv.stop().await;
 }

@@ -1,0 +1,297 @@
+//! `tessera-bench`: a load generator for the gRPC service. It starts a real Tessera server
+//! in this process on 127.0.0.1 (SQLite in a temp directory, or a fresh PostgreSQL
+//! database), enrols subjects over gRPC, then drives `VerifyTotp` from many concurrent
+//! clients with valid codes (never a replay: each subject's codes go to strictly increasing
+//! time steps) and a share of wrong codes, and prints requests/s and latency percentiles.
+//!
+//! The server's clock runs fast (one 30 s step every 100 ms by default) so that a few
+//! thousand subjects can each present a fresh valid code many times a second; every verify
+//! does the full work (attempt gate, device read, unseal, windowed check, replay guard,
+//! counter reset and audit in one transaction).
+//!
+//! `cargo run --release -p tessera-bench -- verify --concurrency 64 --duration 20s --database sqlite`
+#![allow(clippy::indexing_slicing)]
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tessera_client::{Client, ClientOptions, Verification, pb};
+use tessera_core::clock::{Clock, from_millis};
+use tessera_core::otp::{self, Secret, TotpParams};
+use tessera_server::{ConfigFile, Listeners, ServerConfig};
+use time::OffsetDateTime;
+
+const TOKEN: &str = "bench-service-token-0123456789";
+
+#[derive(Parser, Debug)]
+#[command(name = "tessera-bench", about = "Load generator for Tessera's gRPC service")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Drive VerifyTotp.
+    Verify(VerifyArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// Concurrent clients (each its own HTTP/2 connection).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to drive load, e.g. 20s.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Which database the server uses.
+    #[arg(long, value_enum, default_value_t = Db::Sqlite)]
+    database: Db,
+    /// PostgreSQL server (a fresh database is created on it and dropped afterwards).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pg_url: String,
+    /// Subjects per client.
+    #[arg(long, default_value_t = 32)]
+    subjects_per_client: usize,
+    /// Share of requests that send a wrong code (to subjects kept apart from the valid ones).
+    #[arg(long, default_value_t = 0.0)]
+    wrong_ratio: f64,
+    /// Server database pool size.
+    #[arg(long, default_value_t = 16)]
+    pool: u32,
+    /// Milliseconds of real time per 30 s TOTP step on the server's clock.
+    #[arg(long, default_value_t = 100)]
+    step_ms: u64,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 20s"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: use s, ms or m")),
+    }
+}
+
+/// A clock that runs `speed` times faster than real time from a fixed start.
+#[derive(Debug)]
+struct FastClock {
+    start: Instant,
+    start_ms: i64,
+    speed: u64,
+}
+
+impl Clock for FastClock {
+    fn now(&self) -> OffsetDateTime {
+        let fast = self.start.elapsed().as_micros() as u64 * self.speed / 1000;
+        from_millis(self.start_ms + fast as i64)
+    }
+}
+
+struct Subject {
+    id: String,
+    secret: Secret,
+    last_step: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    accepted: u64,
+    rejected: u64,
+    locked: u64,
+    errors: u64,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let Cli { cmd: Cmd::Verify(args) } = Cli::parse();
+    if args.concurrency == 0 || args.subjects_per_client == 0 {
+        bail!("--concurrency and --subjects-per-client must be at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+    let (database_url, pg_db) = match args.database {
+        Db::Sqlite => (None, None),
+        Db::Postgres => {
+            let name = format!("tessera_bench_{}", uuid::Uuid::new_v4().simple());
+            let pool = sqlx::PgPool::connect(&args.pg_url).await.context("cannot reach PostgreSQL")?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
+            pool.close().await;
+            let (prefix, _) = args.pg_url.rsplit_once('/').context("--pg-url needs a /database")?;
+            (Some(format!("{prefix}/{name}")), Some(name))
+        }
+    };
+    let result = run(&args, dir.path(), database_url).await;
+    if let Some(name) = pg_db {
+        let pool = sqlx::PgPool::connect(&args.pg_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&pool).await?;
+    }
+    result
+}
+
+async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<String>) -> Result<()> {
+    let given = ConfigFile {
+        data_dir: Some(dir.to_owned()),
+        database_url,
+        db_max_connections: Some(args.pool),
+        ..Default::default()
+    };
+    let cfg = ServerConfig::resolve(given, Some(TOKEN.into()))?;
+    let clock =
+        Arc::new(FastClock { start: Instant::now(), start_ms: 1_767_225_600_000, speed: 30_000 / args.step_ms.max(1) });
+    let prepared = tessera_server::prepare(&cfg, Some(clock.clone())).await?;
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", grpc.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tessera_server::run(Listeners { grpc, http }, prepared, async {
+        let _ = stop_rx.await;
+    }));
+
+    let opts = ClientOptions { timeout: Duration::from_secs(10), ..Default::default() };
+    let mut clients = Vec::with_capacity(args.concurrency);
+    for _ in 0..args.concurrency {
+        clients.push(Client::connect(&endpoint, TOKEN, opts.clone()).await?);
+    }
+
+    // Enrol: each client gets its own subjects (and one more for wrong codes).
+    let enrol_start = Instant::now();
+    let mut sets = Vec::new();
+    let mut handles = Vec::new();
+    for (w, c) in clients.iter().enumerate() {
+        let c = c.clone();
+        let clock = clock.clone();
+        let n = args.subjects_per_client;
+        handles.push(tokio::spawn(async move {
+            let mut subjects = Vec::with_capacity(n);
+            for i in 0..=n {
+                let id = format!("bench-{w}-{i}");
+                let e = c
+                    .enroll_totp(pb::EnrollTotpRequest {
+                        subject_id: id.clone(),
+                        label: "bench".into(),
+                        account_name: id.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                let secret = Secret::from_base32(&e.secret_base32)?;
+                let p = TotpParams::default();
+                let t = clock.now().unix_timestamp();
+                let step = p.step_at(t);
+                c.confirm_totp(&id, &e.factor_id, &otp::format_code(otp::totp(&secret, &p, t), 6)).await?;
+                subjects.push(Subject { id, secret, last_step: step });
+            }
+            anyhow::Ok(subjects)
+        }));
+    }
+    for h in handles {
+        sets.push(h.await??);
+    }
+    let enrolled = args.concurrency * (args.subjects_per_client + 1);
+    println!(
+        "enrolled {enrolled} subjects in {:.1} s ({:.0} enrol+confirm pairs/s)",
+        enrol_start.elapsed().as_secs_f64(),
+        enrolled as f64 / enrol_start.elapsed().as_secs_f64()
+    );
+
+    // Drive load.
+    let deadline = Instant::now() + args.duration;
+    let wrong_every = if args.wrong_ratio > 0.0 { (1.0 / args.wrong_ratio).round().max(1.0) as u64 } else { 0 };
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for (c, mut subjects) in clients.into_iter().zip(sets) {
+        let clock = clock.clone();
+        let counter = counter.clone();
+        handles.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            let wrong_subject = subjects.pop().map(|s| s.id).unwrap_or_default();
+            let p = TotpParams::default();
+            let mut i = 0usize;
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let (subject, code) = if wrong_every > 0 && n.is_multiple_of(wrong_every) {
+                    (wrong_subject.clone(), "000000".to_owned())
+                } else {
+                    // the next subject whose last used step is behind the current one
+                    let now = clock.now().unix_timestamp();
+                    let step = p.step_at(now);
+                    let mut chosen = None;
+                    for _ in 0..subjects.len() {
+                        i = (i + 1) % subjects.len();
+                        if subjects[i].last_step < step {
+                            chosen = Some(i);
+                            break;
+                        }
+                    }
+                    let Some(k) = chosen else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    };
+                    subjects[k].last_step = step;
+                    let code = otp::format_code(otp::totp(&subjects[k].secret, &p, now), 6);
+                    (subjects[k].id.clone(), code)
+                };
+                let t0 = Instant::now();
+                let r = c.verify_totp(&subject, &code, None).await;
+                t.latencies_us.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                match r {
+                    Ok(Verification::Accepted { .. }) => t.accepted += 1,
+                    Ok(Verification::Rejected { .. }) => t.rejected += 1,
+                    Ok(Verification::Locked { .. }) => t.locked += 1,
+                    Err(_) => t.errors += 1,
+                }
+            }
+            t
+        }));
+    }
+    let mut all = Tally::default();
+    for h in handles {
+        let t = h.await?;
+        all.latencies_us.extend(t.latencies_us);
+        all.accepted += t.accepted;
+        all.rejected += t.rejected;
+        all.locked += t.locked;
+        all.errors += t.errors;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.latencies_us.sort_unstable();
+    let pct = |q: f64| {
+        let v = &all.latencies_us;
+        if v.is_empty() { 0.0 } else { f64::from(v[((v.len() - 1) as f64 * q) as usize]) / 1000.0 }
+    };
+    let total = all.latencies_us.len();
+    println!("database={:?} concurrency={} duration={:.1}s pool={}", args.database, args.concurrency, secs, args.pool);
+    println!(
+        "requests={total} ({:.0}/s)  accepted={} rejected={} locked={} errors={}",
+        total as f64 / secs,
+        all.accepted,
+        all.rejected,
+        all.locked,
+        all.errors
+    );
+    println!(
+        "latency ms: p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
+    );
+    let _ = stop_tx.send(());
+    server.await??;
+    if all.errors > 0 {
+        bail!("{} requests failed", all.errors);
+    }
+    Ok(())
+}
