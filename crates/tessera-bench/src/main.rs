@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tessera_app::Outcome as tessera_app_outcome;
 use tessera_client::{Client, ClientOptions, Verification, pb};
 use tessera_core::clock::{Clock, from_millis};
 use tessera_core::otp::{self, Secret, TotpParams};
@@ -46,9 +47,12 @@ enum Db {
 
 #[derive(clap::Args, Debug)]
 struct VerifyArgs {
-    /// Concurrent clients (each its own HTTP/2 connection).
+    /// Concurrent clients (requests in flight).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// HTTP/2 connections the clients share (round robin), as services sharing a channel do.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
     /// How long to drive load, e.g. 20s.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     duration: Duration,
@@ -67,6 +71,14 @@ struct VerifyArgs {
     /// Server database pool size.
     #[arg(long, default_value_t = 16)]
     pool: u32,
+    /// Diagnosis only: create the PostgreSQL database with `synchronous_commit = off`, to see
+    /// how much of the cost is waiting for WAL flushes. Never a production setting for Tessera
+    /// (a crash could forget a used step).
+    #[arg(long)]
+    pg_async_commit: bool,
+    /// Diagnosis: call the use case in-process instead of over gRPC (measures the store path).
+    #[arg(long)]
+    direct: bool,
     /// Milliseconds of real time per 30 s TOTP step on the server's clock.
     #[arg(long, default_value_t = 100)]
     step_ms: u64,
@@ -126,6 +138,11 @@ async fn main() -> Result<()> {
             let name = format!("tessera_bench_{}", uuid::Uuid::new_v4().simple());
             let pool = sqlx::PgPool::connect(&args.pg_url).await.context("cannot reach PostgreSQL")?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
+            if args.pg_async_commit {
+                sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} SET synchronous_commit = off")))
+                    .execute(&pool)
+                    .await?;
+            }
             pool.close().await;
             let (prefix, _) = args.pg_url.rsplit_once('/').context("--pg-url needs a /database")?;
             (Some(format!("{prefix}/{name}")), Some(name))
@@ -150,6 +167,8 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
     let clock =
         Arc::new(FastClock { start: Instant::now(), start_ms: 1_767_225_600_000, speed: 30_000 / args.step_ms.max(1) });
     let prepared = tessera_server::prepare(&cfg, Some(clock.clone())).await?;
+    let app = prepared.app.clone();
+    let direct = args.direct;
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", grpc.local_addr()?);
@@ -159,10 +178,11 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
     }));
 
     let opts = ClientOptions { timeout: Duration::from_secs(10), ..Default::default() };
-    let mut clients = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
-        clients.push(Client::connect(&endpoint, TOKEN, opts.clone()).await?);
+    let mut conns = Vec::new();
+    for _ in 0..args.connections.clamp(1, args.concurrency) {
+        conns.push(Client::connect(&endpoint, TOKEN, opts.clone()).await?);
     }
+    let clients: Vec<Client> = (0..args.concurrency).map(|i| conns[i % conns.len()].clone()).collect();
 
     // Enrol: each client gets its own subjects (and one more for wrong codes).
     let enrol_start = Instant::now();
@@ -213,6 +233,7 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
     for (c, mut subjects) in clients.into_iter().zip(sets) {
         let clock = clock.clone();
         let counter = counter.clone();
+        let app = app.clone();
         handles.push(tokio::spawn(async move {
             let mut t = Tally::default();
             let wrong_subject = subjects.pop().map(|s| s.id).unwrap_or_default();
@@ -243,7 +264,21 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
                     (subjects[k].id.clone(), code)
                 };
                 let t0 = Instant::now();
-                let r = c.verify_totp(&subject, &code, None).await;
+                let r = if direct {
+                    app.verify_totp(&subject, &code, &Default::default()).await.map_err(|e| e.to_string()).map(|o| {
+                        match o {
+                            tessera_app_outcome::Accepted { .. } => Verification::Accepted { factor_id: String::new() },
+                            tessera_app_outcome::Rejected { attempts_remaining } => {
+                                Verification::Rejected { attempts_remaining }
+                            }
+                            tessera_app_outcome::Locked { .. } => {
+                                Verification::Locked { until: std::time::SystemTime::UNIX_EPOCH }
+                            }
+                        }
+                    })
+                } else {
+                    c.verify_totp(&subject, &code, None).await.map_err(|e| e.to_string())
+                };
                 t.latencies_us.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                 match r {
                     Ok(Verification::Accepted { .. }) => t.accepted += 1,

@@ -158,8 +158,13 @@ impl Store {
 /// Pool settings, with the per-connection set-up of each backend.
 fn pool_options(backend: Backend, opts: &StoreOptions, size: u32) -> AnyPoolOptions {
     let schema = opts.pg_schema.clone();
-    AnyPoolOptions::new().max_connections(size).acquire_timeout(opts.acquire_timeout).after_connect(
-        move |conn, _meta| {
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(opts.acquire_timeout)
+        // A ping before every acquire would double the round trips of every statement; a broken
+        // connection surfaces as an error on use and is then discarded by the pool.
+        .test_before_acquire(false)
+        .after_connect(move |conn, _meta| {
             let schema = schema.clone();
             Box::pin(async move {
                 match backend {
@@ -178,8 +183,7 @@ fn pool_options(backend: Backend, opts: &StoreOptions, size: u32) -> AnyPoolOpti
                 }
                 Ok(())
             })
-        },
-    )
+        })
 }
 
 /// SQLite URLs get `mode=rwc` so a missing file is created.
