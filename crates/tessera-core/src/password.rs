@@ -1,0 +1,156 @@
+//! Passwords: NIST SP 800-63B rules (length only, Unicode NFKC, no composition rules) and
+//! argon2id hashing with OWASP parameters (m = 19 MiB, t = 2, p = 1), as PHC strings.
+//!
+//! Hashing is pure CPU work and lives here; callers run it off their async threads with
+//! bounded concurrency. Every login performs exactly one hash verification, also for an
+//! unknown email ([`dummy_hash`]), so the time taken says nothing of whether an account exists.
+
+use crate::CoreError;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::OnceLock;
+use unicode_normalization::UnicodeNormalization;
+use zeroize::Zeroizing;
+
+/// Default shortest password, in characters (NIST's floor is 8; we default higher).
+pub const DEFAULT_MIN_CHARS: usize = 10;
+/// Longest password accepted, in characters (NIST: allow at least 64).
+pub const MAX_CHARS: usize = 256;
+
+/// A password after NFKC normalisation. Zeroized on drop; `Debug` hides it.
+pub struct Password(Zeroizing<String>);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password([REDACTED])")
+    }
+}
+
+impl Password {
+    /// Normalise what was typed (NFKC), without judging it: for logins, where the stored
+    /// hash decides.
+    pub fn normalise(typed: &str) -> Self {
+        Self(Zeroizing::new(typed.nfkc().collect()))
+    }
+
+    /// Normalise and apply the rules for a new password: at least `min_chars` and at most
+    /// [`MAX_CHARS`] characters after normalisation; nothing else (no composition rules).
+    /// The breached-password check is separate (it needs the network).
+    pub fn new_checked(typed: &str, min_chars: usize) -> Result<Self, CoreError> {
+        let p = Self::normalise(typed);
+        let n = p.0.chars().count();
+        if n < min_chars {
+            return Err(CoreError::invalid("password", format!("must be at least {min_chars} characters")));
+        }
+        if n > MAX_CHARS {
+            return Err(CoreError::invalid("password", format!("must be at most {MAX_CHARS} characters")));
+        }
+        Ok(p)
+    }
+
+    /// The normalised bytes (for hashing and the breached-password check).
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// The argon2id parameters new hashes use.
+pub fn current_params() -> Params {
+    Params::default() // m = 19456 KiB, t = 2, p = 1: OWASP's first recommendation
+}
+
+fn hasher(params: Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hash a password with a fresh random salt; returns the PHC string.
+pub fn hash(p: &Password) -> Result<String, CoreError> {
+    hasher(current_params())
+        .hash_password(p.expose())
+        .map(|h| h.to_string())
+        .map_err(|e| CoreError::invalid("password", format!("could not be hashed: {e}")))
+}
+
+/// What checking a password against a stored hash found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The password matched.
+    pub ok: bool,
+    /// The hash uses other parameters than [`current_params`]: rehash on this login.
+    pub needs_rehash: bool,
+}
+
+/// Check `p` against a stored PHC string (its own parameters are used). A malformed stored
+/// hash is a mismatch, never a panic.
+pub fn verify(p: &Password, phc: &str) -> Verified {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return Verified { ok: false, needs_rehash: false };
+    };
+    let ok = hasher(current_params()).verify_password(p.expose(), &parsed).is_ok();
+    let needs_rehash = Params::try_from(&parsed).map_or(true, |stored| {
+        let cur = current_params();
+        stored.m_cost() != cur.m_cost() || stored.t_cost() != cur.t_cost() || stored.p_cost() != cur.p_cost()
+    }) || parsed.algorithm.as_str() != "argon2id";
+    Verified { ok, needs_rehash }
+}
+
+/// A valid hash of a random password, with the current parameters, made once per process:
+/// a login for an unknown email verifies against it, so it costs exactly what a wrong
+/// password costs.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let random = crate::random::bytes::<24>().map(|b| data_encoding::BASE64.encode(&b)).unwrap_or_default();
+        hash(&Password::normalise(&random)).unwrap_or_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nist_length_rules_only() {
+        assert!(Password::new_checked("short", 10).is_err());
+        assert!(Password::new_checked("exactly 10", 10).is_ok());
+        assert!(Password::new_checked("alllowercaseletters", 10).is_ok(), "no composition rules");
+        assert!(Password::new_checked(&"x".repeat(256), 10).is_ok());
+        assert!(Password::new_checked(&"x".repeat(257), 10).is_err());
+        // characters, not bytes: 10 emoji are 10 characters
+        assert!(Password::new_checked(&"🔑".repeat(10), 10).is_ok());
+        let e = Password::new_checked("secret", 10).unwrap_err().to_string();
+        assert!(e.contains("password") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn nfkc_makes_equivalent_spellings_equal() {
+        // "ﬁ" ligature and full-width letters normalise to plain ASCII; é precomposed and
+        // decomposed are one password.
+        assert_eq!(Password::normalise("ﬁle ＡＢＣ").expose(), b"file ABC");
+        assert_eq!(Password::normalise("caf\u{e9}").expose(), Password::normalise("cafe\u{301}").expose());
+    }
+
+    #[test]
+    fn hash_verify_rehash() {
+        let p = Password::new_checked("correct horse battery", 10).unwrap();
+        let h = hash(&p).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert_eq!(verify(&p, &h), Verified { ok: true, needs_rehash: false });
+        assert!(!verify(&Password::normalise("wrong horse battery"), &h).ok);
+        assert_ne!(hash(&p).unwrap(), h, "fresh salt each time");
+        // the decomposed spelling of the same password verifies
+        let accented = hash(&Password::normalise("caf\u{e9} au lait")).unwrap();
+        assert!(verify(&Password::normalise("cafe\u{301} au lait"), &accented).ok);
+        // a hash with weaker parameters verifies and asks for a rehash
+        let weak = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(8192, 1, 1, None).unwrap())
+            .hash_password(p.expose())
+            .unwrap()
+            .to_string();
+        assert_eq!(verify(&p, &weak), Verified { ok: true, needs_rehash: true });
+        // garbage never panics
+        assert!(!verify(&p, "not a phc string").ok);
+        assert!(!verify(&p, "").ok);
+        assert!(verify(&p, dummy_hash()) == Verified { ok: false, needs_rehash: false });
+    }
+}
