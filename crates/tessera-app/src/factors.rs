@@ -117,7 +117,7 @@ enum Failure {
 }
 
 impl App {
-    fn event(
+    pub(crate) fn event(
         &self,
         now: OffsetDateTime,
         subject: &str,

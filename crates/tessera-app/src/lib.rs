@@ -7,11 +7,13 @@
 
 mod error;
 mod factors;
+mod identity;
 pub mod keyfile;
 mod keys;
 
 pub use error::AppError;
 pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome};
+pub use identity::{CHALLENGE_TTL, LoginOutcome, SESSION_TTL, normalise_email};
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
 
@@ -32,6 +34,10 @@ pub struct AppConfig {
     pub throttle: ThrottlePolicy,
     /// Most factors (pending or active) one subject may have.
     pub max_factors_per_subject: u32,
+    /// Shortest new password, in characters.
+    pub min_password_chars: usize,
+    /// Lockout rule for password attempts (a counter of its own).
+    pub password_throttle: ThrottlePolicy,
 }
 
 impl Default for AppConfig {
@@ -41,6 +47,8 @@ impl Default for AppConfig {
             window: Window::default(),
             throttle: ThrottlePolicy::default(),
             max_factors_per_subject: 10,
+            min_password_chars: tessera_core::password::DEFAULT_MIN_CHARS,
+            password_throttle: ThrottlePolicy::default(),
         }
     }
 }
@@ -75,12 +83,23 @@ pub struct App {
     keys: KeyringSource,
     clock: Arc<dyn Clock>,
     config: Arc<AppConfig>,
+    /// Bounds concurrent argon2id runs to the core count.
+    hash_permits: Arc<tokio::sync::Semaphore>,
+    password_verifications: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl App {
     /// Assemble the use cases.
     pub fn new(store: Store, keys: KeyringSource, clock: Arc<dyn Clock>, config: AppConfig) -> Self {
-        Self { store, keys, clock, config: Arc::new(config) }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            store,
+            keys,
+            clock,
+            config: Arc::new(config),
+            hash_permits: Arc::new(tokio::sync::Semaphore::new(cores)),
+            password_verifications: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
     }
     /// The store (for health checks and the composition root).
     pub fn store(&self) -> &Store {

@@ -527,3 +527,200 @@ async fn database_file_holds_no_secret() {
     let key_b64 = text.lines().find(|l| l.starts_with("key ")).unwrap().split(" = ").nth(1).unwrap();
     assert!(!bytes.windows(key_b64.len()).any(|w| w == key_b64.as_bytes()));
 }
+
+// ---- identity and the login flow ----
+
+use tessera_app::LoginOutcome;
+use tessera_core::policy::{AccountAccess, Assurance};
+
+const PW: &str = "correct horse battery staple";
+
+fn token(o: &LoginOutcome) -> String {
+    match o {
+        LoginOutcome::Authenticated { token, .. } => token.to_string(),
+        other => panic!("not authenticated: {other:?}"),
+    }
+}
+
+fn challenge(o: &LoginOutcome) -> String {
+    match o {
+        LoginOutcome::SecondFactorRequired { challenge } => challenge.to_string(),
+        other => panic!("no challenge: {other:?}"),
+    }
+}
+
+/// Enrol and confirm a device for a user id; returns its secret.
+async fn enrol_user(h: &Harness, user: &str) -> (String, Vec<String>) {
+    let (e, codes) = active_device(h, user).await;
+    (e.secret_base32.to_string(), codes)
+}
+
+async fn signup_and_login_flow(h: &Harness) {
+    let uid = h.app.create_user("Ada@Example.com", PW, &ctx()).await.unwrap();
+    // emails are unique case-insensitively; passwords follow the length rule
+    assert!(matches!(h.app.create_user(" ada@example.COM", PW, &ctx()).await, Err(AppError::FailedPrecondition(_))));
+    assert!(matches!(
+        h.app.create_user("bob@example.com", "short", &ctx()).await,
+        Err(AppError::Invalid(CoreError::Invalid { field: "password", .. }))
+    ));
+    assert!(matches!(h.app.create_user("not-an-email", PW, &ctx()).await, Err(AppError::Invalid(_))));
+
+    // no factor, no account requires one: the password is enough
+    let o = h.app.begin_login("ada@example.com", PW, &ctx()).await.unwrap();
+    let LoginOutcome::Authenticated { ref user_id, assurance, ref enrolment_required, .. } = o else { panic!("{o:?}") };
+    assert_eq!((user_id.as_str(), assurance, enrolment_required.len()), (uid.as_str(), Assurance::Password, 0));
+    let t1 = token(&o);
+    assert_eq!(h.app.session(&t1).await.unwrap(), Some((uid.clone(), Assurance::Password)));
+
+    // enrol: now the login needs a code
+    let (secret, codes) = enrol_user(h, &uid).await;
+    let ch = challenge(&h.app.begin_login("ada@example.com", PW, &ctx()).await.unwrap());
+    // wrong codes: rejected, then locked, and the challenge is void
+    let good = h.code(&secret, 0);
+    let bad = if good == "000000" { "111111" } else { "000000" };
+    for left in [4, 3, 2, 1] {
+        assert_eq!(
+            h.app.complete_login_totp(&ch, bad, &ctx()).await.unwrap(),
+            LoginOutcome::Rejected { attempts_remaining: left }
+        );
+    }
+    assert!(matches!(h.app.complete_login_totp(&ch, bad, &ctx()).await.unwrap(), LoginOutcome::Locked { .. }));
+    h.clock.advance(Duration::minutes(2));
+    assert_eq!(
+        h.app.complete_login_totp(&ch, &h.code(&secret, 0), &ctx()).await.unwrap(),
+        LoginOutcome::ChallengeInvalid,
+        "a locked login's challenge is void"
+    );
+    // a recovery code completes a fresh login, once
+    let ch = challenge(&h.app.begin_login("ada@example.com", PW, &ctx()).await.unwrap());
+    let o = h.app.complete_login_recovery(&ch, &codes[0], &ctx()).await.unwrap();
+    let t2 = token(&o);
+    assert_eq!(h.app.session(&t2).await.unwrap(), Some((uid.clone(), Assurance::PasswordAndSecondFactor)));
+    // the challenge is single-use
+    assert_eq!(h.app.complete_login_recovery(&ch, &codes[1], &ctx()).await.unwrap(), LoginOutcome::ChallengeInvalid);
+    let ch = challenge(&h.app.begin_login("ada@example.com", PW, &ctx()).await.unwrap());
+    assert!(matches!(
+        h.app.complete_login_recovery(&ch, &codes[0], &ctx()).await.unwrap(),
+        LoginOutcome::Rejected { .. }
+    ));
+    // TOTP completes a login too; challenges expire after 5 minutes
+    let o = h.app.complete_login_totp(&ch, &h.code(&secret, 0), &ctx()).await.unwrap();
+    assert!(matches!(o, LoginOutcome::Authenticated { assurance: Assurance::PasswordAndSecondFactor, .. }));
+    let ch = challenge(&h.app.begin_login("ada@example.com", PW, &ctx()).await.unwrap());
+    h.clock.advance(Duration::minutes(5));
+    assert_eq!(
+        h.app.complete_login_totp(&ch, &h.code(&secret, 0), &ctx()).await.unwrap(),
+        LoginOutcome::ChallengeInvalid
+    );
+
+    // logout, and sign out everywhere
+    h.app.logout(&t1, &ctx()).await.unwrap();
+    assert_eq!(h.app.session(&t1).await.unwrap(), None);
+    assert!(h.app.logout_everywhere(&uid, &ctx()).await.unwrap() >= 2);
+    assert_eq!(h.app.session(&t2).await.unwrap(), None);
+
+    let (events, _) = h.app.list_audit_events(&uid, 100, "").await.unwrap();
+    for kind in ["user_created", "login_succeeded", "second_factor_challenged", "challenges_voided", "sessions_revoked"]
+    {
+        assert!(events.iter().any(|e| e.kind == kind), "no {kind} event");
+    }
+}
+both!(signup_and_login_flow);
+
+async fn passwords_and_codes_have_separate_counters(h: &Harness) {
+    let uid = h.app.create_user("cy@example.com", PW, &ctx()).await.unwrap();
+    let (secret, _) = enrol_user(h, &uid).await;
+    for _ in 0..4 {
+        assert_eq!(
+            h.app.begin_login("cy@example.com", "wrong password!!", &ctx()).await.unwrap(),
+            LoginOutcome::Failed
+        );
+    }
+    assert!(matches!(
+        h.app.begin_login("cy@example.com", "wrong password!!", &ctx()).await.unwrap(),
+        LoginOutcome::Locked { .. }
+    ));
+    // the password lock does not touch the authenticator
+    let st = h.store.attempt_state(&uid, tessera_store::SECOND_FACTOR).await.unwrap();
+    assert_eq!(st, Default::default());
+    assert!(accepted(&h.app.verify_totp(&uid, &h.code(&secret, 0), &ctx()).await.unwrap()));
+    // once the password lock ends, the right password works
+    h.clock.advance(Duration::minutes(1));
+    assert!(matches!(
+        h.app.begin_login("cy@example.com", PW, &ctx()).await.unwrap(),
+        LoginOutcome::SecondFactorRequired { .. }
+    ));
+}
+both!(passwords_and_codes_have_separate_counters);
+
+async fn unknown_email_costs_one_hash_and_answers_the_same(h: &Harness) {
+    h.app.create_user("dee@example.com", PW, &ctx()).await.unwrap();
+    let before = h.app.password_verifications();
+    let wrong = h.app.begin_login("dee@example.com", "not the password", &ctx()).await.unwrap();
+    let after_wrong = h.app.password_verifications();
+    let unknown = h.app.begin_login("nobody@example.com", "not the password", &ctx()).await.unwrap();
+    let after_unknown = h.app.password_verifications();
+    assert_eq!(after_wrong - before, 1, "a wrong password costs one verification");
+    assert_eq!(after_unknown - after_wrong, 1, "an unknown email costs one verification too");
+    assert_eq!(wrong, LoginOutcome::Failed);
+    assert_eq!(format!("{wrong:?}"), format!("{unknown:?}"), "byte-identical answers");
+    // and unknown emails lock like known ones (lockouts reveal nothing)
+    for _ in 0..4 {
+        h.app.begin_login("nobody@example.com", "x", &ctx()).await.unwrap();
+    }
+    assert!(matches!(h.app.begin_login("nobody@example.com", "x", &ctx()).await.unwrap(), LoginOutcome::Locked { .. }));
+}
+both!(unknown_email_costs_one_hash_and_answers_the_same);
+
+async fn accounts_and_the_mfa_decision(h: &Harness) {
+    let owner = h.app.create_user("owner@example.com", PW, &ctx()).await.unwrap();
+    let member = h.app.create_user("member@example.com", PW, &ctx()).await.unwrap();
+    let a1 = h.app.create_account("Acme", &owner, &ctx()).await.unwrap();
+    let a2 = h.app.create_account("Beta", &owner, &ctx()).await.unwrap();
+    let a3 = h.app.create_account("Gamma", &owner, &ctx()).await.unwrap();
+    for a in [&a1, &a2, &a3] {
+        h.app.add_member(a, &member, "member", &ctx()).await.unwrap();
+    }
+    assert!(matches!(h.app.add_member(&a1, &member, "god", &ctx()).await, Err(AppError::Invalid(_))));
+
+    // policy turned on mid-session closes the account at once
+    let t = token(&h.app.begin_login("member@example.com", PW, &ctx()).await.unwrap());
+    assert_eq!(h.app.account_access(&t, &a2).await.unwrap(), AccountAccess::Open);
+    h.app.set_account_policy(&a2, true, None, &owner, &ctx()).await.unwrap();
+    assert_eq!(h.app.account_access(&t, &a2).await.unwrap(), AccountAccess::EnrolmentRequired);
+    assert_eq!(h.app.account_access(&t, &a1).await.unwrap(), AccountAccess::Open);
+
+    // no factor + 1 of 3 accounts requires: the login completes, that account is closed
+    let o = h.app.begin_login("member@example.com", PW, &ctx()).await.unwrap();
+    let LoginOutcome::Authenticated { ref enrolment_required, .. } = o else { panic!("{o:?}") };
+    assert_eq!(enrolment_required, &vec![a2.clone()]);
+
+    // a grace period keeps it open until the deadline
+    let deadline = h.clock_now_dt() + Duration::days(7);
+    h.app.set_account_policy(&a2, true, Some(deadline), &owner, &ctx()).await.unwrap();
+    assert_eq!(h.app.account_access(&t, &a2).await.unwrap(), AccountAccess::OpenUntil(deadline));
+    h.clock.advance(Duration::days(8));
+    let t = token(&h.app.begin_login("member@example.com", PW, &ctx()).await.unwrap());
+    assert_eq!(h.app.account_access(&t, &a2).await.unwrap(), AccountAccess::EnrolmentRequired);
+
+    // after enrolling, a password-only session must step up; a 2FA session gets in
+    let (secret, _) = enrol_user(h, &member).await;
+    assert_eq!(h.app.account_access(&t, &a2).await.unwrap(), AccountAccess::SecondFactorRequired);
+    let ch = challenge(&h.app.begin_login("member@example.com", PW, &ctx()).await.unwrap());
+    let t2 = token(&h.app.complete_login_totp(&ch, &h.code(&secret, 0), &ctx()).await.unwrap());
+    assert_eq!(h.app.account_access(&t2, &a2).await.unwrap(), AccountAccess::Open);
+
+    // removing the last factor ends the session's second-factor claim
+    let f = h.app.list_factors(&member).await.unwrap();
+    h.app.remove_factor(&member, &f[0].id, &ctx()).await.unwrap();
+    assert_eq!(h.app.session(&t2).await.unwrap().unwrap().1, Assurance::Password);
+    assert_eq!(h.app.account_access(&t2, &a2).await.unwrap(), AccountAccess::EnrolmentRequired);
+
+    // not a member, or no such session
+    let outsider = h.app.create_user("out@example.com", PW, &ctx()).await.unwrap();
+    let t3 = token(&h.app.begin_login("out@example.com", PW, &ctx()).await.unwrap());
+    assert!(matches!(h.app.account_access(&t3, &a1).await, Err(AppError::NotFound(_))));
+    assert!(matches!(h.app.account_access("no-such-token", &a1).await, Err(AppError::NotFound(_))));
+    let _ = outsider;
+}
+both!(accounts_and_the_mfa_decision);

@@ -96,6 +96,24 @@ pub enum AuditKind {
     RecoveryCodeRejected,
     /// A factor was removed.
     FactorRemoved,
+    /// A user signed up.
+    UserCreated,
+    /// A password was wrong (or the email unknown: recorded against the user when known).
+    PasswordRejected,
+    /// A login completed (detail says with which assurance).
+    LoginSucceeded,
+    /// A login passed the password and now waits for the second factor.
+    SecondFactorChallenged,
+    /// Open login challenges were voided (the second factor got locked).
+    ChallengesVoided,
+    /// A session was revoked (logout), or all of them.
+    SessionsRevoked,
+    /// An account was created.
+    AccountCreated,
+    /// A member was added to an account.
+    MemberAdded,
+    /// An account's MFA policy changed.
+    AccountPolicyChanged,
 }
 
 impl AuditKind {
@@ -113,6 +131,15 @@ impl AuditKind {
             Self::RecoveryCodeRedeemed => "recovery_code_redeemed",
             Self::RecoveryCodeRejected => "recovery_code_rejected",
             Self::FactorRemoved => "factor_removed",
+            Self::UserCreated => "user_created",
+            Self::PasswordRejected => "password_rejected",
+            Self::LoginSucceeded => "login_succeeded",
+            Self::SecondFactorChallenged => "second_factor_challenged",
+            Self::ChallengesVoided => "challenges_voided",
+            Self::SessionsRevoked => "sessions_revoked",
+            Self::AccountCreated => "account_created",
+            Self::MemberAdded => "member_added",
+            Self::AccountPolicyChanged => "account_policy_changed",
         }
     }
 }

@@ -10,6 +10,9 @@ use time::OffsetDateTime;
 /// The counter kind for second-factor attempts (TOTP codes and recovery codes share it, so
 /// switching between them gains an attacker nothing).
 pub const SECOND_FACTOR: &str = "second_factor";
+/// The counter kind for password attempts: never shared with the second factor, so a wrong
+/// password never locks a user's authenticator.
+pub const PASSWORD: &str = "password";
 
 /// What the gate answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,13 +16,15 @@ mod attempts;
 mod audit;
 mod error;
 mod factors;
+mod identity;
 mod keys;
 mod recovery;
 
-pub use attempts::{GateResult, SECOND_FACTOR};
+pub use attempts::{GateResult, PASSWORD, SECOND_FACTOR};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
 pub use factors::{ConfirmOutcome, NewTotpFactor, SealedSecret, TotpDevice};
+pub use identity::{SessionRow, UserRow};
 pub use keys::{KeyUsage, SealedRow};
 pub use recovery::NewRecoveryCode;
 

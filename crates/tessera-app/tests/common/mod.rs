@@ -114,6 +114,11 @@ impl Harness {
         otp::format_code(otp::totp(&s, &p, t), p.digits())
     }
 
+    pub fn clock_now_dt(&self) -> time::OffsetDateTime {
+        use tessera_core::clock::Clock;
+        self.clock.now()
+    }
+
     pub fn clock_now(&self) -> i64 {
         use tessera_core::clock::Clock;
         self.clock.now().unix_timestamp()

@@ -1,0 +1,348 @@
+//! Identity: users, accounts and memberships, login challenges and sessions. Tokens are
+//! stored only as hashes; consuming a challenge is one atomic statement.
+
+use crate::audit::{self, NewAuditEvent};
+use crate::{Store, StoreError, attempts};
+use tessera_core::clock::{from_millis, to_millis};
+use tessera_core::policy::AccountPolicy;
+use time::OffsetDateTime;
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// User id (also the subject id of their factors).
+    pub id: String,
+    /// Email as given.
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+}
+
+/// A live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Whose.
+    pub user_id: String,
+    /// 1: password; 2: password and a second factor.
+    pub aal: i64,
+    /// When a second factor was last checked in this session.
+    pub mfa_verified_at: Option<OffsetDateTime>,
+    /// When it ends.
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct PolicyRow {
+    id: String,
+    require_mfa: i64,
+    grace_until: Option<i64>,
+}
+
+impl From<PolicyRow> for AccountPolicy {
+    fn from(r: PolicyRow) -> Self {
+        AccountPolicy { account_id: r.id, require_mfa: r.require_mfa != 0, grace_until: r.grace_until.map(from_millis) }
+    }
+}
+
+impl Store {
+    /// Insert a user unless the normalised email is taken (then `false`).
+    pub async fn create_user(
+        &self,
+        id: &str,
+        email: &str,
+        email_norm: &str,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO users (id, email, email_norm, password_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (email_norm) DO NOTHING",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(email_norm)
+        .bind(hash)
+        .bind(to_millis(now))
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The user with this normalised email.
+    pub async fn user_by_email(&self, email_norm: &str) -> Result<Option<UserRow>, StoreError> {
+        let r: Option<(String, String, String)> =
+            sqlx::query_as("SELECT id, email, password_hash FROM users WHERE email_norm = $1")
+                .bind(email_norm)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(r.map(|(id, email, password_hash)| UserRow { id, email, password_hash }))
+    }
+
+    /// Replace a user's password hash (a rehash with current parameters).
+    pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(hash)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Create an account with its first owner, in one transaction.
+    pub async fn create_account(
+        &self,
+        id: &str,
+        name: &str,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO accounts (id, name, require_mfa, created_at) VALUES ($1, $2, 0, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO memberships (user_id, account_id, role) VALUES ($1, $2, 'owner')")
+            .bind(owner)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Add a member (or change their role).
+    pub async fn add_member(&self, account_id: &str, user_id: &str, role: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO memberships (user_id, account_id, role) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, account_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(user_id)
+        .bind(account_id)
+        .bind(role)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// A member's role in an account, if they are one.
+    pub async fn member_role(&self, account_id: &str, user_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT role FROM memberships WHERE account_id = $1 AND user_id = $2")
+            .bind(account_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Set an account's MFA policy; `false` if there is no such account.
+    pub async fn set_account_policy(
+        &self,
+        account_id: &str,
+        require_mfa: bool,
+        grace_until: Option<OffsetDateTime>,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE accounts SET require_mfa = $2, grace_until = $3 WHERE id = $1")
+            .bind(account_id)
+            .bind(i64::from(require_mfa))
+            .bind(grace_until.map(to_millis))
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The current policy of one account.
+    pub async fn account_policy(&self, account_id: &str) -> Result<Option<AccountPolicy>, StoreError> {
+        Ok(sqlx::query_as::<_, PolicyRow>("SELECT id, require_mfa, grace_until FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(AccountPolicy::from))
+    }
+
+    /// The current policies of every account the user belongs to.
+    pub async fn account_policies_of(&self, user_id: &str) -> Result<Vec<AccountPolicy>, StoreError> {
+        Ok(sqlx::query_as::<_, PolicyRow>(
+            "SELECT a.id, a.require_mfa, a.grace_until FROM accounts a \
+             JOIN memberships m ON m.account_id = a.id WHERE m.user_id = $1 ORDER BY a.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(AccountPolicy::from)
+        .collect())
+    }
+
+    /// Whether the subject has at least one active factor.
+    pub async fn has_active_factor(&self, subject_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
+            .bind(subject_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Reset a subject's counters of one kind (after a success outside a larger transaction).
+    pub async fn reset_attempts(&self, subject_id: &str, kind: &str) -> Result<(), StoreError> {
+        let mut c = self.writer.acquire().await?;
+        attempts::reset(&mut c, subject_id, kind).await
+    }
+
+    /// Store a login challenge (by its token's hash).
+    pub async fn create_challenge(
+        &self,
+        token_hash: &[u8],
+        user_id: &str,
+        now: OffsetDateTime,
+        expires: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_challenges (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(to_millis(now))
+        .bind(to_millis(expires))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The user of a challenge that is unused and unexpired at `now`.
+    pub async fn challenge_user(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM login_challenges WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(to_millis(now))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Use up a challenge and open a session for its user, in one transaction; `false` (and
+    /// no session) if the challenge was already used, voided or expired.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn complete_challenge(
+        &self,
+        challenge_hash: &[u8],
+        session_hash: &[u8],
+        user_id: &str,
+        aal: i64,
+        now: OffsetDateTime,
+        expires: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE login_challenges SET used_at = $3 \
+             WHERE token_hash = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > $3",
+        )
+        .bind(challenge_hash)
+        .bind(user_id)
+        .bind(to_millis(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        insert_session(&mut tx, session_hash, user_id, aal, Some(now), now, expires).await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Void every open challenge of a user (when they get locked).
+    pub async fn void_challenges(&self, user_id: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(sqlx::query("UPDATE login_challenges SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            .bind(user_id)
+            .bind(to_millis(now))
+            .execute(&self.writer)
+            .await?
+            .rows_affected())
+    }
+
+    /// Open a session and append `audit`, in one transaction.
+    pub async fn create_session(
+        &self,
+        token_hash: &[u8],
+        user_id: &str,
+        aal: i64,
+        now: OffsetDateTime,
+        expires: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let mfa = (aal == 2).then_some(now);
+        insert_session(&mut tx, token_hash, user_id, aal, mfa, now, expires).await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A session that is neither revoked nor expired at `now`.
+    pub async fn session(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<Option<SessionRow>, StoreError> {
+        let r: Option<(String, i64, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT user_id, aal, mfa_verified_at, expires_at FROM sessions \
+             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(to_millis(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(|(user_id, aal, mfa, exp)| SessionRow {
+            user_id,
+            aal,
+            mfa_verified_at: mfa.map(from_millis),
+            expires_at: from_millis(exp),
+        }))
+    }
+
+    /// Revoke one session; `false` if it was not live.
+    pub async fn revoke_session(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL")
+            .bind(token_hash)
+            .bind(to_millis(now))
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Revoke every live session of a user; returns how many.
+    pub async fn revoke_sessions_of(&self, user_id: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user_id)
+            .bind(to_millis(now))
+            .execute(&self.writer)
+            .await?
+            .rows_affected())
+    }
+}
+
+async fn insert_session(
+    conn: &mut sqlx::AnyConnection,
+    token_hash: &[u8],
+    user_id: &str,
+    aal: i64,
+    mfa_verified_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    expires: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, user_id, aal, mfa_verified_at, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token_hash)
+    .bind(user_id)
+    .bind(aal)
+    .bind(mfa_verified_at.map(to_millis))
+    .bind(to_millis(now))
+    .bind(to_millis(expires))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
