@@ -370,6 +370,41 @@ impl App {
     }
 }
 
+impl App {
+    /// Support-driven recovery (no SMS, on purpose): after verifying the user out of band, a
+    /// support agent removes every factor and recovery code of the user, which also revokes
+    /// their sessions; the user is notified and the audit trail records who, why and the
+    /// ticket. A reason, a ticket reference and the actor are required.
+    pub async fn support_reset_mfa(
+        &self,
+        email: &str,
+        reason: &str,
+        ticket: &str,
+        actor: &str,
+        ctx: &ClientContext,
+    ) -> Result<tessera_store::ResetReport, AppError> {
+        let email_norm = normalise_email(email)?;
+        let reason = tessera_core::validate::display_name("reason", reason, 500)?;
+        let ticket = tessera_core::validate::display_name("ticket", ticket, 100)?;
+        let actor = tessera_core::validate::display_name("actor", actor, 100)?;
+        let user = self.store.user_by_email(&email_norm).await?.ok_or(AppError::NotFound("user"))?;
+        let now = self.clock.now();
+        let mut ev = self.event(now, &user.id, None, AuditKind::SupportMfaReset, ctx);
+        ev.actor = Some(actor.to_owned());
+        ev.detail = json!({ "reason": reason, "ticket": ticket }).to_string();
+        let notice = tessera_store::NewNotification {
+            id: uuid::Uuid::new_v4().to_string(),
+            user_id: user.id.clone(),
+            email: user.email.clone(),
+            kind: "mfa_reset".into(),
+            detail: json!({ "ticket": ticket, "at": now.unix_timestamp() }).to_string(),
+        };
+        let report = self.store.support_reset(&user.id, now, &notice, &ev).await?;
+        tracing::warn!(user_id = %user.id, actor, ticket, factors = report.factors, "support reset of MFA");
+        Ok(report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

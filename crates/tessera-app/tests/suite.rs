@@ -724,3 +724,51 @@ async fn accounts_and_the_mfa_decision(h: &Harness) {
     let _ = outsider;
 }
 both!(accounts_and_the_mfa_decision);
+
+async fn support_reset(h: &Harness) {
+    let uid = h.app.create_user("eve@example.com", PW, &ctx()).await.unwrap();
+    let (_, codes) = enrol_user(h, &uid).await;
+    let ch = challenge(&h.app.begin_login("eve@example.com", PW, &ctx()).await.unwrap());
+    let t = token(&h.app.complete_login_recovery(&ch, &codes[0], &ctx()).await.unwrap());
+    let open_ch = challenge(&h.app.begin_login("eve@example.com", PW, &ctx()).await.unwrap());
+
+    for (reason, ticket, actor) in [("", "T-1", "sam"), ("lost phone", "", "sam"), ("lost phone", "T-1", " ")] {
+        assert!(matches!(
+            h.app.support_reset_mfa("eve@example.com", reason, ticket, actor, &ctx()).await,
+            Err(AppError::Invalid(_))
+        ));
+    }
+    assert!(matches!(
+        h.app.support_reset_mfa("nobody@example.com", "lost phone", "T-1", "sam", &ctx()).await,
+        Err(AppError::NotFound("user"))
+    ));
+    let r = h
+        .app
+        .support_reset_mfa("EVE@example.com", "lost phone, ID checked on call", "SUP-4711", "sam", &ctx())
+        .await
+        .unwrap();
+    assert_eq!((r.factors, r.recovery_codes, r.sessions), (1, 10, 1));
+    assert!(h.app.list_factors(&uid).await.unwrap().is_empty());
+    assert_eq!(h.app.recovery_codes_remaining(&uid).await.unwrap(), 0);
+    assert_eq!(h.app.session(&t).await.unwrap(), None, "sessions revoked");
+    assert_eq!(
+        h.app.complete_login_recovery(&open_ch, &codes[1], &ctx()).await.unwrap(),
+        LoginOutcome::ChallengeInvalid,
+        "open challenges voided"
+    );
+    // the user is notified (queued in the outbox)
+    let queued = h.store.unsent_notifications(10).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!((queued[0].1.as_str(), queued[0].2.as_str()), ("eve@example.com", "mfa_reset"));
+    // the audit trail says who, why and the ticket
+    let (events, _) = h.app.list_audit_events(&uid, 100, "").await.unwrap();
+    let ev = events.iter().find(|e| e.kind == "support_mfa_reset").unwrap();
+    assert_eq!(ev.actor.as_deref(), Some("sam"));
+    assert!(ev.detail.contains("SUP-4711") && ev.detail.contains("lost phone"), "{}", ev.detail);
+    // and the password alone signs in again
+    assert!(matches!(
+        h.app.begin_login("eve@example.com", PW, &ctx()).await.unwrap(),
+        LoginOutcome::Authenticated { .. }
+    ));
+}
+both!(support_reset);

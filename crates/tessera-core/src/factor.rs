@@ -114,6 +114,8 @@ pub enum AuditKind {
     MemberAdded,
     /// An account's MFA policy changed.
     AccountPolicyChanged,
+    /// Support removed every factor of a user after verifying them out of band.
+    SupportMfaReset,
 }
 
 impl AuditKind {
@@ -140,6 +142,7 @@ impl AuditKind {
             Self::AccountCreated => "account_created",
             Self::MemberAdded => "member_added",
             Self::AccountPolicyChanged => "account_policy_changed",
+            Self::SupportMfaReset => "support_mfa_reset",
         }
     }
 }

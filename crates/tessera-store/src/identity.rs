@@ -346,3 +346,94 @@ async fn insert_session(
     .await?;
     Ok(())
 }
+
+/// What a support reset removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResetReport {
+    /// Factors removed (with their secrets).
+    pub factors: u64,
+    /// Recovery codes removed.
+    pub recovery_codes: u64,
+    /// Sessions revoked.
+    pub sessions: u64,
+}
+
+/// A notification to queue.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// Row id.
+    pub id: String,
+    /// To whom.
+    pub user_id: String,
+    /// Their address.
+    pub email: String,
+    /// What about (e.g. `mfa_reset`).
+    pub kind: String,
+    /// JSON object.
+    pub detail: String,
+}
+
+impl Store {
+    /// Support reset, in one transaction: remove every factor (and secret) and recovery code
+    /// of the user, revoke their sessions, void their login challenges, clear their
+    /// second-factor counters, queue `notice` and append `audit`.
+    pub async fn support_reset(
+        &self,
+        user_id: &str,
+        now: OffsetDateTime,
+        notice: &NewNotification,
+        audit: &NewAuditEvent,
+    ) -> Result<ResetReport, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM totp_secrets WHERE factor_id IN (SELECT id FROM factors WHERE subject_id = $1)")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let factors = sqlx::query("DELETE FROM factors WHERE subject_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let recovery_codes = sqlx::query("DELETE FROM recovery_codes WHERE subject_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let sessions = sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user_id)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE login_challenges SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            .bind(user_id)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?;
+        attempts::reset(&mut tx, user_id, attempts::SECOND_FACTOR).await?;
+        sqlx::query(
+            "INSERT INTO outbox (id, user_id, email, kind, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&notice.id)
+        .bind(&notice.user_id)
+        .bind(&notice.email)
+        .bind(&notice.kind)
+        .bind(&notice.detail)
+        .bind(to_millis(now))
+        .execute(&mut *tx)
+        .await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(ResetReport { factors, recovery_codes, sessions })
+    }
+
+    /// Queued notifications not yet sent, oldest first: (id, email, kind, detail).
+    pub async fn unsent_notifications(&self, limit: u32) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, email, kind, detail FROM outbox WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -37,6 +37,29 @@ enum Command {
     /// Manage the keyring that seals TOTP secrets.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Support actions (audited).
+    #[command(subcommand)]
+    Support(SupportCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SupportCommand {
+    /// Remove every factor and recovery code of a user who lost them (after verifying their
+    /// identity out of band); revokes their sessions and notifies them.
+    ResetMfa {
+        /// The user's email.
+        #[arg(long)]
+        user: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+        /// Support ticket reference.
+        #[arg(long)]
+        ticket: String,
+        /// Who is doing it.
+        #[arg(long)]
+        actor: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -174,6 +197,15 @@ async fn main() -> Result<()> {
             println!("migrations applied to {}", redact(&cli.database_url()));
         }
         Command::Keys(k) => keys(&cli, k).await?,
+        Command::Support(SupportCommand::ResetMfa { user, reason, ticket, actor }) => {
+            let app = cli.app().await?;
+            let ctx = tessera_app::ClientContext { ip: None, user_agent: Some("tessera-cli".into()) };
+            let r = app.support_reset_mfa(user, reason, ticket, actor, &ctx).await?;
+            println!(
+                "reset MFA of {user}: removed {} factors and {} recovery codes, revoked {} sessions; the user is notified",
+                r.factors, r.recovery_codes, r.sessions
+            );
+        }
     }
     Ok(())
 }

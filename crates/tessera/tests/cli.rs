@@ -143,3 +143,50 @@ fn keyring_flag_and_missing_keyring() {
     assert!(elsewhere.exists());
     ok(tessera(dir.path(), &["--keyring", elsewhere.to_str().unwrap(), "keys", "status"]));
 }
+
+#[tokio::test]
+async fn support_reset_mfa_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    ok(tessera(&data, &["keys", "generate"]));
+    let a = app(&data).await;
+    let ctx = ClientContext::default();
+    let uid = a.create_user("zoe@example.com", "a long enough password", &ctx).await.unwrap();
+    let e = a
+        .enroll_totp(
+            &EnrollRequest {
+                subject_id: uid.clone(),
+                label: "phone".into(),
+                account_name: "zoe".into(),
+                ..Default::default()
+            },
+            &ctx,
+        )
+        .await
+        .unwrap();
+    a.confirm_totp(&uid, &e.factor_id, &code_now(&e.secret_base32, 0), &ctx).await.unwrap();
+    let err = fails(tessera(
+        &data,
+        &["support", "reset-mfa", "--user", "zoe@example.com", "--reason", "", "--ticket", "T", "--actor", "sam"],
+    ));
+    assert!(err.contains("reason"), "{err}");
+    let out = ok(tessera(
+        &data,
+        &[
+            "support",
+            "reset-mfa",
+            "--user",
+            "zoe@example.com",
+            "--reason",
+            "lost phone",
+            "--ticket",
+            "SUP-1",
+            "--actor",
+            "sam",
+        ],
+    ));
+    assert!(out.contains("removed 1 factors and 10 recovery codes"), "{out}");
+    assert!(a.list_factors(&uid).await.unwrap().is_empty());
+    let (events, _) = a.list_audit_events(&uid, 10, "").await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "support_mfa_reset" && e.actor.as_deref() == Some("sam")));
+}
