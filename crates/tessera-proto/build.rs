@@ -6,9 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out.join("tessera_descriptor.bin"))
-        .compile_protos(&["../../proto/tessera/v1/factor.proto"], &["../../proto"])?;
+    tonic_prost_build::configure().file_descriptor_set_path(out.join("tessera_descriptor.bin")).compile_protos(
+        &["../../proto/tessera/v1/factor.proto", "../../proto/tessera/v1/identity.proto"],
+        &["../../proto"],
+    )?;
     println!("cargo:rerun-if-changed=../../proto");
     Ok(())
 }

@@ -115,10 +115,14 @@ impl tonic::service::Interceptor for Bearer {
 
 type Inner = pb::factor_service_client::FactorServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// The generated IdentityService client with the token injected.
+pub type IdentityClient = pb::identity_service_client::IdentityServiceClient<InterceptedService<Channel, Bearer>>;
+
 /// The client. Cheap to clone (one HTTP/2 connection, multiplexed).
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Inner,
+    identity: IdentityClient,
     opts: ClientOptions,
 }
 
@@ -143,12 +147,24 @@ impl Client {
     }
 
     fn from_channel(channel: Channel, header: MetadataValue<Ascii>, opts: ClientOptions) -> Self {
-        Self { inner: pb::factor_service_client::FactorServiceClient::with_interceptor(channel, Bearer(header)), opts }
+        Self {
+            inner: pb::factor_service_client::FactorServiceClient::with_interceptor(
+                channel.clone(),
+                Bearer(header.clone()),
+            ),
+            identity: pb::identity_service_client::IdentityServiceClient::with_interceptor(channel, Bearer(header)),
+            opts,
+        }
     }
 
     /// The generated client, for calls this wrapper does not cover.
     pub fn raw(&self) -> Inner {
         self.inner.clone()
+    }
+
+    /// The IdentityService (sign-up, login, sessions, accounts), on the same connection.
+    pub fn identity(&self) -> IdentityClient {
+        self.identity.clone()
     }
 
     fn req<T>(&self, msg: T) -> Request<T> {

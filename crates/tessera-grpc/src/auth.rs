@@ -11,10 +11,19 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// What a token may do; put in the request's extensions by the interceptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every FactorService and IdentityService call except support actions.
+    Service,
+    /// Everything, including support actions (SupportResetMfa).
+    Support,
+}
+
 /// The interceptor. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenAuth {
-    hashes: Arc<Vec<[u8; 32]>>,
+    hashes: Arc<Vec<([u8; 32], Scope)>>,
 }
 
 impl std::fmt::Debug for TokenAuth {
@@ -24,24 +33,47 @@ impl std::fmt::Debug for TokenAuth {
 }
 
 impl TokenAuth {
-    /// Accept any token whose SHA-256 is in `hashes`.
+    /// Accept any token whose SHA-256 is in `hashes`, with the service scope.
     pub fn new(hashes: Vec<[u8; 32]>) -> Self {
-        Self { hashes: Arc::new(hashes) }
+        Self::with_support(hashes, Vec::new())
     }
 
-    /// Whether `token` is one of ours. Every configured hash is compared, in constant time.
-    pub fn accepts(&self, token: &str) -> bool {
+    /// Service-scoped and support-scoped token hashes.
+    pub fn with_support(service: Vec<[u8; 32]>, support: Vec<[u8; 32]>) -> Self {
+        let all =
+            service.into_iter().map(|h| (h, Scope::Service)).chain(support.into_iter().map(|h| (h, Scope::Support)));
+        Self { hashes: Arc::new(all.collect()) }
+    }
+
+    /// The scope of `token`, if it is one of ours. Every configured hash is compared, in
+    /// constant time, whichever matches.
+    pub fn scope_of(&self, token: &str) -> Option<Scope> {
         let h = hash_token(token);
-        let mut ok = subtle::Choice::from(0u8);
-        for known in self.hashes.iter() {
-            ok |= known.ct_eq(&h);
+        let (mut service, mut support) = (subtle::Choice::from(0u8), subtle::Choice::from(0u8));
+        for (known, scope) in self.hashes.iter() {
+            let eq = known.ct_eq(&h);
+            match scope {
+                Scope::Service => service |= eq,
+                Scope::Support => support |= eq,
+            }
         }
-        bool::from(ok)
+        if bool::from(support) {
+            Some(Scope::Support)
+        } else if bool::from(service) {
+            Some(Scope::Service)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `token` is one of ours.
+    pub fn accepts(&self, token: &str) -> bool {
+        self.scope_of(token).is_some()
     }
 }
 
 impl tonic::service::Interceptor for TokenAuth {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let Some(value) = req.metadata().get("authorization") else {
             return Err(Status::unauthenticated("missing `authorization: Bearer <service token>` metadata"));
         };
@@ -50,7 +82,8 @@ impl tonic::service::Interceptor for TokenAuth {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <service token>`"))?;
-        if self.accepts(token.trim()) {
+        if let Some(scope) = self.scope_of(token.trim()) {
+            req.extensions_mut().insert(scope);
             Ok(req)
         } else {
             metrics::counter!("tessera_grpc_unauthenticated_total").increment(1);
@@ -83,5 +116,9 @@ mod tests {
             assert!(!e.message().contains("s3cret"));
         }
         assert!(!TokenAuth::new(vec![]).accepts(""));
+        let a = TokenAuth::with_support(vec![hash_token("svc")], vec![hash_token("sup")]);
+        assert_eq!(a.scope_of("svc"), Some(Scope::Service));
+        assert_eq!(a.scope_of("sup"), Some(Scope::Support));
+        assert_eq!(a.scope_of("nope"), None);
     }
 }

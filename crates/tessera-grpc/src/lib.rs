@@ -1,4 +1,5 @@
-//! The gRPC face of Tessera: `tessera.v1.FactorService`, thin over `tessera-app`.
+//! The gRPC face of Tessera: `tessera.v1.FactorService` and `tessera.v1.IdentityService`,
+//! thin over `tessera-app`.
 //!
 //! Each handler validates what the proto cannot (ids), converts to domain types, calls one
 //! use case, converts back, and maps `AppError` to a `Status` in exactly one place
@@ -9,9 +10,12 @@
 
 mod auth;
 mod convert;
+mod identity;
 mod service;
 
-pub use auth::{TokenAuth, hash_token};
+pub use auth::{Scope, TokenAuth, hash_token};
+pub use identity::IdentitySvc;
 pub use service::{FactorSvc, status};
 pub use tessera_proto::FILE_DESCRIPTOR_SET;
 pub use tessera_proto::v1::factor_service_server::FactorServiceServer;
+pub use tessera_proto::v1::identity_service_server::IdentityServiceServer;

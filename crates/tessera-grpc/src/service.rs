@@ -40,7 +40,7 @@ pub fn status(e: AppError, request_id: &str) -> Status {
     }
 }
 
-fn request_id<T>(req: &Request<T>) -> String {
+pub(crate) fn request_id<T>(req: &Request<T>) -> String {
     req.metadata()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -50,7 +50,7 @@ fn request_id<T>(req: &Request<T>) -> String {
 
 /// Run one handler body: a span with the request id, a latency histogram, error mapping,
 /// and the request id echoed in the response metadata.
-async fn call<T, F>(method: &'static str, rid: String, body: F) -> Result<Response<T>, Status>
+pub(crate) async fn call<T, F>(method: &'static str, rid: String, body: F) -> Result<Response<T>, Status>
 where
     F: Future<Output = Result<T, Status>>,
 {

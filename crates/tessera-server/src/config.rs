@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub issuer: Option<String>,
     /// SHA-256 (hex) of each accepted service token.
     pub service_token_hashes: Option<Vec<String>>,
+    /// SHA-256 (hex) of each support-scoped token (may call SupportResetMfa).
+    pub support_token_hashes: Option<Vec<String>>,
     /// Database pool size.
     pub db_max_connections: Option<u32>,
     /// `text` (default) or `json`.
@@ -48,6 +50,7 @@ impl ConfigFile {
             grpc_addr: self.grpc_addr.or(other.grpc_addr),
             issuer: self.issuer.or(other.issuer),
             service_token_hashes: self.service_token_hashes.or(other.service_token_hashes),
+            support_token_hashes: self.support_token_hashes.or(other.support_token_hashes),
             db_max_connections: self.db_max_connections.or(other.db_max_connections),
             log_format: self.log_format.or(other.log_format),
         }
@@ -92,6 +95,8 @@ pub struct ServerConfig {
     pub issuer: String,
     /// Service tokens.
     pub tokens: TokenSource,
+    /// Support-scoped token hashes (none by default: support resets then run from the CLI).
+    pub support_tokens: Vec<[u8; 32]>,
     /// Pool size.
     pub db_max_connections: u32,
     /// JSON logs.
@@ -102,6 +107,24 @@ impl ServerConfig {
     /// Resolve: `given` (flags and environment, already merged over the file) over defaults.
     /// `service_token` is `TESSERA_SERVICE_TOKEN`, which wins over configured hashes.
     pub fn resolve(given: ConfigFile, service_token: Option<String>) -> Result<Self, ServerError> {
+        Self::resolve_with_support(given, service_token, None)
+    }
+
+    /// As [`ServerConfig::resolve`], with `TESSERA_SUPPORT_TOKEN` (which wins over configured
+    /// support hashes).
+    pub fn resolve_with_support(
+        given: ConfigFile,
+        service_token: Option<String>,
+        support_token: Option<String>,
+    ) -> Result<Self, ServerError> {
+        let support_tokens = match (support_token.filter(|t| !t.is_empty()), &given.support_token_hashes) {
+            (Some(t), _) if t.len() < 16 => {
+                return Err(ServerError::Config("TESSERA_SUPPORT_TOKEN must be at least 16 characters".into()));
+            }
+            (Some(t), _) => vec![tessera_grpc::hash_token(&t)],
+            (None, Some(h)) => parse_hashes(h, "support_token_hashes")?,
+            (None, None) => Vec::new(),
+        };
         let data_dir = given.data_dir.unwrap_or_else(|| PathBuf::from("./tessera-data"));
         let tokens = match (service_token.filter(|t| !t.is_empty()), given.service_token_hashes) {
             (Some(t), _) => {
@@ -110,19 +133,7 @@ impl ServerConfig {
                 }
                 TokenSource::Token(t)
             }
-            (None, Some(h)) if !h.is_empty() => TokenSource::Hashes(
-                h.iter()
-                    .map(|x| {
-                        data_encoding::HEXLOWER_PERMISSIVE
-                            .decode(x.trim().as_bytes())
-                            .ok()
-                            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                            .ok_or_else(|| {
-                                ServerError::Config("service_token_hashes: each must be 64 hex digits (SHA-256)".into())
-                            })
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
+            (None, Some(h)) if !h.is_empty() => TokenSource::Hashes(parse_hashes(&h, "service_token_hashes")?),
             _ => TokenSource::File(data_dir.join("service-token")),
         };
         let log_json = match given.log_format.as_deref() {
@@ -140,10 +151,23 @@ impl ServerConfig {
             issuer: given.issuer.unwrap_or_else(|| "Tessera".into()),
             db_max_connections: given.db_max_connections.unwrap_or(16).clamp(1, 1000),
             tokens,
+            support_tokens,
             log_json,
             data_dir,
         })
     }
+}
+
+fn parse_hashes(h: &[String], key: &str) -> Result<Vec<[u8; 32]>, ServerError> {
+    h.iter()
+        .map(|x| {
+            data_encoding::HEXLOWER_PERMISSIVE
+                .decode(x.trim().as_bytes())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| ServerError::Config(format!("{key}: each must be 64 hex digits (SHA-256)")))
+        })
+        .collect()
 }
 
 /// A database URL with any password removed, for messages and logs.

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use tessera_app::{App, AppConfig, KeyringSource};
 use tessera_core::clock::{Clock, SystemClock};
-use tessera_grpc::{FactorServiceServer, FactorSvc, TokenAuth};
+use tessera_grpc::{FactorServiceServer, FactorSvc, IdentityServiceServer, IdentitySvc, TokenAuth};
 use tessera_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
@@ -74,9 +74,12 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
 
     let (hashes, token_summary) = config::service_tokens(cfg)?;
     summary.push(token_summary);
+    if !cfg.support_tokens.is_empty() {
+        summary.push(format!("support tokens: {}", cfg.support_tokens.len()));
+    }
     let app_cfg = AppConfig { issuer: cfg.issuer.clone(), ..AppConfig::default() };
     let app = App::new(store, keys, clock.unwrap_or_else(|| Arc::new(SystemClock)), app_cfg);
-    Ok(Prepared { app, auth: TokenAuth::new(hashes), summary })
+    Ok(Prepared { app, auth: TokenAuth::with_support(hashes, cfg.support_tokens.clone()), summary })
 }
 
 /// Create the data directory readable by its owner only (it holds the database).
@@ -115,6 +118,7 @@ pub async fn run(
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<FactorServiceServer<FactorSvc>>().await;
+    health.set_serving::<IdentityServiceServer<IdentitySvc>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tessera_grpc::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -125,12 +129,14 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
-    let factor = FactorServiceServer::with_interceptor(FactorSvc::new(app.clone()), auth);
+    let factor = FactorServiceServer::with_interceptor(FactorSvc::new(app.clone()), auth.clone());
+    let identity = IdentityServiceServer::with_interceptor(IdentitySvc::new(app.clone()), auth);
     let grpc = tonic::transport::Server::builder()
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(factor)
+        .add_service(identity)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
             wait(stop_rx.clone()),
@@ -142,6 +148,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing in-flight calls");
     health.set_not_serving::<FactorServiceServer<FactorSvc>>().await;
+    health.set_not_serving::<IdentityServiceServer<IdentitySvc>>().await;
     let _ = stop_tx.send(true);
     let g = grpc.await.map_err(|e| ServerError::Config(format!("gRPC task: {e}")))?;
     let h = http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;

@@ -154,6 +154,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         grpc_addr: args.grpc_addr,
         issuer: args.issuer.clone(),
         service_token_hashes: None,
+        support_token_hashes: None,
         db_max_connections: args.db_max_connections,
         log_format: args.log_json.then(|| "json".to_owned()),
     };
@@ -162,7 +163,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         None => ConfigFile::default(),
     };
     let token = std::env::var("TESSERA_SERVICE_TOKEN").ok();
-    let cfg = ServerConfig::resolve(given.or(file), token)?;
+    let support = std::env::var("TESSERA_SUPPORT_TOKEN").ok();
+    let cfg = ServerConfig::resolve_with_support(given.or(file), token, support)?;
     init_logs(cfg.log_json);
     let prepared = tessera_server::prepare(&cfg, None).await?;
     let grpc = tokio::net::TcpListener::bind(cfg.grpc_addr)

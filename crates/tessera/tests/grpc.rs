@@ -14,6 +14,7 @@ use tessera_server::{ConfigFile, Listeners, ServerConfig};
 use tonic::Code;
 
 const TOKEN: &str = "test-service-token-0123456789";
+const SUPPORT: &str = "test-support-token-0123456789";
 const CI_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 fn loud(msg: &str) {
@@ -58,7 +59,7 @@ impl InProcess {
     async fn start(database_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let given = ConfigFile { data_dir: Some(dir.path().to_owned()), database_url, ..Default::default() };
-        let cfg = ServerConfig::resolve(given, Some(TOKEN.into())).unwrap();
+        let cfg = ServerConfig::resolve_with_support(given, Some(TOKEN.into()), Some(SUPPORT.into())).unwrap();
         let clock = ManualClock::at_unix(1_767_225_610);
         let prepared = tessera_server::prepare(&cfg, Some(Arc::new(clock.clone()))).await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -422,4 +423,184 @@ async fn require_totp_layer_guards_a_handler() {
     assert_eq!(call(Some("erin"), Some(&good)).await, (200, "hello erin".to_owned()));
     assert_eq!(call(Some("erin"), Some(&good)).await.0, 401, "a replayed code does not get through");
     srv.stop().await;
+}
+
+async fn identity_scenario(srv: &InProcess) {
+    use prost::Message;
+    use tessera_client::pb::LoginStatus;
+    let c = srv.client(TOKEN).await;
+    let mut id = c.identity();
+    let pw = "correct horse battery staple";
+    let login = |email: &str, password: &str| pb::BeginLoginRequest {
+        email: email.into(),
+        password: password.into(),
+        context: Some(pb::ClientContext { ip: "192.0.2.1".into(), user_agent: "e2e".into() }),
+    };
+    let complete = |challenge: &str, code: &str| pb::CompleteLoginRequest {
+        challenge: challenge.into(),
+        code: code.into(),
+        context: None,
+    };
+
+    // sign up; a short password is INVALID_ARGUMENT naming the field
+    let s = id
+        .create_user(pb::CreateUserRequest { email: "x@example.com".into(), password: "short".into(), context: None })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("password"), "{}", s.message());
+    let uid = id
+        .create_user(pb::CreateUserRequest { email: "Grace@Example.com".into(), password: pw.into(), context: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .user_id;
+
+    // login without MFA
+    let r = id.begin_login(login("grace@example.com", pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Authenticated as i32);
+    assert_eq!(r.assurance, pb::Assurance::Password as i32);
+    // an unknown email and a wrong password get byte-identical answers
+    let wrong = id.begin_login(login("grace@example.com", "not the password")).await.unwrap().into_inner();
+    let unknown = id.begin_login(login("nobody@example.com", "not the password")).await.unwrap().into_inner();
+    assert_eq!(wrong.status, LoginStatus::Failed as i32);
+    assert_eq!(wrong.encode_to_vec(), unknown.encode_to_vec());
+
+    // enrol: the login now needs a code
+    let e = c
+        .enroll_totp(pb::EnrollTotpRequest {
+            subject_id: uid.clone(),
+            label: "Phone".into(),
+            account_name: "grace".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let conf = c.confirm_totp(&uid, &e.factor_id, &srv.code(&e.secret_base32, 0)).await.unwrap();
+    let r = id.begin_login(login("grace@example.com", pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::SecondFactorRequired as i32);
+    let ch = r.challenge;
+    // five wrong codes lock and void the challenge
+    let good = srv.code(&e.secret_base32, 1);
+    let bad = if good == "000000" { "111111" } else { "000000" };
+    for _ in 0..4 {
+        let r = id.complete_login_totp(complete(&ch, bad)).await.unwrap().into_inner();
+        assert_eq!(r.status, LoginStatus::Rejected as i32);
+    }
+    let r = id.complete_login_totp(complete(&ch, bad)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Locked as i32);
+    assert!(r.locked_until.is_some());
+    srv.clock.advance(time::Duration::seconds(61));
+    let r = id.complete_login_totp(complete(&ch, &srv.code(&e.secret_base32, 0))).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::ChallengeInvalid as i32);
+
+    // a recovery code login works once
+    let ch = id.begin_login(login("grace@example.com", pw)).await.unwrap().into_inner().challenge;
+    let r = id.complete_login_recovery(complete(&ch, &conf.recovery_codes[0])).await.unwrap().into_inner();
+    assert_eq!(
+        (r.status, r.assurance),
+        (LoginStatus::Authenticated as i32, pb::Assurance::PasswordAndSecondFactor as i32)
+    );
+    let session = r.session_token;
+    let ch = id.begin_login(login("grace@example.com", pw)).await.unwrap().into_inner().challenge;
+    let r = id.complete_login_recovery(complete(&ch, &conf.recovery_codes[0])).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Rejected as i32);
+    let who = id
+        .get_session(pb::GetSessionRequest { session_token: session.clone(), account_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(who.user_id, uid);
+
+    // accounts: policy and access
+    let acct = id
+        .create_account(pb::CreateAccountRequest { name: "Acme".into(), owner_user_id: uid.clone(), context: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .account_id;
+    id.set_account_policy(pb::SetAccountPolicyRequest {
+        account_id: acct.clone(),
+        require_mfa: true,
+        actor_user_id: uid.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let acc = id
+        .get_session(pb::GetSessionRequest { session_token: session.clone(), account_id: acct.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acc.account_access, pb::AccountAccess::Open as i32);
+
+    // support reset: a service token may not; a support token may
+    let req = || pb::SupportResetMfaRequest {
+        email: "grace@example.com".into(),
+        reason: "lost phone and codes; identity checked by video call".into(),
+        ticket: "SUP-77".into(),
+        actor: "agent-ann".into(),
+        context: None,
+    };
+    assert_eq!(id.support_reset_mfa(req()).await.unwrap_err().code(), Code::PermissionDenied);
+    let mut support = srv.client(SUPPORT).await.identity();
+    let rep = support.support_reset_mfa(req()).await.unwrap().into_inner();
+    assert_eq!((rep.factors_removed, rep.recovery_codes_removed), (1, 10));
+    assert_eq!(
+        id.get_session(pb::GetSessionRequest { session_token: session.clone(), account_id: String::new() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated,
+        "the reset revoked the session"
+    );
+    // login without MFA again; the account now asks for enrolment
+    let r = id.begin_login(login("grace@example.com", pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Authenticated as i32);
+    assert_eq!(r.enrolment_required_account_ids, vec![acct.clone()]);
+    let acc = id
+        .get_session(pb::GetSessionRequest { session_token: r.session_token, account_id: acct })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acc.account_access, pb::AccountAccess::EnrolmentRequired as i32);
+
+    // the audit trail has each step
+    let events = c.list_audit_events(&uid, 100, "").await.unwrap().events;
+    for kind in [
+        "user_created",
+        "login_succeeded",
+        "totp_confirmed",
+        "second_factor_challenged",
+        "locked",
+        "challenges_voided",
+        "recovery_code_redeemed",
+        "account_policy_changed",
+        "support_mfa_reset",
+    ] {
+        assert!(events.iter().any(|e| e.kind == kind), "no {kind} in the trail");
+    }
+    let reset = events.iter().find(|e| e.kind == "support_mfa_reset").unwrap();
+    assert_eq!(reset.actor, "agent-ann");
+    assert!(reset.detail_json.contains("SUP-77"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_scenario_sqlite() {
+    let srv = InProcess::start(None).await;
+    identity_scenario(&srv).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_scenario_postgres() {
+    let Some(base) = pg_url() else {
+        loud("SKIPPED (PostgreSQL): identity end-to-end on PostgreSQL; set TESSERA_TEST_DATABASE_URL");
+        return;
+    };
+    let (url, name) = create_pg_db(&base).await;
+    let srv = InProcess::start(Some(url)).await;
+    identity_scenario(&srv).await;
+    srv.stop().await;
+    drop_pg_db(&base, &name).await;
 }

@@ -1,0 +1,267 @@
+//! `IdentityService` handlers: sign-up, the two-step login, sessions, accounts and their MFA
+//! policy, and the support reset (support-scoped tokens only).
+
+use crate::auth::Scope;
+use crate::convert;
+use crate::service::{call, request_id, status};
+use tessera_app::{App, LoginOutcome};
+use tessera_core::policy::{AccountAccess, Assurance};
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::identity_service_server::IdentityService;
+use tonic::{Request, Response, Status};
+
+/// The service over the app's identity use cases.
+#[derive(Debug, Clone)]
+pub struct IdentitySvc {
+    app: App,
+}
+
+impl IdentitySvc {
+    /// Serve `app`.
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+fn assurance(a: Assurance) -> i32 {
+    match a {
+        Assurance::Password => pb::Assurance::Password as i32,
+        Assurance::PasswordAndSecondFactor => pb::Assurance::PasswordAndSecondFactor as i32,
+    }
+}
+
+fn login_response(o: LoginOutcome) -> pb::LoginResponse {
+    let mut r = pb::LoginResponse::default();
+    match o {
+        LoginOutcome::Authenticated { token, user_id, assurance: a, enrolment_required, grace } => {
+            r.status = pb::LoginStatus::Authenticated as i32;
+            r.session_token = token.to_string();
+            r.user_id = user_id;
+            r.assurance = assurance(a);
+            r.enrolment_required_account_ids = enrolment_required;
+            r.grace = grace
+                .into_iter()
+                .map(|(account_id, until)| pb::GraceAccount { account_id, until: Some(convert::ts(until)) })
+                .collect();
+        }
+        LoginOutcome::SecondFactorRequired { challenge } => {
+            r.status = pb::LoginStatus::SecondFactorRequired as i32;
+            r.challenge = challenge.to_string();
+        }
+        LoginOutcome::Failed => r.status = pb::LoginStatus::Failed as i32,
+        LoginOutcome::Rejected { attempts_remaining } => {
+            r.status = pb::LoginStatus::Rejected as i32;
+            r.attempts_remaining = attempts_remaining;
+        }
+        LoginOutcome::Locked { until } => {
+            r.status = pb::LoginStatus::Locked as i32;
+            r.locked_until = Some(convert::ts(until));
+        }
+        LoginOutcome::ChallengeInvalid => r.status = pb::LoginStatus::ChallengeInvalid as i32,
+    }
+    r
+}
+
+fn from_ts(t: Option<prost_types::Timestamp>, field: &str) -> Result<Option<time::OffsetDateTime>, Status> {
+    t.map(|t| {
+        time::OffsetDateTime::from_unix_timestamp(t.seconds)
+            .map_err(|_| Status::invalid_argument(format!("{field}: timestamp out of range")))
+    })
+    .transpose()
+}
+
+#[tonic::async_trait]
+impl IdentityService for IdentitySvc {
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("CreateUser", rid.clone(), async {
+            let user_id = self
+                .app
+                .create_user(&r.email, &r.password, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::CreateUserResponse { user_id })
+        })
+        .await
+    }
+
+    async fn begin_login(&self, req: Request<pb::BeginLoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("BeginLogin", rid.clone(), async {
+            let o = self
+                .app
+                .begin_login(&r.email, &r.password, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(login_response(o))
+        })
+        .await
+    }
+
+    async fn complete_login_totp(
+        &self,
+        req: Request<pb::CompleteLoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("CompleteLoginTotp", rid.clone(), async {
+            let o = self
+                .app
+                .complete_login_totp(&r.challenge, &r.code, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(login_response(o))
+        })
+        .await
+    }
+
+    async fn complete_login_recovery(
+        &self,
+        req: Request<pb::CompleteLoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("CompleteLoginRecovery", rid.clone(), async {
+            let o = self
+                .app
+                .complete_login_recovery(&r.challenge, &r.code, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(login_response(o))
+        })
+        .await
+    }
+
+    async fn get_session(
+        &self,
+        req: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("GetSession", rid.clone(), async {
+            let (user_id, a) = self
+                .app
+                .session(&r.session_token)
+                .await
+                .map_err(|e| status(e, &rid))?
+                .ok_or_else(|| Status::unauthenticated("session_token: unknown, expired or revoked session"))?;
+            let mut resp = pb::GetSessionResponse { user_id, assurance: assurance(a), ..Default::default() };
+            if !r.account_id.is_empty() {
+                let access =
+                    self.app.account_access(&r.session_token, &r.account_id).await.map_err(|e| status(e, &rid))?;
+                resp.account_access = match access {
+                    AccountAccess::Open => pb::AccountAccess::Open,
+                    AccountAccess::OpenUntil(until) => {
+                        resp.grace_until = Some(convert::ts(until));
+                        pb::AccountAccess::OpenUntilGraceDeadline
+                    }
+                    AccountAccess::EnrolmentRequired => pb::AccountAccess::EnrolmentRequired,
+                    AccountAccess::SecondFactorRequired => pb::AccountAccess::SecondFactorRequired,
+                } as i32;
+            }
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("Logout", rid.clone(), async {
+            let live = self.app.session(&r.session_token).await.map_err(|e| status(e, &rid))?.is_some();
+            self.app.logout(&r.session_token, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
+            Ok(pb::LogoutResponse { sessions_revoked: u64::from(live) })
+        })
+        .await
+    }
+
+    async fn logout_everywhere(
+        &self,
+        req: Request<pb::LogoutEverywhereRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("LogoutEverywhere", rid.clone(), async {
+            let n =
+                self.app.logout_everywhere(&r.user_id, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
+            Ok(pb::LogoutResponse { sessions_revoked: n })
+        })
+        .await
+    }
+
+    async fn create_account(
+        &self,
+        req: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("CreateAccount", rid.clone(), async {
+            let account_id = self
+                .app
+                .create_account(&r.name, &r.owner_user_id, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::CreateAccountResponse { account_id })
+        })
+        .await
+    }
+
+    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::AddMemberResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("AddMember", rid.clone(), async {
+            self.app
+                .add_member(&r.account_id, &r.user_id, &r.role, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::AddMemberResponse {})
+        })
+        .await
+    }
+
+    async fn set_account_policy(
+        &self,
+        req: Request<pb::SetAccountPolicyRequest>,
+    ) -> Result<Response<pb::SetAccountPolicyResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("SetAccountPolicy", rid.clone(), async {
+            let grace = from_ts(r.grace_until, "grace_until")?;
+            self.app
+                .set_account_policy(&r.account_id, r.require_mfa, grace, &r.actor_user_id, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::SetAccountPolicyResponse {})
+        })
+        .await
+    }
+
+    async fn support_reset_mfa(
+        &self,
+        req: Request<pb::SupportResetMfaRequest>,
+    ) -> Result<Response<pb::SupportResetMfaResponse>, Status> {
+        let rid = request_id(&req);
+        if req.extensions().get::<Scope>() != Some(&Scope::Support) {
+            return Err(Status::permission_denied("SupportResetMfa needs a support-scoped service token"));
+        }
+        let r = req.into_inner();
+        call("SupportResetMfa", rid.clone(), async {
+            let rep = self
+                .app
+                .support_reset_mfa(&r.email, &r.reason, &r.ticket, &r.actor, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::SupportResetMfaResponse {
+                factors_removed: rep.factors,
+                recovery_codes_removed: rep.recovery_codes,
+                sessions_revoked: rep.sessions,
+            })
+        })
+        .await
+    }
+}
