@@ -113,6 +113,7 @@ impl App {
     pub async fn create_user(&self, email: &str, password: &str, ctx: &ClientContext) -> Result<String, AppError> {
         let email_norm = normalise_email(email)?;
         let p = Password::new_checked(password, self.config.min_password_chars)?;
+        self.pwned.check(&p).await?;
         let hash = self.hash_password_blocking(p).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.clock.now();

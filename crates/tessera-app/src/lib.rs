@@ -10,12 +10,14 @@ mod factors;
 mod identity;
 pub mod keyfile;
 mod keys;
+mod pwned;
 
 pub use error::AppError;
 pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome};
 pub use identity::{CHALLENGE_TTL, LoginOutcome, SESSION_TTL, normalise_email};
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
+pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
 
 use std::sync::Arc;
 use tessera_core::clock::Clock;
@@ -38,6 +40,8 @@ pub struct AppConfig {
     pub min_password_chars: usize,
     /// Lockout rule for password attempts (a counter of its own).
     pub password_throttle: ThrottlePolicy,
+    /// The breached-password check for new passwords.
+    pub pwned: PwnedConfig,
 }
 
 impl Default for AppConfig {
@@ -49,6 +53,7 @@ impl Default for AppConfig {
             max_factors_per_subject: 10,
             min_password_chars: tessera_core::password::DEFAULT_MIN_CHARS,
             password_throttle: ThrottlePolicy::default(),
+            pwned: PwnedConfig::default(),
         }
     }
 }
@@ -86,11 +91,18 @@ pub struct App {
     /// Bounds concurrent argon2id runs to the core count.
     hash_permits: Arc<tokio::sync::Semaphore>,
     password_verifications: Arc<std::sync::atomic::AtomicU64>,
+    pwned: PwnedChecker,
 }
 
 impl App {
     /// Assemble the use cases.
     pub fn new(store: Store, keys: KeyringSource, clock: Arc<dyn Clock>, config: AppConfig) -> Self {
+        // If the HTTP client cannot be built, the check cannot answer and its failure mode
+        // decides (never silently off).
+        let pwned = PwnedChecker::new(config.pwned.clone()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "breached-password client unavailable");
+            PwnedChecker::without_client(config.pwned.clone())
+        });
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             store,
@@ -99,6 +111,7 @@ impl App {
             config: Arc::new(config),
             hash_permits: Arc::new(tokio::sync::Semaphore::new(cores)),
             password_verifications: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            pwned,
         }
     }
     /// The store (for health checks and the composition root).

@@ -772,3 +772,149 @@ async fn support_reset(h: &Harness) {
     ));
 }
 both!(support_reset);
+
+// ---- the breached-password check against a real range server on 127.0.0.1 ----
+
+use std::sync::{Arc, Mutex};
+use tessera_app::{AppConfig, FailureMode, PwnedConfig, PwnedSource};
+
+fn sha1_hex(s: &str) -> String {
+    use sha1::Digest;
+    sha1::Sha1::digest(s.as_bytes()).iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// A range server: answers `GET /range/PREFIX` with the suffixes of `breached` under that
+/// prefix plus zero-count padding lines, and records every request it receives verbatim.
+async fn range_server(
+    breached: Vec<(&'static str, u64)>,
+    padding_for: Vec<&'static str>,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&buf).into_owned();
+            log.lock().unwrap().push(req.clone());
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let prefix = path.strip_prefix("/range/").unwrap_or("").to_owned();
+            let mut body = String::new();
+            for (pw, n) in &breached {
+                let h = sha1_hex(pw);
+                if h.starts_with(&prefix) {
+                    body.push_str(&format!("{}:{n}\r\n", &h[5..]));
+                }
+            }
+            for pw in &padding_for {
+                let h = sha1_hex(pw);
+                if h.starts_with(&prefix) {
+                    body.push_str(&format!("{}:0\r\n", &h[5..]));
+                }
+            }
+            body.push_str("00000000000000000000000000000000000:0\r\n");
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = sock.write_all(resp.as_bytes()).await;
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+fn online(base_url: &str, failure: FailureMode, threshold: u64) -> AppConfig {
+    AppConfig {
+        pwned: PwnedConfig {
+            source: PwnedSource::Online { base_url: base_url.to_owned(), timeout: std::time::Duration::from_secs(2) },
+            threshold,
+            failure,
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breached_passwords_are_refused_and_only_the_prefix_leaves() {
+    let breached = "Tr0ub4dor&3 is famous";
+    let rare = "a rarely breached phrase";
+    let padded = "this one only shows up as padding";
+    let (url, seen) = range_server(vec![(breached, 42), (rare, 2)], vec![padded]).await;
+    let h = Harness::sqlite(online(&url, FailureMode::Closed, 3)).await;
+    let err = h.app.create_user("a@example.com", breached, &ctx()).await.unwrap_err();
+    assert!(
+        matches!(&err, AppError::Invalid(CoreError::Invalid { field: "password", reason }) if reason.contains("42 known data breaches")),
+        "{err:?}"
+    );
+    h.app.create_user("b@example.com", rare, &ctx()).await.unwrap(); // under the threshold of 3
+    h.app.create_user("c@example.com", padded, &ctx()).await.unwrap(); // a zero-count padding line
+    h.app.create_user("d@example.com", "nobody has ever used this one", &ctx()).await.unwrap();
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 4);
+    for (req, pw) in requests.iter().zip([breached, rare, padded, "nobody has ever used this one"]) {
+        let line = req.lines().next().unwrap();
+        let path = line.split_whitespace().nth(1).unwrap();
+        let prefix = path.strip_prefix("/range/").expect(line);
+        assert!(prefix.len() == 5 && prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+        assert_eq!(prefix, &sha1_hex(pw)[..5]);
+        // nothing more of the hash (nor the password) is in the request
+        let hash = sha1_hex(pw);
+        for window in 6..=40 {
+            assert!(!req.to_uppercase().contains(&hash[..window]), "more than 5 hex characters sent: {req}");
+        }
+        assert!(!req.to_uppercase().contains(&hash[5..]), "the suffix was sent: {req}");
+        assert!(!req.contains(pw));
+        assert!(req.to_lowercase().contains("add-padding: true"), "{req}");
+    }
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_range_api_follows_the_failure_mode() {
+    // a port nothing listens on
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let h = Harness::sqlite(online(&dead, FailureMode::Open, 1)).await;
+    h.app.create_user("open@example.com", "a fine long password", &ctx()).await.unwrap();
+    h.cleanup().await;
+    let h = Harness::sqlite(online(&dead, FailureMode::Closed, 1)).await;
+    let err = h.app.create_user("closed@example.com", "a fine long password", &ctx()).await.unwrap_err();
+    assert!(matches!(&err, AppError::FailedPrecondition(m) if m.contains("unavailable")), "{err:?}");
+    assert!(matches!(
+        h.app.begin_login("closed@example.com", "a fine long password", &ctx()).await.unwrap(),
+        LoginOutcome::Failed
+    ));
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_range_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let breached = "an offline breached password";
+    let h = sha1_hex(breached);
+    std::fs::write(dir.path().join(&h[..5]), format!("{}:7\r\n", &h[5..])).unwrap();
+    let cfg = |failure| AppConfig {
+        pwned: PwnedConfig { source: PwnedSource::Offline { dir: dir.path().to_owned() }, threshold: 1, failure },
+        ..Default::default()
+    };
+    let hs = Harness::sqlite(cfg(FailureMode::Closed)).await;
+    assert!(matches!(hs.app.create_user("x@example.com", breached, &ctx()).await, Err(AppError::Invalid(_))));
+    // a prefix with no range file: the failure mode decides (closed here)
+    assert!(matches!(
+        hs.app.create_user("y@example.com", "no range file for this one", &ctx()).await,
+        Err(AppError::FailedPrecondition(_))
+    ));
+    hs.cleanup().await;
+    let ho = Harness::sqlite(cfg(FailureMode::Open)).await;
+    ho.app.create_user("y@example.com", "no range file for this one", &ctx()).await.unwrap();
+    ho.cleanup().await;
+}

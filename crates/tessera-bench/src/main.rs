@@ -161,6 +161,7 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
         data_dir: Some(dir.to_owned()),
         database_url,
         db_max_connections: Some(args.pool),
+        pwned_mode: Some("off".into()),
         ..Default::default()
     };
     let cfg = ServerConfig::resolve(given, Some(TOKEN.into()))?;

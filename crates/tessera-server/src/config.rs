@@ -30,6 +30,16 @@ pub struct ConfigFile {
     pub db_max_connections: Option<u32>,
     /// `text` (default) or `json`.
     pub log_format: Option<String>,
+    /// Breached-password check: `online` (default), `offline` or `off`.
+    pub pwned_mode: Option<String>,
+    /// Range API base URL (default `https://api.pwnedpasswords.com`).
+    pub pwned_url: Option<String>,
+    /// Range directory for `offline`.
+    pub pwned_dir: Option<PathBuf>,
+    /// `open` (default: allow and log when the check cannot answer) or `closed` (refuse).
+    pub pwned_failure: Option<String>,
+    /// Refuse passwords seen in at least this many breaches (default 1).
+    pub pwned_threshold: Option<u64>,
 }
 
 impl ConfigFile {
@@ -53,6 +63,11 @@ impl ConfigFile {
             support_token_hashes: self.support_token_hashes.or(other.support_token_hashes),
             db_max_connections: self.db_max_connections.or(other.db_max_connections),
             log_format: self.log_format.or(other.log_format),
+            pwned_mode: self.pwned_mode.or(other.pwned_mode),
+            pwned_url: self.pwned_url.or(other.pwned_url),
+            pwned_dir: self.pwned_dir.or(other.pwned_dir),
+            pwned_failure: self.pwned_failure.or(other.pwned_failure),
+            pwned_threshold: self.pwned_threshold.or(other.pwned_threshold),
         }
     }
 }
@@ -101,6 +116,8 @@ pub struct ServerConfig {
     pub db_max_connections: u32,
     /// JSON logs.
     pub log_json: bool,
+    /// The breached-password check.
+    pub pwned: tessera_app::PwnedConfig,
 }
 
 impl ServerConfig {
@@ -141,7 +158,32 @@ impl ServerConfig {
             Some("json") => true,
             Some(other) => return Err(ServerError::Config(format!("log_format {other:?} must be text or json"))),
         };
+        let pwned_source = match given.pwned_mode.as_deref().unwrap_or("online") {
+            "online" => tessera_app::PwnedSource::Online {
+                base_url: given.pwned_url.clone().unwrap_or_else(|| "https://api.pwnedpasswords.com".into()),
+                timeout: std::time::Duration::from_secs(3),
+            },
+            "offline" => tessera_app::PwnedSource::Offline {
+                dir: given
+                    .pwned_dir
+                    .clone()
+                    .ok_or_else(|| ServerError::Config("pwned_mode = offline needs pwned_dir".into()))?,
+            },
+            "off" => tessera_app::PwnedSource::Off,
+            other => return Err(ServerError::Config(format!("pwned_mode {other:?} must be online, offline or off"))),
+        };
+        let pwned_failure = match given.pwned_failure.as_deref().unwrap_or("open") {
+            "open" => tessera_app::FailureMode::Open,
+            "closed" => tessera_app::FailureMode::Closed,
+            other => return Err(ServerError::Config(format!("pwned_failure {other:?} must be open or closed"))),
+        };
+        let pwned = tessera_app::PwnedConfig {
+            source: pwned_source,
+            threshold: given.pwned_threshold.unwrap_or(1).max(1),
+            failure: pwned_failure,
+        };
         Ok(Self {
+            pwned,
             database_url: given
                 .database_url
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("tessera.db").display())),

@@ -82,6 +82,18 @@ struct ServeArgs {
     /// Database pool size [default: 16].
     #[arg(long, env = "TESSERA_DB_MAX_CONNECTIONS")]
     db_max_connections: Option<u32>,
+    /// Breached-password check: online, offline or off [default: online].
+    #[arg(long, env = "TESSERA_PWNED_MODE")]
+    pwned_mode: Option<String>,
+    /// Range API base URL [default: https://api.pwnedpasswords.com].
+    #[arg(long, env = "TESSERA_PWNED_URL")]
+    pwned_url: Option<String>,
+    /// Range directory for --pwned-mode offline.
+    #[arg(long, env = "TESSERA_PWNED_DIR")]
+    pwned_dir: Option<PathBuf>,
+    /// When the check cannot answer: open (allow, log) or closed (refuse) [default: open].
+    #[arg(long, env = "TESSERA_PWNED_FAILURE")]
+    pwned_failure: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +169,11 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         support_token_hashes: None,
         db_max_connections: args.db_max_connections,
         log_format: args.log_json.then(|| "json".to_owned()),
+        pwned_mode: args.pwned_mode.clone(),
+        pwned_url: args.pwned_url.clone(),
+        pwned_dir: args.pwned_dir.clone(),
+        pwned_failure: args.pwned_failure.clone(),
+        pwned_threshold: None,
     };
     let file = match &args.config {
         Some(p) => ConfigFile::load(p)?,

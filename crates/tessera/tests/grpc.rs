@@ -58,7 +58,12 @@ struct InProcess {
 impl InProcess {
     async fn start(database_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let given = ConfigFile { data_dir: Some(dir.path().to_owned()), database_url, ..Default::default() };
+        let given = ConfigFile {
+            data_dir: Some(dir.path().to_owned()),
+            database_url,
+            pwned_mode: Some("off".into()),
+            ..Default::default()
+        };
         let cfg = ServerConfig::resolve_with_support(given, Some(TOKEN.into()), Some(SUPPORT.into())).unwrap();
         let clock = ManualClock::at_unix(1_767_225_610);
         let prepared = tessera_server::prepare(&cfg, Some(Arc::new(clock.clone()))).await.unwrap();
@@ -301,6 +306,7 @@ fn spawn_serve(data: &std::path::Path, extra: &[&str]) -> Proc {
         .args(extra)
         .env("TESSERA_DATA_DIR", data)
         .env("TESSERA_SERVICE_TOKEN", TOKEN)
+        .env("TESSERA_PWNED_MODE", "off")
         .env("TESSERA_LOG", "warn")
         .env_remove("TESSERA_DATABASE_URL")
         .stdout(Stdio::piped())
