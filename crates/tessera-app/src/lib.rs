@@ -10,6 +10,7 @@ mod factors;
 mod identity;
 pub mod keyfile;
 mod keys;
+mod outbox;
 mod pwned;
 
 pub use error::AppError;
@@ -17,6 +18,7 @@ pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome};
 pub use identity::{CHALLENGE_TTL, LoginOutcome, SESSION_TTL, normalise_email};
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
+pub use outbox::{DeliveryReport, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
 
 use std::sync::Arc;

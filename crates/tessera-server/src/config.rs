@@ -40,6 +40,10 @@ pub struct ConfigFile {
     pub pwned_failure: Option<String>,
     /// Refuse passwords seen in at least this many breaches (default 1).
     pub pwned_threshold: Option<u64>,
+    /// SMTP relay for notifications (`smtp://host:port`, `smtps://…`); none: notices stay queued.
+    pub smtp_url: Option<String>,
+    /// Sender address of notifications.
+    pub smtp_from: Option<String>,
 }
 
 impl ConfigFile {
@@ -68,6 +72,8 @@ impl ConfigFile {
             pwned_dir: self.pwned_dir.or(other.pwned_dir),
             pwned_failure: self.pwned_failure.or(other.pwned_failure),
             pwned_threshold: self.pwned_threshold.or(other.pwned_threshold),
+            smtp_url: self.smtp_url.or(other.smtp_url),
+            smtp_from: self.smtp_from.or(other.smtp_from),
         }
     }
 }
@@ -118,6 +124,8 @@ pub struct ServerConfig {
     pub log_json: bool,
     /// The breached-password check.
     pub pwned: tessera_app::PwnedConfig,
+    /// SMTP relay URL and sender, when notifications are delivered.
+    pub smtp: Option<(String, String)>,
 }
 
 impl ServerConfig {
@@ -182,7 +190,12 @@ impl ServerConfig {
             threshold: given.pwned_threshold.unwrap_or(1).max(1),
             failure: pwned_failure,
         };
+        let smtp = given
+            .smtp_url
+            .clone()
+            .map(|u| (u, given.smtp_from.clone().unwrap_or_else(|| "Tessera <no-reply@localhost>".into())));
         Ok(Self {
+            smtp,
             pwned,
             database_url: given
                 .database_url

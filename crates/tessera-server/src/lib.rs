@@ -7,6 +7,7 @@
 mod config;
 mod http;
 
+use config::redact as redact_url;
 pub use config::{ConfigFile, ServerConfig, TokenSource, redact};
 
 use std::future::Future;
@@ -46,6 +47,8 @@ pub struct Prepared {
     pub auth: TokenAuth,
     /// What to print at start.
     pub summary: Vec<String>,
+    /// Delivers queued notifications, when a relay is configured.
+    pub mailer: Option<tessera_app::Mailer>,
 }
 
 /// Open the database (running migrations), the keyring (created on first start, 0600) and
@@ -81,7 +84,17 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
     summary
         .push(format!("breached-password check: {:?}, fail-{:?}", cfg.pwned.source, cfg.pwned.failure).to_lowercase());
     let app = App::new(store, keys, clock.unwrap_or_else(|| Arc::new(SystemClock)), app_cfg);
-    Ok(Prepared { app, auth: TokenAuth::with_support(hashes, cfg.support_tokens.clone()), summary })
+    let mailer = match &cfg.smtp {
+        Some((url, from)) => {
+            summary.push(format!("notifications: SMTP {}", redact_url(url)));
+            Some(tessera_app::Mailer::new(url, from)?)
+        }
+        None => {
+            summary.push("notifications: queued in the outbox (no SMTP relay configured)".into());
+            None
+        }
+    };
+    Ok(Prepared { app, auth: TokenAuth::with_support(hashes, cfg.support_tokens.clone()), summary, mailer })
 }
 
 /// Create the data directory readable by its owner only (it holds the database).
@@ -112,7 +125,7 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let Prepared { app, auth, .. } = prepared;
+    let Prepared { app, auth, mailer, .. } = prepared;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -145,6 +158,21 @@ pub async fn run(
         );
     let http = axum::serve(listeners.http, http::router(app.clone())).with_graceful_shutdown(wait(stop_rx.clone()));
 
+    let outbox = mailer.map(|m| {
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = app.deliver_notifications(&m, 100).await {
+                    tracing::warn!(error = %e, "outbox pass failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = stop.wait_for(|v| *v) => return,
+                }
+            }
+        })
+    });
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     shutdown.await;
@@ -154,6 +182,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let g = grpc.await.map_err(|e| ServerError::Config(format!("gRPC task: {e}")))?;
     let h = http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
+    if let Some(o) = outbox {
+        let _ = o.await;
+    }
     app.store().close().await;
     g?;
     h?;

@@ -437,3 +437,21 @@ impl Store {
         .await?)
     }
 }
+
+impl Store {
+    /// Mark a queued notification as delivered.
+    pub async fn mark_notification_sent(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET sent_at = $2, attempts = attempts + 1 WHERE id = $1")
+            .bind(id)
+            .bind(to_millis(now))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Count a failed delivery attempt (the notification stays queued).
+    pub async fn mark_notification_failed(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1").bind(id).execute(&self.writer).await?;
+        Ok(())
+    }
+}

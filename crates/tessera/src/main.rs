@@ -94,6 +94,12 @@ struct ServeArgs {
     /// When the check cannot answer: open (allow, log) or closed (refuse) [default: open].
     #[arg(long, env = "TESSERA_PWNED_FAILURE")]
     pwned_failure: Option<String>,
+    /// SMTP relay for notifications, e.g. smtp://127.0.0.1:25 or smtps://user:pass@host:465.
+    #[arg(long, env = "TESSERA_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender of notifications.
+    #[arg(long, env = "TESSERA_SMTP_FROM")]
+    smtp_from: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +180,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         pwned_dir: args.pwned_dir.clone(),
         pwned_failure: args.pwned_failure.clone(),
         pwned_threshold: None,
+        smtp_url: args.smtp_url.clone(),
+        smtp_from: args.smtp_from.clone(),
     };
     let file = match &args.config {
         Some(p) => ConfigFile::load(p)?,
