@@ -1,6 +1,6 @@
-//! Where the keyring comes from: a file (mode 0600, created on first use) or an environment
-//! value; reloaded when a row names a key this process has not seen (another replica or
-//! `tessera keys rotate` added it), so rotation needs no restart.
+//! Where the keyring comes from: a file (mode 0600, created on first use, refused if group or
+//! others may read it), reloaded when a row names a key this process has not seen (another
+//! replica or `tessera keys rotate` added it), so rotation needs no restart.
 
 use crate::AppError;
 use std::path::{Path, PathBuf};
@@ -107,7 +107,7 @@ impl KeyringSource {
         Ok((Self { current: Arc::new(RwLock::new(Arc::new(k))), path: Some(path.to_owned()) }, created))
     }
 
-    /// A keyring given as a value (e.g. `TESSERA_KEYRING`), or built in memory for tests.
+    /// A keyring held in memory only (tests, embedding); it is never reloaded.
     pub fn fixed(keyring: Keyring) -> Self {
         Self { current: Arc::new(RwLock::new(Arc::new(keyring))), path: None }
     }

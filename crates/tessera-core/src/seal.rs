@@ -209,7 +209,7 @@ impl Keyring {
         Ok(m.finalize().into_bytes().into())
     }
 
-    /// Parse keyring text (the keyring file, or the `TESSERA_KEYRING` value):
+    /// Parse keyring text (the keyring file):
     ///
     /// ```text
     /// # comments and blank lines are ignored
