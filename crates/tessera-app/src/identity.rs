@@ -290,23 +290,28 @@ impl App {
     /// current policy and the user's current factors. `NotFound` for an unknown session or
     /// a user who is not a member.
     pub async fn account_access(&self, token: &str, account_id: &str) -> Result<AccountAccess, AppError> {
-        let (user_id, aal) = self.session(token).await?.ok_or(AppError::NotFound("session"))?;
-        if self.store.member_role(account_id, &user_id).await?.is_none() {
+        let now = self.clock.now();
+        let s = self.store.session(&token_hash(token), now).await?.ok_or(AppError::NotFound("session"))?;
+        if self.store.member_role(account_id, &s.user_id).await?.is_none() {
             return Err(AppError::NotFound("account membership"));
         }
         let account = self.store.account_policy(account_id).await?.ok_or(AppError::NotFound("account"))?;
-        let has_factor = self.store.has_active_factor(&user_id).await?;
-        Ok(policy::account_access(aal, has_factor, &account, self.clock.now()))
+        let has_factor = self.store.has_active_factor(&s.user_id).await?;
+        // `account_access` itself ignores a second-factor claim once no factor is left.
+        let aal = if s.aal >= 2 { Assurance::PasswordAndSecondFactor } else { Assurance::Password };
+        Ok(policy::account_access(aal, has_factor, &account, now))
     }
 
-    /// Sign out this session.
-    pub async fn logout(&self, token: &str, ctx: &ClientContext) -> Result<(), AppError> {
+    /// Sign out this session; `false` if it was not live (unknown, expired or revoked).
+    pub async fn logout(&self, token: &str, ctx: &ClientContext) -> Result<bool, AppError> {
         let now = self.clock.now();
-        if let Some((user, _)) = self.session(token).await? {
-            self.store.revoke_session(&token_hash(token), now).await?;
-            self.store.append_audit(&self.event(now, &user, None, AuditKind::SessionsRevoked, ctx)).await?;
+        let hash = token_hash(token);
+        let Some(s) = self.store.session(&hash, now).await? else { return Ok(false) };
+        let revoked = self.store.revoke_session(&hash, now).await?;
+        if revoked {
+            self.store.append_audit(&self.event(now, &s.user_id, None, AuditKind::SessionsRevoked, ctx)).await?;
         }
-        Ok(())
+        Ok(revoked)
     }
 
     /// Sign out every session of the user; returns how many were live.

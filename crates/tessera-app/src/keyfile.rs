@@ -107,11 +107,6 @@ impl KeyringSource {
         Ok((Self { current: Arc::new(RwLock::new(Arc::new(k))), path: Some(path.to_owned()) }, created))
     }
 
-    /// A keyring held in memory only (tests, embedding); it is never reloaded.
-    pub fn fixed(keyring: Keyring) -> Self {
-        Self { current: Arc::new(RwLock::new(Arc::new(keyring))), path: None }
-    }
-
     /// The keyring now.
     pub fn get(&self) -> Arc<Keyring> {
         match self.current.read() {

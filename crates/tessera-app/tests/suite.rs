@@ -614,7 +614,8 @@ async fn signup_and_login_flow(h: &Harness) {
     );
 
     // logout, and sign out everywhere
-    h.app.logout(&t1, &ctx()).await.unwrap();
+    assert!(h.app.logout(&t1, &ctx()).await.unwrap());
+    assert!(!h.app.logout(&t1, &ctx()).await.unwrap(), "a revoked session cannot be revoked again");
     assert_eq!(h.app.session(&t1).await.unwrap(), None);
     assert!(h.app.logout_everywhere(&uid, &ctx()).await.unwrap() >= 2);
     assert_eq!(h.app.session(&t2).await.unwrap(), None);

@@ -173,9 +173,9 @@ impl IdentityService for IdentitySvc {
         let rid = request_id(&req);
         let r = req.into_inner();
         call("Logout", rid.clone(), async {
-            let live = self.app.session(&r.session_token).await.map_err(|e| status(e, &rid))?.is_some();
-            self.app.logout(&r.session_token, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
-            Ok(pb::LogoutResponse { sessions_revoked: u64::from(live) })
+            let revoked =
+                self.app.logout(&r.session_token, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
+            Ok(pb::LogoutResponse { sessions_revoked: u64::from(revoked) })
         })
         .await
     }

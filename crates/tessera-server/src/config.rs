@@ -333,6 +333,27 @@ mod tests {
     }
 
     #[test]
+    fn service_token_file_is_private_and_refused_when_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tessera-token-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let given = ConfigFile { data_dir: Some(dir.clone()), ..Default::default() };
+        let cfg = ServerConfig::resolve(given, None).unwrap();
+        let (first, summary) = service_tokens(&cfg).unwrap();
+        assert!(summary.contains("(created)"));
+        let path = dir.join("service-token");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let token = std::fs::read_to_string(&path).unwrap();
+        assert!(!summary.contains(token.trim()), "the token itself is never in the summary");
+        let (again, _) = service_tokens(&cfg).unwrap();
+        assert_eq!(first, again, "the same token on the next start");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = service_tokens(&cfg).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn redacts() {
         assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
     }
