@@ -16,6 +16,10 @@ pub enum AppError {
     /// The request is well-formed but the state does not allow it (→ FAILED_PRECONDITION / 409).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller may not do this (e.g. a member changing an account's policy) (→
+    /// PERMISSION_DENIED / 403).
+    #[error("{0}")]
+    Forbidden(String),
     /// A sealed secret could not be opened or the keyring is unusable (→ INTERNAL; logged).
     #[error("keyring: {0}")]
     Keys(CoreError),

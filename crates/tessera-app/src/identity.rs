@@ -58,7 +58,7 @@ pub enum LoginOutcome {
     ChallengeInvalid,
 }
 
-fn token_hash(token: &str) -> Vec<u8> {
+pub(crate) fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 

@@ -12,6 +12,7 @@ pub mod keyfile;
 mod keys;
 mod outbox;
 mod pwned;
+mod self_service;
 
 pub use error::AppError;
 pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome};
@@ -20,6 +21,7 @@ pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
 pub use outbox::{DeliveryReport, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
+pub use tessera_store::{AuditEvent, MemberRow, MembershipRow};
 
 use std::sync::Arc;
 use tessera_core::clock::Clock;

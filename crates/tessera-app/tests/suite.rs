@@ -996,3 +996,72 @@ async fn support_reset_notifies_by_smtp(h: &Harness) {
     assert_eq!(h.app.deliver_notifications(&mailer, 10).await.unwrap().sent, 1);
 }
 both!(support_reset_notifies_by_smtp);
+
+/// What the web pages do for a signed-in user: see a pending device again (never an active
+/// one), step a session up, sign out other sessions, and manage accounts by role.
+async fn self_service(h: &Harness) {
+    use tessera_app::LoginOutcome;
+    let c = ctx();
+    let pw = "correct horse battery staple";
+    let owner = h.app.create_user("owner@example.com", pw, &c).await.unwrap();
+    let member = h.app.create_user("member@example.com", pw, &c).await.unwrap();
+    let login = |email: &'static str| async move {
+        match h.app.begin_login(email, pw, &ctx()).await.unwrap() {
+            LoginOutcome::Authenticated { token, .. } => token.to_string(),
+            o => panic!("{o:?}"),
+        }
+    };
+    let (s1, s2) = (login("owner@example.com").await, login("owner@example.com").await);
+    let other = login("member@example.com").await;
+
+    // A pending device can be shown again, with the same key; an active one never.
+    let e = h.app.enroll_totp(&req(&owner), &c).await.unwrap();
+    let again = h.app.pending_enrollment(&owner, &e.factor_id, &format!("{owner}@example.com")).await.unwrap();
+    assert_eq!(again.secret_base32, e.secret_base32);
+    assert_eq!(again.otpauth_uri, e.otpauth_uri);
+    assert!(matches!(h.app.pending_enrollment(&member, &e.factor_id, "x").await, Err(AppError::NotFound(_))));
+    let code = h.code(&e.secret_base32, 0);
+    h.app.confirm_totp(&owner, &e.factor_id, &code, &c).await.unwrap();
+    assert!(matches!(
+        h.app.pending_enrollment(&owner, &e.factor_id, "owner@example.com").await,
+        Err(AppError::FailedPrecondition(_))
+    ));
+
+    // Step up one session; sign out the other, not this one, nor anyone else's.
+    assert_eq!(h.app.session(&s1).await.unwrap().unwrap().1, tessera_core::policy::Assurance::Password);
+    assert!(h.app.step_up_session(&s1).await.unwrap());
+    assert_eq!(h.app.session(&s1).await.unwrap().unwrap().1, tessera_core::policy::Assurance::PasswordAndSecondFactor);
+    assert_eq!(h.app.logout_others(&s1, &c).await.unwrap(), 1);
+    assert!(h.app.session(&s1).await.unwrap().is_some());
+    assert!(h.app.session(&s2).await.unwrap().is_none());
+    assert!(h.app.session(&other).await.unwrap().is_some());
+    assert!(!h.app.step_up_session(&s2).await.unwrap(), "a revoked session stays revoked");
+
+    // Accounts by role.
+    let acme = h.app.create_account("Acme", &owner, &c).await.unwrap();
+    assert!(matches!(h.app.members(&acme, &member).await, Err(AppError::NotFound(_))), "not a member");
+    h.app.add_member_by_email(&acme, &owner, "Member@Example.com", "member", &c).await.unwrap();
+    assert!(matches!(h.app.members(&acme, &member).await, Err(AppError::Forbidden(_))));
+    assert!(matches!(
+        h.app.add_member_by_email(&acme, &owner, "nobody@example.com", "member", &c).await,
+        Err(AppError::Invalid(_))
+    ));
+    assert!(matches!(h.app.set_account_policy_as(&acme, &member, true, None, &c).await, Err(AppError::Forbidden(_))));
+    let members = h.app.members(&acme, &owner).await.unwrap();
+    let summary: Vec<_> = members.iter().map(|m| (m.email.as_str(), m.role.as_str(), m.has_mfa)).collect();
+    assert_eq!(summary, [("member@example.com", "member", false), ("owner@example.com", "owner", true)]);
+    // An admin without a factor may not turn the requirement on (they would lock themselves out).
+    h.app.add_member_by_email(&acme, &owner, "member@example.com", "admin", &c).await.unwrap();
+    assert!(matches!(
+        h.app.add_member_by_email(&acme, &member, "member@example.com", "owner", &c).await,
+        Err(AppError::Forbidden(_))
+    ));
+    assert!(matches!(
+        h.app.set_account_policy_as(&acme, &member, true, None, &c).await,
+        Err(AppError::FailedPrecondition(_))
+    ));
+    h.app.set_account_policy_as(&acme, &owner, true, None, &c).await.unwrap();
+    let mine = h.app.memberships(&member).await.unwrap();
+    assert_eq!((mine[0].name.as_str(), mine[0].role.as_str(), mine[0].policy.require_mfa), ("Acme", "admin", true));
+}
+both!(self_service);

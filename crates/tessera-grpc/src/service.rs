@@ -29,6 +29,7 @@ pub fn status(e: AppError, request_id: &str) -> Status {
         AppError::Invalid(e) => Status::invalid_argument(e.to_string()),
         AppError::NotFound(what) => Status::not_found(format!("{what} not found for this subject")),
         AppError::FailedPrecondition(m) => Status::failed_precondition(m),
+        AppError::Forbidden(m) => Status::permission_denied(m),
         AppError::Keys(e) => {
             tracing::error!(request_id, error = %e, "keyring or sealed-secret failure");
             Status::internal(format!("internal error (request id {request_id})"))

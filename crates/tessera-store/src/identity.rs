@@ -71,11 +71,11 @@ impl Store {
 
     /// The user with this normalised email.
     pub async fn user_by_email(&self, email_norm: &str) -> Result<Option<UserRow>, StoreError> {
-        let r: Option<(String, String, String)> =
-            sqlx::query_as("SELECT id, email, password_hash FROM users WHERE email_norm = $1")
-                .bind(email_norm)
-                .fetch_optional(&self.pool)
-                .await?;
+        self.user_where("SELECT id, email, password_hash FROM users WHERE email_norm = $1", email_norm).await
+    }
+
+    async fn user_where(&self, sql: &'static str, key: &str) -> Result<Option<UserRow>, StoreError> {
+        let r: Option<(String, String, String)> = sqlx::query_as(sql).bind(key).fetch_optional(&self.pool).await?;
         Ok(r.map(|(id, email, password_hash)| UserRow { id, email, password_hash }))
     }
 
@@ -453,5 +453,104 @@ impl Store {
     pub async fn mark_notification_failed(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1").bind(id).execute(&self.writer).await?;
         Ok(())
+    }
+}
+
+/// One of a user's accounts, as the pages list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipRow {
+    /// The account's policy (id, require_mfa, grace).
+    pub policy: AccountPolicy,
+    /// The account's name.
+    pub name: String,
+    /// The user's role in it: owner, admin or member.
+    pub role: String,
+}
+
+/// A member of an account, as its settings page lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    /// User id.
+    pub user_id: String,
+    /// Email as given.
+    pub email: String,
+    /// owner, admin or member.
+    pub role: String,
+    /// Whether they have an active second factor.
+    pub has_mfa: bool,
+}
+
+impl Store {
+    /// The user with this id.
+    pub async fn user_by_id(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
+        self.user_where("SELECT id, email, password_hash FROM users WHERE id = $1", user_id).await
+    }
+
+    /// The accounts a user belongs to, by name.
+    pub async fn memberships_of(&self, user_id: &str) -> Result<Vec<MembershipRow>, StoreError> {
+        let rows: Vec<(String, String, i64, Option<i64>, String)> = sqlx::query_as(
+            "SELECT a.id, a.name, a.require_mfa, a.grace_until, m.role FROM accounts a \
+             JOIN memberships m ON m.account_id = a.id WHERE m.user_id = $1 ORDER BY a.name, a.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, req, grace, role)| MembershipRow {
+                policy: PolicyRow { id, require_mfa: req, grace_until: grace }.into(),
+                name,
+                role,
+            })
+            .collect())
+    }
+
+    /// An account's members with whether each has an active factor, by email.
+    pub async fn members_of(&self, account_id: &str) -> Result<Vec<MemberRow>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT u.id, u.email, m.role, \
+             (SELECT COUNT(*) FROM factors f WHERE f.subject_id = u.id AND f.status = 'active') \
+             FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.account_id = $1 ORDER BY u.email_norm",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, email, role, n)| MemberRow { user_id, email, role, has_mfa: n > 0 })
+            .collect())
+    }
+
+    /// Raise a live session to "password and a second factor" (the user just proved a
+    /// factor in it, e.g. by confirming their first device); `false` if it was not live.
+    pub async fn step_up_session(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE sessions SET aal = 2, mfa_verified_at = $2 \
+             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(to_millis(now))
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Revoke every live session of a user but one; returns how many.
+    pub async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep_token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL AND token_hash <> $3",
+        )
+        .bind(user_id)
+        .bind(to_millis(now))
+        .bind(keep_token_hash)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
     }
 }

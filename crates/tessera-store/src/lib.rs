@@ -24,7 +24,7 @@ pub use attempts::{GateResult, PASSWORD, SECOND_FACTOR};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
 pub use factors::{ConfirmOutcome, NewTotpFactor, SealedSecret, TotpDevice};
-pub use identity::{NewNotification, ResetReport, SessionRow, UserRow};
+pub use identity::{MemberRow, MembershipRow, NewNotification, ResetReport, SessionRow, UserRow};
 pub use keys::{KeyUsage, SealedRow};
 pub use recovery::NewRecoveryCode;
 
