@@ -44,6 +44,11 @@ pub struct ConfigFile {
     pub smtp_url: Option<String>,
     /// Sender address of notifications.
     pub smtp_from: Option<String>,
+    /// POSTs to the sign-up, login and code pages per client IP per minute (default 20; 0: off).
+    pub web_rate_limit_per_minute: Option<u32>,
+    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a proxy that sets
+    /// it; default false).
+    pub trust_forwarded_for: Option<bool>,
 }
 
 impl ConfigFile {
@@ -74,6 +79,8 @@ impl ConfigFile {
             pwned_threshold: self.pwned_threshold.or(other.pwned_threshold),
             smtp_url: self.smtp_url.or(other.smtp_url),
             smtp_from: self.smtp_from.or(other.smtp_from),
+            web_rate_limit_per_minute: self.web_rate_limit_per_minute.or(other.web_rate_limit_per_minute),
+            trust_forwarded_for: self.trust_forwarded_for.or(other.trust_forwarded_for),
         }
     }
 }
@@ -126,6 +133,8 @@ pub struct ServerConfig {
     pub pwned: tessera_app::PwnedConfig,
     /// SMTP relay URL and sender, when notifications are delivered.
     pub smtp: Option<(String, String)>,
+    /// The web pages' settings.
+    pub web: tessera_web::WebConfig,
 }
 
 impl ServerConfig {
@@ -194,7 +203,12 @@ impl ServerConfig {
             .smtp_url
             .clone()
             .map(|u| (u, given.smtp_from.clone().unwrap_or_else(|| "Tessera <no-reply@localhost>".into())));
+        let web = tessera_web::WebConfig {
+            rate_limit_per_minute: given.web_rate_limit_per_minute.unwrap_or(20),
+            trust_forwarded_for: given.trust_forwarded_for.unwrap_or(false),
+        };
         Ok(Self {
+            web,
             smtp,
             pwned,
             database_url: given

@@ -49,6 +49,8 @@ pub struct Prepared {
     pub summary: Vec<String>,
     /// Delivers queued notifications, when a relay is configured.
     pub mailer: Option<tessera_app::Mailer>,
+    /// The web pages' settings.
+    pub web: tessera_web::WebConfig,
 }
 
 /// Open the database (running migrations), the keyring (created on first start, 0600) and
@@ -94,7 +96,13 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
             None
         }
     };
-    Ok(Prepared { app, auth: TokenAuth::with_support(hashes, cfg.support_tokens.clone()), summary, mailer })
+    Ok(Prepared {
+        app,
+        auth: TokenAuth::with_support(hashes, cfg.support_tokens.clone()),
+        summary,
+        mailer,
+        web: cfg.web.clone(),
+    })
 }
 
 /// Create the data directory readable by its owner only (it holds the database).
@@ -114,7 +122,7 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 pub struct Listeners {
     /// gRPC.
     pub grpc: TcpListener,
-    /// HTTP: health, readiness, metrics.
+    /// HTTP: the web pages, health, readiness, metrics.
     pub http: TcpListener,
 }
 
@@ -125,7 +133,7 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let Prepared { app, auth, mailer, .. } = prepared;
+    let Prepared { app, auth, mailer, web, .. } = prepared;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -156,7 +164,9 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
             wait(stop_rx.clone()),
         );
-    let http = axum::serve(listeners.http, http::router(app.clone())).with_graceful_shutdown(wait(stop_rx.clone()));
+    let router = http::router(app.clone()).merge(tessera_web::router(app.clone(), web));
+    let http = axum::serve(listeners.http, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(wait(stop_rx.clone()));
 
     let outbox = mailer.map(|m| {
         let app = app.clone();

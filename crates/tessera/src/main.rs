@@ -64,7 +64,7 @@ enum SupportCommand {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// HTTP address for /healthz, /readyz, /metrics [default: 127.0.0.1:8080].
+    /// HTTP address for the web pages, /healthz, /readyz, /metrics [default: 127.0.0.1:8080].
     #[arg(long, env = "TESSERA_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
     /// gRPC address [default: 127.0.0.1:50051].
@@ -100,6 +100,13 @@ struct ServeArgs {
     /// Sender of notifications.
     #[arg(long, env = "TESSERA_SMTP_FROM")]
     smtp_from: Option<String>,
+    /// POSTs to the sign-up, login and code pages per client IP per minute; 0 turns it off
+    /// [default: 20].
+    #[arg(long, env = "TESSERA_WEB_RATE_LIMIT_PER_MINUTE")]
+    web_rate_limit_per_minute: Option<u32>,
+    /// Take the client IP from X-Forwarded-For (only behind a proxy that sets it).
+    #[arg(long, env = "TESSERA_TRUST_FORWARDED_FOR")]
+    trust_forwarded_for: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,6 +189,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         pwned_threshold: None,
         smtp_url: args.smtp_url.clone(),
         smtp_from: args.smtp_from.clone(),
+        web_rate_limit_per_minute: args.web_rate_limit_per_minute,
+        trust_forwarded_for: args.trust_forwarded_for.then_some(true),
     };
     let file = match &args.config {
         Some(p) => ConfigFile::load(p)?,
@@ -200,7 +209,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {} (HTTP)", cfg.http_addr))?;
     println!("tessera {} serving", env!("CARGO_PKG_VERSION"));
     println!("  gRPC: {} (tessera.v1.FactorService, grpc.health.v1, reflection)", grpc.local_addr()?);
-    println!("  HTTP: http://{} (/healthz, /readyz, /metrics)", http.local_addr()?);
+    println!("  HTTP: http://{} (web pages, /healthz, /readyz, /metrics)", http.local_addr()?);
     for line in &prepared.summary {
         println!("  {line}");
     }

@@ -1,0 +1,60 @@
+//! The pages' cookies. Every one is `__Host-` prefixed (so only this origin, over a secure
+//! channel, with `Path=/` and no `Domain`, can set it), Secure, HttpOnly and SameSite=Lax.
+//! Browsers treat http://127.0.0.1 and http://localhost as secure, so local use works too.
+
+use axum::http::HeaderMap;
+use axum::http::header::COOKIE;
+
+/// The session token (only its hash is stored).
+pub(crate) const SESSION: &str = "__Host-tessera_session";
+/// A login waiting for its second factor (the challenge token, 5 minutes).
+pub(crate) const CHALLENGE: &str = "__Host-tessera_login";
+/// The CSRF token that every form must echo.
+pub(crate) const CSRF: &str = "__Host-tessera_csrf";
+
+/// The value of cookie `name` in the request, if present and non-empty.
+pub(crate) fn get(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+}
+
+/// A `Set-Cookie` value. `max_age` in seconds; `None` makes a browser-session cookie.
+pub(crate) fn set(name: &str, value: &str, max_age: Option<i64>) -> String {
+    let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
+    format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Lax{age}")
+}
+
+/// A `Set-Cookie` value that deletes the cookie.
+pub(crate) fn clear(name: &str) -> String {
+    format!("{name}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn reads_and_writes() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; __Host-tessera_session=abc ; b=\"2\""));
+        h.append(COOKIE, HeaderValue::from_static("__Host-tessera_csrf=xyz"));
+        assert_eq!(get(&h, SESSION).as_deref(), Some("abc"));
+        assert_eq!(get(&h, CSRF).as_deref(), Some("xyz"));
+        assert_eq!(get(&h, "b").as_deref(), Some("2"));
+        assert_eq!(get(&h, CHALLENGE), None);
+        let c = set(SESSION, "t", Some(60));
+        for part in ["__Host-tessera_session=t", "Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=60"] {
+            assert!(c.contains(part), "{c}");
+        }
+        assert!(!c.contains("Domain"));
+        assert!(clear(CSRF).contains("Max-Age=0"));
+    }
+}

@@ -1,0 +1,57 @@
+//! Tessera's web pages, server-rendered with askama over the identity and factor use cases:
+//! sign-up, login (password, then a one-time or recovery code on its own page), logout,
+//! security settings (set up an authenticator by QR code, recovery codes, devices, other
+//! sessions), the user's activity, and accounts with their MFA policy.
+//!
+//! Security of the pages lives in one middleware ([`guard`]): every response carries the
+//! security headers (a CSP without inline script, `X-Frame-Options: DENY`, no-store caching…),
+//! every POST must carry the CSRF token of its `__Host-` cookie (else 403), and the login and
+//! code forms are rate-limited per client IP. Sessions are `__Host-` cookies (Secure,
+//! HttpOnly, SameSite=Lax) holding a random token whose hash is all the database keeps.
+//!
+//! Architecture invariant: handlers are thin — they parse a form, call `tessera_app`, and
+//! render; no rule about factors, sessions or accounts is decided here, and no SQL.
+
+mod cookies;
+mod guard;
+mod limit;
+mod pages;
+mod views;
+
+use std::sync::Arc;
+use tessera_app::App;
+
+pub use limit::RateLimiter;
+
+/// Settings of the pages.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// POSTs to the sign-up, login and code forms allowed per client IP per minute (a burst
+    /// of this many, refilled evenly over the minute). 0 turns the limit off.
+    pub rate_limit_per_minute: u32,
+    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a proxy that
+    /// sets it); otherwise the socket's peer address is used.
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self { rate_limit_per_minute: 20, trust_forwarded_for: false }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Web {
+    pub(crate) app: App,
+    pub(crate) config: Arc<WebConfig>,
+    pub(crate) limiter: Arc<RateLimiter>,
+}
+
+/// The pages' router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
+/// the rate limit and the audit trail see the client's address.
+pub fn router(app: App, config: WebConfig) -> axum::Router {
+    let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_minute));
+    let web = Web { app, config: Arc::new(config), limiter };
+    pages::routes().layer(axum::middleware::from_fn_with_state(web.clone(), guard::guard)).with_state(web)
+}

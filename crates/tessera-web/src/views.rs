@@ -1,0 +1,291 @@
+//! The pages' templates (askama, checked at compile time) and how a page becomes a response.
+//! Every error a user can meet is rendered here in words; none is a stack trace or a bare
+//! status.
+
+use askama::Template;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tessera_app::AppError;
+use time::OffsetDateTime;
+
+/// What every page's frame needs: the CSRF token for its forms and who is signed in.
+pub(crate) struct Chrome {
+    pub(crate) csrf: String,
+    pub(crate) email: Option<String>,
+    pub(crate) title: String,
+}
+
+impl Chrome {
+    pub(crate) fn new(csrf: &str, email: Option<&str>, title: &str) -> Self {
+        Self { csrf: csrf.to_owned(), email: email.map(str::to_owned), title: title.to_owned() }
+    }
+}
+
+/// Render a template with a status; a template that fails to render is logged and becomes a
+/// plain 500.
+pub(crate) fn page<T: Template>(status: StatusCode, t: &T) -> Response {
+    match t.render() {
+        Ok(html) => (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+        Err(e) => internal(&format!("template: {e}")),
+    }
+}
+
+/// "14:05 UTC" today, or "2026-11-24 14:05 UTC" another day.
+pub(crate) fn clock_time(t: OffsetDateTime, now: OffsetDateTime) -> String {
+    let fmt = if t.date() == now.date() {
+        time::macros::format_description!("[hour]:[minute] UTC")
+    } else {
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC")
+    };
+    t.format(&fmt).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// "2026-11-24 14:05:09 UTC".
+pub(crate) fn timestamp(t: OffsetDateTime) -> String {
+    t.format(&time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC"))
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub(crate) struct Message {
+    pub(crate) chrome: Chrome,
+    pub(crate) heading: String,
+    pub(crate) text: String,
+    pub(crate) link: Option<(String, String)>,
+}
+
+/// A page that says one thing.
+pub(crate) fn message_page(status: StatusCode, csrf: &str, heading: &str, text: &str) -> Response {
+    page(
+        status,
+        &Message { chrome: Chrome::new(csrf, None, heading), heading: heading.into(), text: text.into(), link: None },
+    )
+}
+
+/// A page that says one thing and links on.
+pub(crate) fn message_link(status: StatusCode, chrome: Chrome, text: &str, href: &str, label: &str) -> Response {
+    let heading = chrome.title.clone();
+    page(status, &Message { chrome, heading, text: text.into(), link: Some((href.into(), label.into())) })
+}
+
+/// 403 for a POST without the right CSRF token.
+pub(crate) fn forbidden_csrf(csrf: &str) -> Response {
+    message_page(
+        StatusCode::FORBIDDEN,
+        csrf,
+        "Request refused",
+        "This form could not be verified (its security token was missing or out of date). Go back, reload the page and try again.",
+    )
+}
+
+/// 429 from the per-address rate limit.
+pub(crate) fn too_many_requests(csrf: &str, wait_s: u64) -> Response {
+    message_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        csrf,
+        "Too many attempts",
+        &format!("Too many attempts from your network. Try again in {wait_s} seconds."),
+    )
+}
+
+/// 500 with a reference the logs carry.
+pub(crate) fn internal(what: &str) -> Response {
+    let id = uuid_like();
+    tracing::error!(error_id = %id, what, "page failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("Something went wrong on our side. Please try again. (reference {id})\n"),
+    )
+        .into_response()
+}
+
+fn uuid_like() -> String {
+    tessera_core::random::bytes::<6>().map(|b| data_encoding::HEXLOWER.encode(&b)).unwrap_or_default()
+}
+
+/// A use-case error as a page: the user's input problems in words, internal ones generic.
+pub(crate) fn app_error(chrome: Chrome, e: AppError) -> Response {
+    let (status, text) = match &e {
+        AppError::Invalid(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+        AppError::NotFound(what) => (StatusCode::NOT_FOUND, format!("That {what} was not found.")),
+        AppError::FailedPrecondition(m) => (StatusCode::CONFLICT, m.clone()),
+        AppError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+        AppError::Keys(_) | AppError::Store(_) => {
+            let id = uuid_like();
+            tracing::error!(error_id = %id, error = %e, "page failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Something went wrong on our side. Please try again. (reference {id})"),
+            )
+        }
+    };
+    let heading = match status {
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::FORBIDDEN => "Not allowed",
+        StatusCode::SERVICE_UNAVAILABLE => "Something went wrong",
+        _ => "That didn't work",
+    };
+    let chrome = Chrome { title: heading.into(), ..chrome };
+    page(status, &Message { chrome, heading: heading.into(), text, link: None })
+}
+
+// ---- sign-up and login -------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "signup.html")]
+pub(crate) struct Signup {
+    pub(crate) chrome: Chrome,
+    pub(crate) email: String,
+    pub(crate) error: Option<String>,
+    pub(crate) min_chars: usize,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub(crate) struct Login {
+    pub(crate) chrome: Chrome,
+    pub(crate) email: String,
+    pub(crate) error: Option<String>,
+    pub(crate) notice: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "login_code.html")]
+pub(crate) struct LoginCode {
+    pub(crate) chrome: Chrome,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "login_recovery.html")]
+pub(crate) struct LoginRecovery {
+    pub(crate) chrome: Chrome,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "logout.html")]
+pub(crate) struct Logout {
+    pub(crate) chrome: Chrome,
+}
+
+// ---- security settings -------------------------------------------------------------------
+
+/// One device as the security page lists it.
+pub(crate) struct DeviceView {
+    pub(crate) id: String,
+    pub(crate) label: String,
+    pub(crate) pending: bool,
+    pub(crate) added: String,
+    pub(crate) last_used: String,
+}
+
+#[derive(Template)]
+#[template(path = "security.html")]
+pub(crate) struct Security {
+    pub(crate) chrome: Chrome,
+    pub(crate) mfa_on: bool,
+    pub(crate) session_mfa: bool,
+    pub(crate) devices: Vec<DeviceView>,
+    pub(crate) codes_left: u32,
+    pub(crate) notice: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "setup.html")]
+pub(crate) struct Setup {
+    pub(crate) chrome: Chrome,
+    pub(crate) factor_id: String,
+    pub(crate) qr_svg: String,
+    pub(crate) secret: String,
+    pub(crate) secret_groups: String,
+    pub(crate) account: String,
+    pub(crate) issuer: String,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "recovery_codes.html")]
+pub(crate) struct RecoveryCodes {
+    pub(crate) chrome: Chrome,
+    pub(crate) codes: Vec<String>,
+    pub(crate) download_href: String,
+    pub(crate) first: bool,
+}
+
+/// One event as the activity page lists it.
+pub(crate) struct EventView {
+    pub(crate) at: String,
+    pub(crate) what: String,
+    pub(crate) ip: String,
+    pub(crate) agent: String,
+}
+
+#[derive(Template)]
+#[template(path = "activity.html")]
+pub(crate) struct Activity {
+    pub(crate) chrome: Chrome,
+    pub(crate) events: Vec<EventView>,
+    pub(crate) next: Option<String>,
+}
+
+// ---- accounts ----------------------------------------------------------------------------
+
+/// One account as the accounts page lists it.
+pub(crate) struct AccountView {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) require_mfa: bool,
+}
+
+#[derive(Template)]
+#[template(path = "accounts.html")]
+pub(crate) struct Accounts {
+    pub(crate) chrome: Chrome,
+    pub(crate) accounts: Vec<AccountView>,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+pub(crate) struct Account {
+    pub(crate) chrome: Chrome,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) is_admin: bool,
+    pub(crate) grace_until: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "account_closed.html")]
+pub(crate) struct AccountClosed {
+    pub(crate) chrome: Chrome,
+    pub(crate) name: String,
+    pub(crate) needs_enrolment: bool,
+}
+
+/// One member as the account settings page lists them.
+pub(crate) struct MemberView {
+    pub(crate) email: String,
+    pub(crate) role: String,
+    pub(crate) has_mfa: bool,
+}
+
+#[derive(Template)]
+#[template(path = "account_settings.html")]
+pub(crate) struct AccountSettings {
+    pub(crate) chrome: Chrome,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) require_mfa: bool,
+    pub(crate) grace_until: Option<String>,
+    pub(crate) members: Vec<MemberView>,
+    pub(crate) without_mfa: usize,
+    pub(crate) notice: Option<String>,
+    pub(crate) error: Option<String>,
+}

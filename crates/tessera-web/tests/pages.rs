@@ -1,0 +1,399 @@
+//! The pages' security rules, in process (the router driven by `oneshot`, a temp SQLite store
+//! and a manual clock): CSRF, headers and cookies, words for every refusal, the per-IP rate
+//! limit, the secret shown only while pending, and account roles. The browser test
+//! (crates/tessera/tests/browser.rs) drives the same pages through Chromium.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tessera_app::{App, AppConfig, ClientContext, EnrollRequest, KeyringSource, PwnedConfig, PwnedSource};
+use tessera_core::clock::ManualClock;
+use tessera_core::otp::{self, Secret, TotpParams};
+use tessera_store::{Store, StoreOptions};
+use tessera_web::WebConfig;
+use tower::ServiceExt;
+
+const T0: i64 = 1_767_225_610; // 2026-01-01 00:00:10 UTC
+const PASSWORD: &str = "correct horse battery staple";
+
+struct H {
+    app: App,
+    clock: ManualClock,
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness(web: WebConfig) -> H {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+    let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
+    store.migrate().await.unwrap();
+    let (keys, _) = KeyringSource::from_file(&dir.path().join("keyring"), true).unwrap();
+    let clock = ManualClock::at_unix(T0);
+    let config =
+        AppConfig { pwned: PwnedConfig { source: PwnedSource::Off, ..Default::default() }, ..Default::default() };
+    let app = App::new(store, keys, Arc::new(clock.clone()), config);
+    let router = tessera_web::router(app.clone(), web);
+    H { app, clock, router, _dir: dir }
+}
+
+/// A browser: a cookie jar and an address.
+struct Browser {
+    jar: HashMap<String, String>,
+    ip: SocketAddr,
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn location(&self) -> &str {
+        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+    fn set_cookies(&self) -> Vec<String> {
+        self.headers.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    }
+}
+
+impl Browser {
+    fn new(ip: &str) -> Self {
+        Self { jar: HashMap::new(), ip: format!("{ip}:40000").parse().unwrap() }
+    }
+    fn csrf(&self) -> String {
+        self.jar.get("__Host-tessera_csrf").cloned().unwrap_or_default()
+    }
+    async fn send(&mut self, h: &H, method: Method, path: &str, form: &[(&str, &str)], extra: &[(&str, &str)]) -> Resp {
+        let cookie = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let body = form
+            .iter()
+            .map(|(k, v)| {
+                format!("{k}={}", percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC))
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::COOKIE, cookie)
+            .header(header::USER_AGENT, "pages-test");
+        if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            b = b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        let mut req = b.body(Body::from(body)).unwrap();
+        req.extensions_mut().insert(ConnectInfo(self.ip));
+        let r = h.router.clone().oneshot(req).await.unwrap();
+        let (status, headers) = (r.status(), r.headers().clone());
+        let body = String::from_utf8(axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+        for c in headers.get_all(header::SET_COOKIE) {
+            let c = c.to_str().unwrap();
+            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.jar.remove(k);
+            } else {
+                self.jar.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        Resp { status, headers, body }
+    }
+    async fn get(&mut self, h: &H, path: &str) -> Resp {
+        self.send(h, Method::GET, path, &[], &[]).await
+    }
+    /// POST with this browser's CSRF token added.
+    async fn post(&mut self, h: &H, path: &str, form: &[(&str, &str)]) -> Resp {
+        if !self.jar.contains_key("__Host-tessera_csrf") {
+            self.get(h, "/login").await;
+        }
+        let token = self.csrf();
+        let mut f = form.to_vec();
+        f.push(("csrf", &token));
+        self.send(h, Method::POST, path, &f, &[]).await
+    }
+}
+
+fn code_at(secret: &str, unix: i64) -> String {
+    let s = Secret::from_base32(secret).unwrap();
+    otp::format_code(otp::totp(&s, &TotpParams::default(), unix), 6)
+}
+
+/// A user with an active authenticator; returns (user id, secret).
+async fn user_with_totp(h: &H, email: &str) -> (String, String) {
+    let ctx = ClientContext::default();
+    let id = h.app.create_user(email, PASSWORD, &ctx).await.unwrap();
+    let req = EnrollRequest {
+        subject_id: id.clone(),
+        label: "Phone".into(),
+        account_name: email.into(),
+        ..Default::default()
+    };
+    let e = h.app.enroll_totp(&req, &ctx).await.unwrap();
+    let secret = e.secret_base32.to_string();
+    let code = code_at(&secret, T0);
+    h.app.confirm_totp(&id, &e.factor_id, &code, &ctx).await.unwrap();
+    (id, secret)
+}
+
+#[tokio::test]
+async fn every_post_needs_the_csrf_token_and_every_page_the_headers() {
+    let h = harness(WebConfig::default()).await;
+    let mut b = Browser::new("10.0.0.1");
+    let r = b.get(&h, "/signup").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let csp = r.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline") && csp.contains("frame-ancestors 'none'")
+    );
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    assert_eq!(r.headers["referrer-policy"], "no-referrer");
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let csrf_cookie = r.set_cookies().into_iter().find(|c| c.starts_with("__Host-tessera_csrf=")).unwrap();
+    for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+        assert!(csrf_cookie.contains(attr), "{csrf_cookie}");
+    }
+    let token = b.csrf();
+    assert!(r.body.contains(&format!("name=\"csrf\" value=\"{token}\"")), "the form carries the token");
+
+    let form = [("email", "ada@example.com"), ("password", PASSWORD)];
+    // No token, a wrong token, the right token from another site: all 403, nothing created.
+    let r = b.send(&h, Method::POST, "/signup", &form, &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("security token was missing or out of date"));
+    let wrong = "A".repeat(43);
+    let mut f = form.to_vec();
+    f.push(("csrf", &wrong));
+    assert_eq!(b.send(&h, Method::POST, "/signup", &f, &[]).await.status, StatusCode::FORBIDDEN);
+    let mut f = form.to_vec();
+    f.push(("csrf", &token));
+    let r = b.send(&h, Method::POST, "/signup", &f, &[("sec-fetch-site", "cross-site")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A token without its cookie (another browser's) is refused too.
+    let mut other = Browser::new("10.0.0.2");
+    assert_eq!(other.send(&h, Method::POST, "/signup", &f, &[]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        h.app.begin_login("ada@example.com", PASSWORD, &ClientContext::default()).await.unwrap(),
+        tessera_app::LoginOutcome::Failed
+    );
+
+    let r = b.post(&h, "/signup", &form).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/settings/security");
+    let session = r.set_cookies().into_iter().find(|c| c.starts_with("__Host-tessera_session=")).unwrap();
+    for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=43200"] {
+        assert!(session.contains(attr), "{session}");
+    }
+    assert!(!session.contains("Domain"));
+    let r = b.get(&h, "/settings/security").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("ada@example.com") && r.body.contains("is <strong>off</strong>"));
+    // Static files may be cached; pages may not.
+    let css = b.get(&h, "/static/style.css").await;
+    assert!(css.headers["cache-control"].to_str().unwrap().starts_with("public"));
+    assert_eq!(css.headers["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test]
+async fn framework_refusals_are_pages_too() {
+    let h = harness(WebConfig::default()).await;
+    let mut b = Browser::new("10.0.0.1");
+    let r = b.get(&h, "/no/such/page").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("There is no page at this address.") && r.body.contains("<html"));
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    let r = b.get(&h, "/settings/security/totp").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.body.contains("This page can"), "{}", r.body);
+    let token = b.csrf();
+    let r = b.send(&h, Method::POST, "/login", &[("csrf", &token)], &[("content-type", "text/plain")]).await;
+    assert!(r.status.is_client_error());
+    assert!(r.body.contains("<html"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn signed_out_visitors_are_sent_to_login() {
+    let h = harness(WebConfig::default()).await;
+    let mut b = Browser::new("10.0.0.1");
+    for path in ["/settings/security", "/settings/activity", "/accounts", "/accounts/x", "/settings/security/totp/x"] {
+        let r = b.get(&h, path).await;
+        assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/login"), "{path}");
+    }
+    b.jar.insert("__Host-tessera_session".into(), "forged".into());
+    let r = b.get(&h, "/settings/security").await;
+    assert_eq!(r.location(), "/login");
+    assert!(!b.jar.contains_key("__Host-tessera_session"), "a dead session cookie is cleared");
+    // The code page needs a password step first.
+    assert_eq!(b.get(&h, "/login/code").await.location(), "/login");
+    let r = b.post(&h, "/login/code", &[("code", "123456")]).await;
+    assert_eq!(r.location(), "/login?expired=1");
+}
+
+#[tokio::test]
+async fn refusals_are_in_words_and_lockout_names_the_time() {
+    let h = harness(WebConfig { rate_limit_per_minute: 0, ..Default::default() }).await;
+    let (_, secret) = user_with_totp(&h, "ada@example.com").await;
+    let mut b = Browser::new("10.0.0.1");
+
+    // A wrong password and an unknown email read the same.
+    let wrong = b.post(&h, "/login", &[("email", "ada@example.com"), ("password", "not the password")]).await;
+    let unknown = b.post(&h, "/login", &[("email", "zed@example.com"), ("password", "not the password")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        wrong.body.contains("That email and password don&#x27;t match.")
+            || wrong.body.contains("That email and password don&#39;t match."),
+        "{}",
+        wrong.body
+    );
+    assert_eq!(wrong.body.replace("ada@", "x@"), unknown.body.replace("zed@", "x@"));
+
+    let r = b.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/login/code"));
+    assert!(b.jar.contains_key("__Host-tessera_login"));
+    let r = b.get(&h, "/login/code").await;
+    assert!(r.body.contains("autocomplete=\"one-time-code\"") && r.body.contains("inputmode=\"numeric\""));
+
+    let r = b.post(&h, "/login/code", &[("code", "12")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("Enter the 6-digit code from your authenticator app."));
+    let good = code_at(&secret, T0 + 30);
+    let bad = if good == "000000" { "111111" } else { "000000" };
+    for left in [4, 3, 2, 1] {
+        let r = b.post(&h, "/login/code", &[("code", bad)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let want = if left == 1 { "1 attempt left.".to_owned() } else { format!("{left} attempts left.") };
+        assert!(r.body.contains(&want), "{}", r.body);
+    }
+    let r = b.post(&h, "/login/code", &[("code", bad)]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Locked for 60 s from T0 = 00:00:10 → 00:01:10, shown to the minute on the same day.
+    assert!(r.body.contains("Too many attempts. Try again at 00:01 UTC."), "{}", r.body);
+    assert!(!b.jar.contains_key("__Host-tessera_login"), "the voided challenge's cookie is cleared");
+    // Even the right code cannot finish that sign-in now.
+    let r = b.send(&h, Method::POST, "/login/code", &[("code", &good), ("csrf", &b.csrf())], &[]).await;
+    assert_eq!(r.location(), "/login?expired=1");
+}
+
+#[tokio::test]
+async fn login_forms_are_rate_limited_per_address() {
+    let h = harness(WebConfig { rate_limit_per_minute: 3, ..Default::default() }).await;
+    let mut a = Browser::new("10.0.0.1");
+    let form = [("email", "nobody@example.com"), ("password", "not the password")];
+    for _ in 0..3 {
+        assert_eq!(a.post(&h, "/login", &form).await.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = a.post(&h, "/login", &form).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers[header::RETRY_AFTER], "20");
+    assert!(r.body.contains("Too many attempts from your network. Try again in 20 seconds."));
+    // The code form shares the address's budget; another address has its own.
+    assert_eq!(a.post(&h, "/login/code", &[("code", "123456")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    let mut b = Browser::new("10.0.0.2");
+    assert_eq!(b.post(&h, "/login", &form).await.status, StatusCode::UNAUTHORIZED);
+    // Pages that are not login forms are not limited.
+    assert_eq!(a.get(&h, "/login").await.status, StatusCode::OK);
+    h.clock.advance(time::Duration::seconds(20));
+    // (Another email: this one's own password counter is near its lock, which is a 429 too.)
+    let r = a.post(&h, "/login", &[("email", "other@example.com"), ("password", "not the password")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("don&#"), "the form answered, not the limiter");
+}
+
+#[tokio::test]
+async fn the_secret_is_shown_only_while_the_device_is_pending() {
+    let h = harness(WebConfig::default()).await;
+    let mut b = Browser::new("10.0.0.1");
+    b.post(&h, "/signup", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    let r = b.post(&h, "/settings/security/totp", &[("label", "Phone")]).await;
+    let setup = r.location().to_owned();
+    assert!(setup.starts_with("/settings/security/totp/"), "{setup}");
+    let page = b.get(&h, &setup).await;
+    assert_eq!(page.headers["cache-control"], "no-store");
+    let secret = page.body.split("data-secret=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    assert_eq!(secret.len(), 32);
+    assert!(page.body.contains("<svg"), "the QR code is inline");
+    // Reloading while pending shows the same key.
+    assert!(b.get(&h, &setup).await.body.contains(&secret));
+    // Another user cannot see it.
+    let mut eve = Browser::new("10.0.0.9");
+    eve.post(&h, "/signup", &[("email", "eve@example.com"), ("password", PASSWORD)]).await;
+    let r = eve.get(&h, &setup).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(!r.body.contains(&secret));
+
+    let confirm = format!("{setup}/confirm");
+    let r = b.post(&h, &confirm, &[("code", &code_at(&secret, T0))]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.body.matches("<li><code>").count(), 10, "ten recovery codes, once");
+    let r = b.get(&h, &setup).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/settings/security"));
+    assert!(!r.body.contains(&secret));
+    let r = b.get(&h, "/settings/security").await;
+    assert!(!r.body.contains(&secret));
+    assert!(r.body.contains("This session was verified with a second factor."), "confirming steps the session up");
+
+    // Removing the active device needs a current code.
+    let id = setup.rsplit('/').next().unwrap();
+    let remove = format!("/settings/security/devices/{id}/remove");
+    let r = b.post(&h, &remove, &[("code", "")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("Enter the current 6-digit code"));
+    h.clock.advance(time::Duration::seconds(30));
+    let r = b.post(&h, &remove, &[("code", &code_at(&secret, T0 + 30))]).await;
+    assert_eq!(r.location(), "/settings/security?done=removed");
+    let r = b.get(&h, "/settings/security?done=removed").await;
+    assert!(r.body.contains("Device removed.") && r.body.contains("No devices yet."));
+}
+
+#[tokio::test]
+async fn account_pages_follow_roles_and_policy() {
+    let h = harness(WebConfig::default()).await;
+    let ctx = ClientContext::default();
+    let (owner, _) = user_with_totp(&h, "owner@example.com").await;
+    let member = h.app.create_user("member@example.com", PASSWORD, &ctx).await.unwrap();
+    h.app.create_user("stranger@example.com", PASSWORD, &ctx).await.unwrap();
+    let acme = h.app.create_account("Acme", &owner, &ctx).await.unwrap();
+    h.app.add_member(&acme, &member, "member", &ctx).await.unwrap();
+
+    let mut m = Browser::new("10.0.0.2");
+    m.post(&h, "/login", &[("email", "member@example.com"), ("password", PASSWORD)]).await;
+    let r = m.get(&h, &format!("/accounts/{acme}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("id=\"account-content\""));
+    let r = m.get(&h, &format!("/accounts/{acme}/settings")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        r.body.contains("only the account&#x27;s owners and admins")
+            || r.body.contains("only the account&#39;s owners and admins"),
+        "{}",
+        r.body
+    );
+    let r = m.post(&h, &format!("/accounts/{acme}/settings"), &[("require_mfa", "on"), ("grace_days", "0")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(!h.app.memberships(&member).await.unwrap()[0].policy.require_mfa);
+
+    let mut s = Browser::new("10.0.0.3");
+    s.post(&h, "/login", &[("email", "stranger@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(s.get(&h, &format!("/accounts/{acme}")).await.status, StatusCode::NOT_FOUND);
+
+    // The owner requires MFA with a 7-day grace: the member is warned; without grace, shut out.
+    h.app.set_account_policy_as(&acme, &owner, true, Some(h.app.now() + time::Duration::days(7)), &ctx).await.unwrap();
+    let r = m.get(&h, &format!("/accounts/{acme}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("will require two-factor authentication from 2026-01-08 00:00 UTC"), "{}", r.body);
+    h.app.set_account_policy_as(&acme, &owner, true, None, &ctx).await.unwrap();
+    let r = m.get(&h, &format!("/accounts/{acme}")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("This account requires two-factor authentication."));
+    assert!(r.body.contains("href=\"/settings/security\""));
+    assert!(!r.body.contains("account-content"), "never the account's content");
+}
