@@ -2,9 +2,11 @@
 //! serve` runs it, with a manual clock) and the real binary (shutdown, two replicas).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_client::{Client, ClientError, Verification, pb};
@@ -294,38 +296,10 @@ async fn status_codes() {
     srv.stop().await;
 }
 
-/// A `tessera serve` child process; its addresses are read from what it prints.
-struct Proc {
-    child: Child,
-    grpc: String,
-}
+type Proc = common::Serve;
 
 fn spawn_serve(data: &std::path::Path, extra: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(extra)
-        .env("TESSERA_DATA_DIR", data)
-        .env("TESSERA_SERVICE_TOKEN", TOKEN)
-        .env("TESSERA_PWNED_MODE", "off")
-        .env("TESSERA_LOG", "warn")
-        .env_remove("TESSERA_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut grpc = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("gRPC: ") {
-            grpc = Some(rest.split_whitespace().next().unwrap().to_owned());
-        }
-        if line.trim().starts_with("service token:") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Proc { child, grpc: grpc.expect("serve printed no gRPC address") }
+    common::spawn(data, extra, &[("TESSERA_SERVICE_TOKEN", TOKEN)])
 }
 
 fn sigterm(p: &mut Proc) -> std::process::ExitStatus {

@@ -1,0 +1,86 @@
+//! The web pages in a real browser: starts the real `tessera serve` on 127.0.0.1 and runs
+//! `e2e/web.test.mjs` (headless Debian Chromium driven by playwright-core, codes from oathtool,
+//! the QR code decoded by zxing-cpp, axe-core for accessibility). Screenshots of the key pages
+//! land in `target/tmp/web-e2e/`.
+//!
+//! Needs node with `e2e/node_modules` (`npm ci --prefix e2e`), `/usr/bin/chromium`, `oathtool`
+//! and Python's `zxingcpp` + `PIL`; `.ci/run` installs them. Without them the test prints
+//! SKIPPED, except under CI=true, where it fails.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn loud(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ok(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// What the browser test needs and is missing here.
+fn missing() -> Vec<&'static str> {
+    let mut m = Vec::new();
+    if !ok("node", &["--version"]) {
+        m.push("node");
+    }
+    if !repo().join("e2e/node_modules/playwright-core").exists() || !repo().join("e2e/node_modules/axe-core").exists() {
+        m.push("e2e/node_modules (npm ci --prefix e2e)");
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        m.push("/usr/bin/chromium (apt-get install chromium)");
+    }
+    if !ok("oathtool", &["--version"]) {
+        m.push("oathtool");
+    }
+    if !ok("python3", &["-c", "import zxingcpp, PIL"]) {
+        m.push("python3 zxing-cpp and pillow (pip install zxing-cpp pillow)");
+    }
+    m
+}
+
+#[test]
+fn web_pages_in_headless_chromium() {
+    let missing = missing();
+    if !missing.is_empty() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "the browser test is mandatory in CI; missing: {}",
+            missing.join(", ")
+        );
+        loud(&format!("SKIPPED (browser): missing {}", missing.join(", ")));
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let common::Serve { mut child, http: base, .. } = common::spawn(data.path(), &[], &[]);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-e2e");
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new("node")
+        .arg(repo().join("e2e/web.test.mjs"))
+        .env("BASE_URL", &base)
+        .env("OUT_DIR", &out)
+        .status()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(status.success(), "the browser scenario failed (screenshots so far in {})", out.display());
+    for page in [
+        "01-signup",
+        "03-setup-qr",
+        "04-recovery-codes",
+        "06-login-code",
+        "07-login-code-wrong",
+        "10-account-requires-mfa",
+    ] {
+        assert!(out.join(format!("{page}.png")).exists(), "screenshot {page}");
+    }
+    loud(&format!("browser test passed; screenshots in {}", out.display()));
+}

@@ -1,0 +1,306 @@
+// End-to-end test of Tessera's web pages in headless Debian Chromium, driven by playwright-core,
+// against a real `tessera serve` on 127.0.0.1 (started by crates/tessera/tests/browser.rs, which
+// passes BASE_URL and OUT_DIR). Codes come from oathtool (an independent TOTP implementation);
+// the QR code is decoded with zxing-cpp; accessibility is checked with axe-core.
+//
+// Run by hand: BASE_URL=http://127.0.0.1:8080 OUT_DIR=/tmp/shots node e2e/web.test.mjs
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const require = createRequire(import.meta.url);
+const BASE = process.env.BASE_URL ?? 'http://127.0.0.1:8080';
+const OUT = process.env.OUT_DIR ?? 'target/web-e2e';
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+const PASSWORD = 'correct horse battery staple 42';
+mkdirSync(OUT, { recursive: true });
+
+const steps = [];
+function step(name) {
+  steps.push(name);
+  console.log(`  - ${name}`);
+}
+
+/// A TOTP code for `secret` at now + offset seconds, from oathtool.
+function totp(secret, offset = 0) {
+  const at = Math.floor(Date.now() / 1000) + offset;
+  return execFileSync('oathtool', ['--totp', '-b', secret, '-N', `@${at}`], { encoding: 'utf8' }).trim();
+}
+
+/// A code that is not the current one nor its neighbours.
+function wrongCode(secret) {
+  const near = new Set([-30, 0, 30, 60].map((o) => totp(secret, o)));
+  let c = (Number(totp(secret)) + 500000) % 1000000;
+  while (near.has(String(c).padStart(6, '0'))) c = (c + 1) % 1000000;
+  return String(c).padStart(6, '0');
+}
+
+/// Decode a QR code image with zxing-cpp.
+function decodeQr(png) {
+  const py = 'import sys, zxingcpp; from PIL import Image\n' +
+    'r = zxingcpp.read_barcodes(Image.open(sys.argv[1]))\n' +
+    'print(r[0].text if r else "")';
+  return execFileSync('python3', ['-c', py, png], { encoding: 'utf8' }).trim();
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(OUT, `${name}.png`), fullPage: true });
+}
+
+/// axe-core in the page: no serious or critical violations.
+async function accessible(page, name) {
+  await page.evaluate(AXE);
+  const r = await page.evaluate(async () => await window.axe.run(document, { resultTypes: ['violations'] }));
+  const bad = r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  assert.deepEqual(
+    bad.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`),
+    [],
+    `accessibility of ${name}`,
+  );
+  return r.violations.length;
+}
+
+/// Collect what would show a broken page: CSP refusals, script errors, missing styles or scripts.
+/// (A form answered with 401 or 400 on purpose logs "Failed to load resource": not a problem.)
+function watch(page, problems) {
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(m.text());
+  });
+  page.on('pageerror', (e) => problems.push(String(e)));
+  page.on('response', (r) => {
+    if (['stylesheet', 'script', 'image', 'font'].includes(r.request().resourceType()) && r.status() >= 400) {
+      problems.push(`${r.status()} ${r.url()}`);
+    }
+  });
+}
+
+async function newUser(browser, email) {
+  const context = await browser.newContext({ acceptDownloads: true });
+  const page = await context.newPage();
+  const problems = [];
+  watch(page, problems);
+  await page.goto(`${BASE}/signup`);
+  await page.fill('#email', email);
+  await page.fill('#password', PASSWORD);
+  await Promise.all([page.waitForURL(`${BASE}/settings/security`), page.click('button[type=submit]:text("Create account")')]);
+  return { context, page, problems, email };
+}
+
+/// Set up an authenticator from the security page; returns the secret and the recovery codes.
+async function enrolTotp(page, screenshots = false) {
+  await page.goto(`${BASE}/settings/security`);
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url().includes('/settings/security/totp/') && r.request().method() === 'GET'),
+    page.click('text=Set up two-factor authentication'),
+  ]);
+  assert.equal(resp.headers()['cache-control'], 'no-store', 'the page with the secret is not cached');
+  const secret = (await page.textContent('#secret')).replace(/\s+/g, '');
+  assert.match(secret, /^[A-Z2-7]{32}$/, 'the manual key is base32');
+  const qrPng = path.join(OUT, `qr-${Date.now()}.png`);
+  await page.locator('#qr').screenshot({ path: qrPng });
+  const uri = decodeQr(qrPng);
+  const u = new URL(uri);
+  assert.equal(u.protocol, 'otpauth:');
+  assert.equal(u.host, 'totp');
+  assert.equal(u.searchParams.get('secret'), secret, 'the QR code carries the manual key');
+  assert.equal(u.searchParams.get('issuer'), 'Tessera');
+  const account = (await page.textContent('#manual-account')).trim();
+  assert.equal(decodeURIComponent(u.pathname.replace(/^\//, '')), account.replace(': ', ':'), 'the QR label is the account shown');
+  if (screenshots) {
+    await shot(page, '03-setup-qr');
+    await accessible(page, 'setup');
+  }
+  await page.fill('#code', totp(secret));
+  await page.click('button:text("Turn on two-factor authentication")');
+  await page.waitForSelector('#recovery-codes');
+  const codes = (await page.locator('#recovery-codes code').allTextContents()).map((c) => c.trim());
+  assert.equal(codes.length, 10, 'ten recovery codes are shown');
+  for (const c of codes) assert.match(c, /^[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}$/);
+  return { secret, codes, uri };
+}
+
+async function logout(page) {
+  await Promise.all([page.waitForURL(`${BASE}/login`), page.click('nav button:has-text("Sign out")')]);
+}
+
+async function login(page, email) {
+  await page.goto(`${BASE}/login`);
+  await page.fill('#email', email);
+  await page.fill('#password', PASSWORD);
+  await page.click('button:text("Sign in")');
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+    '--no-first-run', '--disable-component-update', '--disable-sync'],
+});
+try {
+  // --- sign up; security headers and cookie attributes -----------------------------------------
+  const ctxA = await browser.newContext({ acceptDownloads: true });
+  const a = await ctxA.newPage();
+  const aProblems = [];
+  watch(a, aProblems);
+  const first = await a.goto(`${BASE}/signup`);
+  const h = first.headers();
+  assert.match(h['content-security-policy'], /script-src 'self'/);
+  assert.doesNotMatch(h['content-security-policy'], /unsafe-inline/);
+  assert.match(h['content-security-policy'], /frame-ancestors 'none'/);
+  assert.equal(h['x-frame-options'], 'DENY');
+  assert.equal(h['referrer-policy'], 'no-referrer');
+  assert.equal(h['x-content-type-options'], 'nosniff');
+  await shot(a, '01-signup');
+  await accessible(a, 'signup');
+  await a.fill('#email', 'ada@example.com');
+  await a.fill('#password', 'short');
+  // The browser would stop this (minlength); the server must refuse it too, in words.
+  await a.$eval('#password', (e) => e.removeAttribute('minlength'));
+  await a.click('button:text("Create account")');
+  assert.match(await a.textContent('#form-error'), /at least 10 characters/i, 'a short password is refused in words');
+  await a.fill('#password', PASSWORD);
+  await Promise.all([a.waitForURL(`${BASE}/settings/security`), a.click('button:text("Create account")')]);
+  const cookies = await ctxA.cookies();
+  const session = cookies.find((c) => c.name === '__Host-tessera_session');
+  assert.ok(session, 'a __Host- session cookie is set');
+  assert.equal(session.httpOnly, true);
+  assert.equal(session.secure, true);
+  assert.equal(session.sameSite, 'Lax');
+  assert.equal(session.path, '/');
+  assert.match(await a.textContent('#mfa-status'), /off/);
+  await shot(a, '02-security-off');
+  await accessible(a, 'security (off)');
+  step('signed up; headers and cookie attributes checked');
+
+  // --- set up 2FA by reading the manual key; the QR code carries the same URI -------------------
+  const { secret, codes } = await enrolTotp(a, true);
+  await shot(a, '04-recovery-codes');
+  await accessible(a, 'recovery codes');
+  const [download] = await Promise.all([a.waitForEvent('download'), a.click('#download-codes')]);
+  assert.equal(download.suggestedFilename(), 'tessera-recovery-codes.txt');
+  const text = readFileSync(await download.path(), 'utf8');
+  for (const c of codes) assert.ok(text.includes(c), 'the download holds every code');
+  await a.click('#saved-codes');
+  await a.waitForURL(`${BASE}/settings/security`);
+  assert.match(await a.textContent('#mfa-status'), /on/);
+  assert.match(await a.textContent('#codes-left'), /10 unused recovery codes/);
+  await shot(a, '05-security-on');
+  step('set up 2FA from the manual key; QR decodes to the same otpauth URI; 10 recovery codes shown and downloaded');
+
+  // The secret is shown only while the device is pending.
+  const devices = await a.locator('a:text("continue")').count();
+  assert.equal(devices, 0, 'no pending device left to show');
+
+  // --- log out, log in: password, then the code page ------------------------------------------
+  await logout(a);
+  await login(a, 'ada@example.com');
+  await a.waitForURL(`${BASE}/login/code`);
+  assert.equal(await a.getAttribute('#code', 'autocomplete'), 'one-time-code');
+  assert.equal(await a.getAttribute('#code', 'inputmode'), 'numeric');
+  await shot(a, '06-login-code');
+  await accessible(a, 'login code');
+  await a.fill('#code', wrongCode(secret));
+  await a.click('button:text("Verify")');
+  assert.equal(await a.textContent('#form-error'), "That code didn't match. 4 attempts left.");
+  await shot(a, '07-login-code-wrong');
+  // The enrolment used the current step: a code from the next one is fresh (within the window).
+  await a.fill('#code', totp(secret, 30));
+  await Promise.all([a.waitForURL(`${BASE}/accounts`), a.click('button:text("Verify")')]);
+  step('logged out, logged in with password then code page; a wrong code shows the message');
+
+  // --- log in with a recovery code ----------------------------------------------------------
+  await logout(a);
+  await login(a, 'ada@example.com');
+  await a.waitForURL(`${BASE}/login/code`);
+  await a.click('text=Use a recovery code');
+  await a.waitForURL(`${BASE}/login/recovery`);
+  await accessible(a, 'login recovery');
+  await a.fill('#code', codes[0].toLowerCase());
+  await Promise.all([a.waitForURL(`${BASE}/accounts`), a.click('button:text("Sign in")')]);
+  await a.goto(`${BASE}/settings/security`);
+  assert.match(await a.textContent('#codes-left'), /9 unused recovery codes/);
+  // The used code does not work twice.
+  await logout(a);
+  await login(a, 'ada@example.com');
+  await a.waitForURL(`${BASE}/login/code`);
+  await a.goto(`${BASE}/login/recovery`);
+  await a.fill('#code', codes[0]);
+  await a.click('button:text("Sign in")');
+  assert.match(await a.textContent('#form-error'), /recovery code didn't match/);
+  await a.fill('#code', codes[1]);
+  await Promise.all([a.waitForURL(`${BASE}/accounts`), a.click('button:text("Sign in")')]);
+  await a.goto(`${BASE}/settings/activity`);
+  const activity = await a.textContent('#activity');
+  for (const what of ['Recovery code used', 'Wrong recovery code', 'Wrong or already used authenticator code',
+    'Signed in with two-factor authentication', 'Turned on an authenticator app', 'Signed up']) {
+    assert.ok(activity.includes(what), `activity lists "${what}"`);
+  }
+  assert.ok(activity.includes('127.0.0.1'), 'activity shows the IP address');
+  await shot(a, '08-activity');
+  await accessible(a, 'activity');
+  step('logged in with a recovery code (once only); activity lists codes, failures and IPs');
+
+  // --- an admin requires MFA; a member without it gets the enrolment prompt ------------------
+  const bob = await newUser(browser, 'bob@example.com');
+  await bob.page.goto(`${BASE}/accounts`);
+  await bob.page.fill('#name', 'Acme');
+  await bob.page.click('button:text("Create account")');
+  await bob.page.waitForURL(/\/accounts\/[0-9a-f-]+$/);
+  const acme = bob.page.url();
+  await bob.page.click('text=Account settings');
+  const carol = await newUser(browser, 'carol@example.com');
+  await bob.page.fill('#member-email', 'carol@example.com');
+  await bob.page.click('button:text("Add member")');
+  assert.match(await bob.page.textContent('#members'), /carol@example\.com/);
+  // Bob may not require MFA before he has it himself (he would lock himself out).
+  await bob.page.check('#require_mfa');
+  await bob.page.click('button:text("Save")');
+  assert.match(await bob.page.textContent('#form-error'), /yourself first/);
+  await enrolTotp(bob.page);
+  await bob.page.goto(`${acme}/settings`);
+  await bob.page.check('#require_mfa');
+  await bob.page.click('button:text("Save")');
+  await bob.page.waitForURL(/done=saved/);
+  assert.equal(await bob.page.isChecked('#require_mfa'), true);
+  assert.match(await bob.page.textContent('#members'), /carol@example\.com\s*member\s*off/);
+  await shot(bob.page, '09-account-settings');
+  await accessible(bob.page, 'account settings');
+
+  const resp = await carol.page.goto(acme);
+  assert.equal(resp.status(), 403);
+  assert.equal(
+    (await carol.page.textContent('#mfa-required')).trim(),
+    'This account requires two-factor authentication.',
+  );
+  assert.equal(await carol.page.locator('#account-content').count(), 0, 'never the account content');
+  await shot(carol.page, '10-account-requires-mfa');
+  await accessible(carol.page, 'account closed');
+  // She follows the link, enrols, and the account opens in the same session.
+  await carol.page.click('text=Set up two-factor authentication');
+  await carol.page.waitForURL(`${BASE}/settings/security`);
+  await enrolTotp(carol.page);
+  const open = await carol.page.goto(acme);
+  assert.equal(open.status(), 200);
+  assert.equal(await carol.page.locator('#account-content').count(), 1);
+  step('admin required MFA; a member without it saw the enrolment prompt, not the account; after enrolling she got in');
+
+  // --- CSRF: a POST without the token is refused ----------------------------------------------
+  const noToken = await carol.page.request.post(`${BASE}/accounts`, { form: { name: 'Evil' } });
+  assert.equal(noToken.status(), 403);
+  assert.match(await noToken.text(), /security token/);
+  const wrongToken = await carol.page.request.post(`${BASE}/logout`, { form: { csrf: 'x'.repeat(43) } });
+  assert.equal(wrongToken.status(), 403);
+  const still = await carol.page.goto(`${BASE}/settings/security`);
+  assert.equal(still.url(), `${BASE}/settings/security`, 'the refused logout did not sign her out');
+  step('POSTs without or with a wrong CSRF token are refused with 403');
+
+  // No page broke its CSP or threw.
+  for (const p of [aProblems, bob.problems, carol.problems]) assert.deepEqual(p, [], 'no console errors');
+  writeFileSync(path.join(OUT, 'summary.json'), JSON.stringify({ ok: true, steps }, null, 2));
+  console.log(`web e2e: ${steps.length} scenarios passed; screenshots in ${OUT}`);
+} finally {
+  await browser.close();
+}
