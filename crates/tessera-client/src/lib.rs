@@ -24,7 +24,7 @@ pub use tessera_proto::v1 as pb;
 use std::time::{Duration, SystemTime};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
 /// Client settings.
@@ -36,11 +36,34 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Extra attempts for idempotent calls that fail with `UNAVAILABLE`.
     pub retries: u32,
+    /// TLS for an `https://` endpoint (rustls): the CA that signed the server's certificate,
+    /// and this client's certificate when the server requires one (mTLS).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(5), retries: 2 }
+        Self { timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(5), retries: 2, tls: None }
+    }
+}
+
+/// TLS settings of a client, as PEM.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The CA certificate(s) to trust for the server.
+    pub ca_pem: Vec<u8>,
+    /// This client's certificate chain and private key, for servers that require mTLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to check the server's certificate against (default: the endpoint's host).
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,13 +159,22 @@ impl Client {
         let header: MetadataValue<Ascii> = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::Config("the token must be printable ASCII".into()))?;
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let mut ep = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| ClientError::Config(e.to_string()))?
             .connect_timeout(opts.connect_timeout)
             .timeout(opts.timeout)
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+            .tcp_nodelay(true);
+        if let Some(tls) = &opts.tls {
+            let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                cfg = cfg.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(d) = &tls.domain {
+                cfg = cfg.domain_name(d.clone());
+            }
+            ep = ep.tls_config(cfg)?;
+        }
+        let channel = ep.connect().await?;
         Ok(Self::from_channel(channel, header, opts))
     }
 

@@ -49,6 +49,13 @@ pub struct ConfigFile {
     /// Take the client IP from the last `X-Forwarded-For` entry (only behind a proxy that sets
     /// it; default false).
     pub trust_forwarded_for: Option<bool>,
+    /// PEM certificate chain for gRPC over TLS (with `grpc_tls_key`).
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key for gRPC over TLS.
+    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, every gRPC client must present a certificate signed by
+    /// one of them (mTLS), in addition to its service token.
+    pub grpc_client_ca: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -81,6 +88,9 @@ impl ConfigFile {
             smtp_from: self.smtp_from.or(other.smtp_from),
             web_rate_limit_per_minute: self.web_rate_limit_per_minute.or(other.web_rate_limit_per_minute),
             trust_forwarded_for: self.trust_forwarded_for.or(other.trust_forwarded_for),
+            grpc_tls_cert: self.grpc_tls_cert.or(other.grpc_tls_cert),
+            grpc_tls_key: self.grpc_tls_key.or(other.grpc_tls_key),
+            grpc_client_ca: self.grpc_client_ca.or(other.grpc_client_ca),
         }
     }
 }
@@ -135,6 +145,19 @@ pub struct ServerConfig {
     pub smtp: Option<(String, String)>,
     /// The web pages' settings.
     pub web: tessera_web::WebConfig,
+    /// gRPC over TLS, with client certificates when a client CA is set.
+    pub grpc_tls: Option<GrpcTls>,
+}
+
+/// Files of the gRPC listener's TLS.
+#[derive(Debug, Clone)]
+pub struct GrpcTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that client certificates must chain to (mTLS), if any.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -207,7 +230,19 @@ impl ServerConfig {
             rate_limit_per_minute: given.web_rate_limit_per_minute.unwrap_or(20),
             trust_forwarded_for: given.trust_forwarded_for.unwrap_or(false),
         };
+        let grpc_tls = match (given.grpc_tls_cert.clone(), given.grpc_tls_key.clone(), given.grpc_client_ca.clone()) {
+            (Some(cert), Some(key), client_ca) => Some(GrpcTls { cert, key, client_ca }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err(ServerError::Config(
+                    "grpc_client_ca (mTLS) needs grpc_tls_cert and grpc_tls_key for the server's own certificate"
+                        .into(),
+                ));
+            }
+            _ => return Err(ServerError::Config("grpc_tls_cert and grpc_tls_key go together".into())),
+        };
         Ok(Self {
+            grpc_tls,
             web,
             smtp,
             pwned,
@@ -320,6 +355,23 @@ pub(crate) fn service_tokens(cfg: &ServerConfig) -> Result<(Vec<[u8; 32]>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_tls_settings_go_together() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        let ok = ConfigFile { grpc_tls_cert: p("c.pem"), grpc_tls_key: p("k.pem"), ..Default::default() };
+        let t = ServerConfig::resolve(ok, None).unwrap().grpc_tls.unwrap();
+        assert_eq!((t.cert, t.key, t.client_ca), (PathBuf::from("c.pem"), PathBuf::from("k.pem"), None));
+        assert!(ServerConfig::resolve(ConfigFile::default(), None).unwrap().grpc_tls.is_none());
+        for bad in [
+            ConfigFile { grpc_tls_cert: p("c.pem"), ..Default::default() },
+            ConfigFile { grpc_tls_key: p("k.pem"), ..Default::default() },
+            ConfigFile { grpc_client_ca: p("ca.pem"), ..Default::default() },
+        ] {
+            let e = ServerConfig::resolve(bad, None).unwrap_err().to_string();
+            assert!(e.contains("grpc_tls_cert"), "{e}");
+        }
+    }
 
     #[test]
     fn defaults_and_precedence() {

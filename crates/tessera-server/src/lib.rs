@@ -8,7 +8,7 @@ mod config;
 mod http;
 
 use config::redact as redact_url;
-pub use config::{ConfigFile, ServerConfig, TokenSource, redact};
+pub use config::{ConfigFile, GrpcTls, ServerConfig, TokenSource, redact};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub struct Prepared {
     pub mailer: Option<tessera_app::Mailer>,
     /// The web pages' settings.
     pub web: tessera_web::WebConfig,
+    /// gRPC TLS (and mTLS), when configured.
+    pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Open the database (running migrations), the keyring (created on first start, 0600) and
@@ -96,7 +98,25 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
             None
         }
     };
+    let grpc_tls = match &cfg.grpc_tls {
+        Some(t) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))
+            };
+            let mut tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+            if let Some(ca) = &t.client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+                summary.push(format!("gRPC: TLS, client certificates required (mTLS, CA {})", ca.display()));
+            } else {
+                summary.push("gRPC: TLS".into());
+            }
+            Some(tls)
+        }
+        None => None,
+    };
     Ok(Prepared {
+        grpc_tls,
         app,
         auth: TokenAuth::with_support(hashes, cfg.support_tokens.clone()),
         summary,
@@ -133,7 +153,7 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let Prepared { app, auth, mailer, web, .. } = prepared;
+    let Prepared { app, auth, mailer, web, grpc_tls, .. } = prepared;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -154,7 +174,11 @@ pub async fn run(
         .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
     let factor = FactorServiceServer::with_interceptor(FactorSvc::new(app.clone()), auth.clone());
     let identity = IdentityServiceServer::with_interceptor(IdentitySvc::new(app.clone()), auth);
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc_tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let grpc = builder
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

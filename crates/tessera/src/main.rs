@@ -30,8 +30,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the gRPC FactorService and the HTTP endpoints (health, readiness, metrics).
-    Serve(ServeArgs),
+    /// Run the web pages, the gRPC services and the HTTP endpoints (health, readiness, metrics).
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage the keyring that seals TOTP secrets.
@@ -107,6 +107,15 @@ struct ServeArgs {
     /// Take the client IP from X-Forwarded-For (only behind a proxy that sets it).
     #[arg(long, env = "TESSERA_TRUST_FORWARDED_FOR")]
     trust_forwarded_for: bool,
+    /// Serve gRPC over TLS with this PEM certificate chain (with --grpc-tls-key).
+    #[arg(long, env = "TESSERA_GRPC_TLS_CERT")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "TESSERA_GRPC_TLS_KEY")]
+    grpc_tls_key: Option<PathBuf>,
+    /// Require gRPC clients to present a certificate signed by this PEM CA (mTLS).
+    #[arg(long, env = "TESSERA_GRPC_CLIENT_CA")]
+    grpc_client_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +200,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         smtp_from: args.smtp_from.clone(),
         web_rate_limit_per_minute: args.web_rate_limit_per_minute,
         trust_forwarded_for: args.trust_forwarded_for.then_some(true),
+        grpc_tls_cert: args.grpc_tls_cert.clone(),
+        grpc_tls_key: args.grpc_tls_key.clone(),
+        grpc_client_ca: args.grpc_client_ca.clone(),
     };
     let file = match &args.config {
         Some(p) => ConfigFile::load(p)?,

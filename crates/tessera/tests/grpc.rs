@@ -59,13 +59,14 @@ struct InProcess {
 
 impl InProcess {
     async fn start(database_url: Option<String>) -> Self {
+        Self::start_with(ConfigFile { database_url, ..Default::default() }).await
+    }
+
+    async fn start_with(given: ConfigFile) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let given = ConfigFile {
-            data_dir: Some(dir.path().to_owned()),
-            database_url,
-            pwned_mode: Some("off".into()),
-            ..Default::default()
-        };
+        let given =
+            ConfigFile { data_dir: Some(dir.path().to_owned()), pwned_mode: Some("off".into()), ..Default::default() }
+                .or(given);
         let cfg = ServerConfig::resolve_with_support(given, Some(TOKEN.into()), Some(SUPPORT.into())).unwrap();
         let clock = ManualClock::at_unix(1_767_225_610);
         let prepared = tessera_server::prepare(&cfg, Some(Arc::new(clock.clone()))).await.unwrap();
@@ -583,4 +584,103 @@ async fn identity_scenario_postgres() {
     identity_scenario(&srv).await;
     srv.stop().await;
     drop_pg_db(&base, &name).await;
+}
+
+/// Make a CA, a server certificate for 127.0.0.1/localhost and a client certificate with the
+/// real `openssl` tool; and a second CA whose client certificate the server must refuse.
+fn make_pki(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    for ca in ["ca", "other-ca"] {
+        let (key, pem, subj) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=Tessera test {ca}"));
+        let mut a = vec!["req", "-x509"];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
+        run(&a);
+    }
+    for (name, ca, ext) in
+        [("server", "ca", "server.ext"), ("client", "ca", "client.ext"), ("rogue", "other-ca", "client.ext")]
+    {
+        let (key, csr, pem, subj) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("/CN={name}"));
+        let mut a = vec!["req"];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&a);
+        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_mtls_needs_a_client_certificate_from_the_configured_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let p = |f: &str| pki.path().join(f);
+    let srv = InProcess::start_with(ConfigFile {
+        grpc_tls_cert: Some(p("server.pem")),
+        grpc_tls_key: Some(p("server.key")),
+        grpc_client_ca: Some(p("ca.pem")),
+        ..Default::default()
+    })
+    .await;
+    let read = |f: &str| std::fs::read(p(f)).unwrap();
+    let tls = |identity: Option<(&str, &str)>| tessera_client::ClientOptions {
+        tls: Some(tessera_client::ClientTls {
+            ca_pem: read("ca.pem"),
+            identity: identity.map(|(c, k)| (read(c), read(k))),
+            domain: Some("localhost".into()),
+        }),
+        connect_timeout: Duration::from_secs(3),
+        timeout: Duration::from_secs(3),
+        retries: 0,
+    };
+    let url = format!("https://{}", srv.grpc);
+
+    // With a certificate from the CA (and the token): served.
+    let c = Client::connect(&url, TOKEN, tls(Some(("client.pem", "client.key")))).await.unwrap();
+    let e = c.enroll_totp(enroll("mtls")).await.unwrap();
+    assert_eq!(c.list_factors("mtls").await.unwrap()[0].id, e.factor_id);
+    // The certificate does not replace the token.
+    let c = Client::connect(&url, "wrong-token-0123456789", tls(Some(("client.pem", "client.key")))).await.unwrap();
+    assert!(matches!(c.list_factors("mtls").await, Err(ClientError::Status(s)) if s.code() == Code::Unauthenticated));
+
+    // Without a certificate, with one from another CA, or in plain text: no call gets through.
+    for opts in [tls(None), tls(Some(("rogue.pem", "rogue.key")))] {
+        let refused = match Client::connect(&url, TOKEN, opts).await {
+            Err(_) => true,
+            Ok(c) => c.list_factors("mtls").await.is_err(),
+        };
+        assert!(refused, "a client without a valid certificate was served");
+    }
+    let plain = format!("http://{}", srv.grpc);
+    let opts = tessera_client::ClientOptions { retries: 0, ..Default::default() };
+    let refused = match Client::connect(&plain, TOKEN, opts).await {
+        Err(_) => true,
+        Ok(c) => c.list_factors("mtls").await.is_err(),
+    };
+    assert!(refused, "a plain-text client was served");
+    srv.stop().await;
 }
