@@ -1,6 +1,7 @@
 //! Attempt counters: the atomic gate that bounds guessing, locks, and resets.
 
 use crate::audit::{self, NewAuditEvent};
+use crate::batch::{Done, Op};
 use crate::{Backend, Store, StoreError};
 use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
@@ -39,6 +40,28 @@ pub(crate) async fn reset(conn: &mut AnyConnection, subject_id: &str, kind: &str
     Ok(())
 }
 
+/// The gate: unless the subject is locked at `now_ms`, add one to its consecutive failures and
+/// return the new count (`None` while locked). One statement.
+pub(crate) async fn gate(
+    conn: &mut AnyConnection,
+    subject_id: &str,
+    kind: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
+         VALUES ($1, $2, 1, 0, NULL) \
+         ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1 \
+         WHERE attempts.locked_until IS NULL OR attempts.locked_until <= $3 \
+         RETURNING consecutive_failures",
+    )
+    .bind(subject_id)
+    .bind(kind)
+    .bind(now_ms)
+    .fetch_optional(conn)
+    .await?)
+}
+
 #[derive(sqlx::FromRow)]
 struct StateRow {
     consecutive_failures: i64,
@@ -63,22 +86,18 @@ impl Store {
     pub async fn gate_attempt(
         &self,
         subject_id: &str,
-        kind: &str,
+        kind: &'static str,
         now: OffsetDateTime,
     ) -> Result<GateResult, StoreError> {
         let now_ms = to_millis(now);
-        let reserved: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
-             VALUES ($1, $2, 1, 0, NULL) \
-             ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1 \
-             WHERE attempts.locked_until IS NULL OR attempts.locked_until <= $3 \
-             RETURNING consecutive_failures",
-        )
-        .bind(subject_id)
-        .bind(kind)
-        .bind(now_ms)
-        .fetch_optional(&self.writer)
-        .await?;
+        let reserved = match self.backend {
+            // SQLite: one write of a group-committed batch.
+            Backend::Sqlite => match self.batch(Op::Gate { subject: subject_id.to_owned(), kind, now_ms }).await? {
+                Done::Gate(r) => r,
+                other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
+            },
+            Backend::Postgres => gate(&mut *self.writer.acquire().await?, subject_id, kind, now_ms).await?,
+        };
         if let Some(n) = reserved {
             return Ok(GateResult::Reserved(u32_of(n)));
         }

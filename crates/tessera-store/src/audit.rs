@@ -79,6 +79,10 @@ pub(crate) async fn insert(conn: &mut AnyConnection, ev: &NewAuditEvent) -> Resu
 impl Store {
     /// Append one event on its own.
     pub async fn append_audit(&self, ev: &NewAuditEvent) -> Result<(), StoreError> {
+        if self.backend == crate::Backend::Sqlite {
+            self.batch(crate::batch::Op::Audit(ev.clone())).await?;
+            return Ok(());
+        }
         let mut c = self.writer.acquire().await?;
         insert(&mut c, ev).await
     }

@@ -16,4 +16,7 @@ pub enum StoreError {
     /// Bad connection settings.
     #[error("store configuration: {0}")]
     Config(String),
+    /// A batch of writes (SQLite group commit) failed and was rolled back as a whole.
+    #[error("database error (batched write): {0}")]
+    Batch(String),
 }

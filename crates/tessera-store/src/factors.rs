@@ -1,6 +1,7 @@
 //! Factors and their sealed TOTP secrets; the replay guard.
 
 use crate::audit::{self, NewAuditEvent};
+use crate::batch::{Done, Op};
 use crate::recovery::{self, NewRecoveryCode};
 use crate::{Backend, Store, StoreError, attempts};
 use sqlx::AnyConnection;
@@ -133,7 +134,7 @@ fn step_i64(step: u64) -> i64 {
 
 /// The replay guard: record `step` as used unless it (or a later step) already was.
 /// One row changed, or the code must be refused.
-async fn use_step(conn: &mut AnyConnection, factor_id: &str, step: u64) -> Result<bool, StoreError> {
+pub(crate) async fn use_step(conn: &mut AnyConnection, factor_id: &str, step: u64) -> Result<bool, StoreError> {
     let n = sqlx::query(
         "UPDATE totp_secrets SET last_used_step = $2 \
          WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2)",
@@ -251,19 +252,18 @@ impl Store {
         if self.backend == Backend::Postgres {
             return self.accept_totp_pg(subject_id, factor_id, step, now, audit).await;
         }
-        let mut tx = self.begin().await?;
-        if !use_step(&mut tx, factor_id, step).await? {
-            return Ok(false);
+        // SQLite: the same four changes as one write of a group-committed batch.
+        let op = Op::Accept {
+            subject: subject_id.to_owned(),
+            factor_id: factor_id.to_owned(),
+            step,
+            now_ms: to_millis(now),
+            audit: audit.clone(),
+        };
+        match self.batch(op).await? {
+            Done::Accept(won) => Ok(won),
+            other => Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
         }
-        sqlx::query("UPDATE factors SET last_used_at = $2 WHERE id = $1")
-            .bind(factor_id)
-            .bind(to_millis(now))
-            .execute(&mut *tx)
-            .await?;
-        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
-        audit::insert(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     /// PostgreSQL: the same four changes as one statement (data-modifying CTEs all see the

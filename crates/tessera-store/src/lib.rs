@@ -14,6 +14,7 @@
 
 mod attempts;
 mod audit;
+mod batch;
 mod error;
 mod factors;
 mod identity;
@@ -83,6 +84,8 @@ pub struct Store {
     /// the same pool as `pool`.
     writer: AnyPool,
     backend: Backend,
+    /// SQLite: the group-commit task for the hot path's writes (see `batch`).
+    batcher: Option<batch::Batcher>,
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -112,7 +115,8 @@ impl Store {
             Backend::Sqlite => pool_options(backend, &opts, 1).connect(&url).await?,
             Backend::Postgres => pool.clone(),
         };
-        Ok(Self { pool, writer, backend })
+        let batcher = (backend == Backend::Sqlite).then(|| batch::Batcher::spawn(writer.clone()));
+        Ok(Self { pool, writer, backend, batcher })
     }
 
     /// Apply pending migrations (safe to run from several replicas at once on PostgreSQL,
@@ -145,6 +149,14 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
+    }
+
+    /// Run one write in SQLite's next group-committed batch (see `batch`).
+    async fn batch(&self, op: batch::Op) -> Result<batch::Done, StoreError> {
+        match &self.batcher {
+            Some(b) => b.submit(op).await,
+            None => Err(StoreError::Config("no write batcher on this backend".into())),
+        }
     }
 
     /// Begin a write transaction: `BEGIN IMMEDIATE` on SQLite (take the write lock up front,
