@@ -88,7 +88,11 @@ async fn enrol_confirm_verify(h: &Harness) {
     let now_code = h.code(&e.secret_base32, 0);
     assert!(accepted(&h.app.verify_totp("alice", &now_code, &ctx()).await.unwrap()));
     let f = h.app.list_factors("alice").await.unwrap();
-    assert!(f[0].last_used_at.is_some());
+    assert_eq!(
+        f[0].last_used_at,
+        Some(tessera_core::clock::Clock::now(&h.clock)),
+        "the accepted code marks the device used, at that time"
+    );
 }
 both!(enrol_confirm_verify);
 
