@@ -341,6 +341,28 @@ async fn the_secret_is_shown_only_while_the_device_is_pending() {
     assert!(!r.body.contains(&secret));
     assert!(r.body.contains("This session was verified with a second factor."), "confirming steps the session up");
 
+    // New recovery codes need a current code; they replace the old ones.
+    let r = b.post(&h, "/settings/security/recovery-codes", &[("code", "000000")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("4 attempts left."), "{}", r.body);
+    h.clock.advance(time::Duration::seconds(30));
+    let r = b.post(&h, "/settings/security/recovery-codes", &[("code", &code_at(&secret, T0 + 30))]).await;
+    assert_eq!((r.status, r.body.matches("<li><code>").count()), (StatusCode::OK, 10));
+    assert!(r.body.contains("download=\"tessera-recovery-codes.txt\""));
+
+    // Sign out other sessions: another browser's session ends, this one stays.
+    let mut phone = Browser::new("10.0.0.7");
+    let r = phone.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/login/code");
+    h.clock.advance(time::Duration::seconds(30));
+    let r = phone.post(&h, "/login/code", &[("code", &code_at(&secret, T0 + 60))]).await;
+    assert_eq!(r.location(), "/accounts");
+    assert_eq!(phone.get(&h, "/settings/security").await.status, StatusCode::OK);
+    let r = b.post(&h, "/settings/security/sessions/revoke-others", &[]).await;
+    assert_eq!(r.location(), "/settings/security?done=revoked");
+    assert_eq!(phone.get(&h, "/settings/security").await.location(), "/login", "the other session is over");
+    assert_eq!(b.get(&h, "/settings/security").await.status, StatusCode::OK, "this one is not");
+
     // Removing the active device needs a current code.
     let id = setup.rsplit('/').next().unwrap();
     let remove = format!("/settings/security/devices/{id}/remove");
@@ -348,7 +370,7 @@ async fn the_secret_is_shown_only_while_the_device_is_pending() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.body.contains("Enter the current 6-digit code"));
     h.clock.advance(time::Duration::seconds(30));
-    let r = b.post(&h, &remove, &[("code", &code_at(&secret, T0 + 30))]).await;
+    let r = b.post(&h, &remove, &[("code", &code_at(&secret, T0 + 90))]).await;
     assert_eq!(r.location(), "/settings/security?done=removed");
     let r = b.get(&h, "/settings/security?done=removed").await;
     assert!(r.body.contains("Device removed.") && r.body.contains("No devices yet."));
