@@ -161,6 +161,11 @@ try {
   await a.$eval('#password', (e) => e.removeAttribute('minlength'));
   await a.click('button:text("Create account")');
   assert.match(await a.textContent('#form-error'), /at least 10 characters/i, 'a short password is refused in words');
+  // The server's breached-password list (an offline range directory in this test) has this one.
+  await a.fill('#password', 'Tr0ub4dor&3 everybody knows');
+  await a.click('button:text("Create account")');
+  assert.match(await a.textContent('#form-error'), /appears in 42 known data breaches/, 'a breached password is refused in words');
+  await shot(a, '01b-signup-breached');
   await a.fill('#password', PASSWORD);
   await Promise.all([a.waitForURL(`${BASE}/settings/security`), a.click('button:text("Create account")')]);
   const cookies = await ctxA.cookies();

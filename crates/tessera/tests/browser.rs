@@ -60,7 +60,17 @@ fn web_pages_in_headless_chromium() {
         return;
     }
     let data = tempfile::tempdir().unwrap();
-    let common::Serve { mut child, http: base, .. } = common::spawn(data.path(), &[], &[]);
+    // An offline breached-password range directory listing the one password the scenario
+    // tries first (SHA-1 6B3E2…, seen 42 times): the sign-up page must refuse it in words.
+    let ranges = data.path().join("ranges");
+    std::fs::create_dir_all(&ranges).unwrap();
+    std::fs::write(
+        ranges.join("6B3E2"),
+        "0000000000000000000000000000000000A:0\r\n3D8395C806F1BDD0537A4F33F719CEE5283:42\r\n",
+    )
+    .unwrap();
+    let env = [("TESSERA_PWNED_MODE", "offline"), ("TESSERA_PWNED_DIR", ranges.to_str().unwrap())];
+    let common::Serve { mut child, http: base, .. } = common::spawn(data.path(), &[], &env);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-e2e");
     let _ = std::fs::remove_dir_all(&out);
     let status = Command::new("node")

@@ -14,7 +14,8 @@ pub struct Serve {
     pub http: String,
 }
 
-/// Start `tessera serve` with its data in `data`, the breached-password check off, and `env`.
+/// Start `tessera serve` with its data in `data`, the breached-password check off, and `env`
+/// (which may override those).
 pub fn spawn(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
