@@ -10,8 +10,8 @@ use tessera_core::seal::{Aad, KeyId, Keyring, Sealed};
 use tessera_core::throttle::Gate;
 use tessera_core::{CoreError, otpauth, qr, validate};
 use tessera_store::{
-    AuditEvent, ConfirmOutcome as StoreConfirm, GateResult, NewAuditEvent, NewRecoveryCode, NewTotpFactor,
-    SECOND_FACTOR, SealedSecret, TotpDevice,
+    Acceptance, AuditEvent, ConfirmOutcome as StoreConfirm, GateAccept, GateResult, NewAuditEvent, NewRecoveryCode,
+    NewTotpFactor, SECOND_FACTOR, SealedSecret, TotpDevice,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -169,7 +169,19 @@ impl App {
         now: OffsetDateTime,
         ctx: &ClientContext,
     ) -> Result<Result<u32, Failure>, AppError> {
-        match self.store.gate_attempt(subject, SECOND_FACTOR, now).await? {
+        let r = self.store.gate_attempt(subject, SECOND_FACTOR, now).await?;
+        self.admit(subject, r, now, ctx).await
+    }
+
+    /// What the gate's answer means: the slot to check under, or the refusal (recorded).
+    async fn admit(
+        &self,
+        subject: &str,
+        r: GateResult,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<Result<u32, Failure>, AppError> {
+        match r {
             GateResult::Reserved(n) if self.config.throttle.gate(n) == Gate::Proceed => Ok(Ok(n)),
             GateResult::Reserved(_) => {
                 // More attempts in flight than the budget: refuse unchecked, and make sure the
@@ -326,14 +338,15 @@ impl App {
 
     /// Check a TOTP code against every active device of the subject. A code is accepted at
     /// most once, whatever the concurrency, and only when the subject is not locked.
+    ///
+    /// The code is checked first (a check has no effect) and the attempt gate and the accept
+    /// then run as one write: the check's result counts only if the gate admits the attempt
+    /// (not locked, within the budget), so the bound on guesses is the gate's, as when gating
+    /// first, and an accepted code costs one write instead of two.
     pub async fn verify_totp(&self, subject_id: &str, code: &str, ctx: &ClientContext) -> Result<Outcome, AppError> {
         let subject = validate::subject_id(subject_id)?;
         let code = Code::parse(code)?;
         let now = self.clock.now();
-        let reserved = match self.gate(subject, now, ctx).await? {
-            Ok(n) => n,
-            Err(f) => return Ok(f.into_outcome()),
-        };
         let devices = self.store.active_totp_devices(subject).await?;
         let mut matched: Option<(&TotpDevice, u64)> = None;
         for d in &devices {
@@ -343,17 +356,33 @@ impl App {
                 matched = matched.or(Some((d, step)));
             }
         }
-        if let Some((d, step)) = matched {
-            let mut ev = self.event(now, subject, Some(&d.factor.id), AuditKind::TotpVerified, ctx);
-            ev.detail = json!({ "step": step }).to_string();
-            if self.store.accept_totp(subject, &d.factor.id, step, now, &ev).await? {
-                return Ok(Outcome::Accepted { factor_id: Some(d.factor.id.clone()) });
+        let acceptance = matched.map(|(d, step)| {
+            let mut audit = self.event(now, subject, Some(&d.factor.id), AuditKind::TotpVerified, ctx);
+            audit.detail = json!({ "step": step }).to_string();
+            Acceptance { factor_id: d.factor.id.clone(), step, audit }
+        });
+        let budget = self.config.throttle.max_failures;
+        let refused = |r| async move {
+            match self.admit(subject, r, now, ctx).await? {
+                Err(f) => Ok::<_, AppError>(f.into_outcome()),
+                // `admit` admits exactly what the store admitted; this arm is not reached.
+                Ok(_) => Ok(Outcome::Rejected { attempts_remaining: 0 }),
             }
-            let ev = self.event(now, subject, Some(&d.factor.id), AuditKind::TotpRejected, ctx);
-            return Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_outcome());
+        };
+        match self.store.gate_and_accept(subject, SECOND_FACTOR, now, budget, acceptance).await? {
+            GateAccept::Accepted => Ok(Outcome::Accepted { factor_id: matched.map(|(d, _)| d.factor.id.clone()) }),
+            GateAccept::Locked(until) => refused(GateResult::Locked(until)).await,
+            GateAccept::Refused(n) => refused(GateResult::Reserved(n)).await,
+            GateAccept::Replayed(n) => {
+                let factor = matched.map(|(d, _)| d.factor.id.as_str());
+                let ev = self.event(now, subject, factor, AuditKind::TotpRejected, ctx);
+                Ok(self.fail(subject, n, now, ev, "replay", ctx).await?.into_outcome())
+            }
+            GateAccept::Mismatch(n) => {
+                let ev = self.event(now, subject, None, AuditKind::TotpRejected, ctx);
+                Ok(self.fail(subject, n, now, ev, "mismatch", ctx).await?.into_outcome())
+            }
         }
-        let ev = self.event(now, subject, None, AuditKind::TotpRejected, ctx);
-        Ok(self.fail(subject, reserved, now, ev, "mismatch", ctx).await?.into_outcome())
     }
 
     /// Redeem a recovery code (once). Returns the outcome and the codes left.

@@ -15,6 +15,32 @@ pub const SECOND_FACTOR: &str = "second_factor";
 /// password never locks a user's authenticator.
 pub const PASSWORD: &str = "password";
 
+/// A matched code to accept: which device, at which step, with which audit event.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    /// The device that matched.
+    pub factor_id: String,
+    /// The matched time step (the replay guard's key).
+    pub step: u64,
+    /// The event to append when the code is accepted.
+    pub audit: NewAuditEvent,
+}
+
+/// What [`Store::gate_and_accept`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateAccept {
+    /// Locked until then: the code was not considered.
+    Locked(OffsetDateTime),
+    /// This attempt holds slot `n`, beyond the budget: not considered.
+    Refused(u32),
+    /// The code was accepted (and is now used).
+    Accepted,
+    /// The code matched but its step was already used (slot `n` stays a failure).
+    Replayed(u32),
+    /// No match, or nothing to accept (slot `n` stays a failure).
+    Mismatch(u32),
+}
+
 /// What the gate answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateResult {
@@ -98,9 +124,19 @@ impl Store {
             },
             Backend::Postgres => gate(&mut *self.writer.acquire().await?, subject_id, kind, now_ms).await?,
         };
-        if let Some(n) = reserved {
-            return Ok(GateResult::Reserved(u32_of(n)));
+        match reserved {
+            Some(n) => Ok(GateResult::Reserved(u32_of(n))),
+            None => Ok(GateResult::Locked(self.locked_until(subject_id, kind, now).await?)),
         }
+    }
+
+    /// The end of the lock that refused an attempt (`now` if it has just lapsed).
+    async fn locked_until(
+        &self,
+        subject_id: &str,
+        kind: &str,
+        now: OffsetDateTime,
+    ) -> Result<OffsetDateTime, StoreError> {
         let until: Option<i64> =
             sqlx::query_scalar("SELECT locked_until FROM attempts WHERE subject_id = $1 AND kind = $2")
                 .bind(subject_id)
@@ -108,7 +144,51 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten();
-        Ok(GateResult::Locked(until.map_or(now, from_millis)))
+        Ok(until.map_or(now, from_millis))
+    }
+
+    /// The hot path of a code check, for a code already checked against the subject's
+    /// devices (a check has no effect): reserve an attempt at the gate and — only if the gate
+    /// admits it (not locked, slot within `max_checked`) and the code matched — accept it
+    /// (replay guard, last use, counter reset, `accept`'s audit event), in one write. The
+    /// check's result counts only when the gate admits the attempt, so the bound on guesses
+    /// is the gate's, exactly as when gating first; an accepted code costs one write instead
+    /// of two.
+    pub async fn gate_and_accept(
+        &self,
+        subject_id: &str,
+        kind: &'static str,
+        now: OffsetDateTime,
+        max_checked: u32,
+        accept: Option<Acceptance>,
+    ) -> Result<GateAccept, StoreError> {
+        let now_ms = to_millis(now);
+        let (reserved, accepted) = match self.backend {
+            Backend::Sqlite => {
+                let op = Op::GateAccept { subject: subject_id.to_owned(), kind, now_ms, max_checked, accept };
+                match self.batch(op).await? {
+                    Done::GateAccept(r, a) => (r, a),
+                    other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
+                }
+            }
+            Backend::Postgres => {
+                let mut c = self.writer.acquire().await?;
+                let r = gate(&mut c, subject_id, kind, now_ms).await?;
+                match (r, accept) {
+                    (Some(n), Some(a)) if u32_of(n) <= max_checked => {
+                        (r, Some(crate::factors::accept_pg(&mut c, subject_id, &a, now_ms).await?))
+                    }
+                    _ => (r, None),
+                }
+            }
+        };
+        Ok(match (reserved.map(u32_of), accepted) {
+            (None, _) => GateAccept::Locked(self.locked_until(subject_id, kind, now).await?),
+            (Some(n), _) if n > max_checked => GateAccept::Refused(n),
+            (Some(_), Some(true)) => GateAccept::Accepted,
+            (Some(n), Some(false)) => GateAccept::Replayed(n),
+            (Some(n), None) => GateAccept::Mismatch(n),
+        })
     }
 
     /// Apply a lock if the failures have reached the policy's limit and no lock is in force;

@@ -14,6 +14,7 @@
 //! own, it is all-or-nothing without a savepoint (the accept runs the replay guard first and
 //! does nothing more when the guard refuses).
 
+use crate::attempts::Acceptance;
 use crate::audit::{self, NewAuditEvent};
 use crate::{StoreError, attempts};
 use sqlx::{AnyConnection, AnyPool};
@@ -31,6 +32,9 @@ pub(crate) enum Op {
     Accept { subject: String, factor_id: String, step: u64, now_ms: i64, audit: NewAuditEvent },
     /// Append an audit event.
     Audit(NewAuditEvent),
+    /// The gate and, when it admits the attempt (slot within `max_checked`), the accept of
+    /// an already matched code (see `Store::gate_and_accept`).
+    GateAccept { subject: String, kind: &'static str, now_ms: i64, max_checked: u32, accept: Option<Acceptance> },
 }
 
 /// What a write answered.
@@ -39,6 +43,8 @@ pub(crate) enum Done {
     Gate(Option<i64>),
     Accept(bool),
     Audit,
+    /// The gate's reserved slot (`None`: locked) and, if the accept ran, whether it won.
+    GateAccept(Option<i64>, Option<bool>),
 }
 
 struct Job {
@@ -105,21 +111,36 @@ async fn execute(writer: &AnyPool, jobs: &[Job]) -> Result<Vec<Done>, StoreError
     Ok(out)
 }
 
+/// Accept a matched code: the replay guard first (nothing more when it refuses), then the
+/// factor's last use, the counter reset and the audit event.
+async fn accept(conn: &mut AnyConnection, subject: &str, a: &Acceptance, now_ms: i64) -> Result<bool, StoreError> {
+    if !crate::factors::use_step(conn, &a.factor_id, a.step).await? {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE factors SET last_used_at = $2 WHERE id = $1")
+        .bind(&a.factor_id)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    attempts::reset(conn, subject, attempts::SECOND_FACTOR).await?;
+    audit::insert(conn, &a.audit).await?;
+    Ok(true)
+}
+
 async fn apply(conn: &mut AnyConnection, op: &Op) -> Result<Done, StoreError> {
     Ok(match op {
         Op::Gate { subject, kind, now_ms } => Done::Gate(attempts::gate(conn, subject, kind, *now_ms).await?),
         Op::Accept { subject, factor_id, step, now_ms, audit } => {
-            if !crate::factors::use_step(conn, factor_id, *step).await? {
-                return Ok(Done::Accept(false));
+            let a = Acceptance { factor_id: factor_id.clone(), step: *step, audit: audit.clone() };
+            Done::Accept(accept(conn, subject, &a, *now_ms).await?)
+        }
+        Op::GateAccept { subject, kind, now_ms, max_checked, accept: acceptance } => {
+            let reserved = attempts::gate(conn, subject, kind, *now_ms).await?;
+            let admitted = reserved.is_some_and(|n| n >= 1 && n <= i64::from(*max_checked));
+            match acceptance {
+                Some(a) if admitted => Done::GateAccept(reserved, Some(accept(conn, subject, a, *now_ms).await?)),
+                _ => Done::GateAccept(reserved, None),
             }
-            sqlx::query("UPDATE factors SET last_used_at = $2 WHERE id = $1")
-                .bind(factor_id)
-                .bind(now_ms)
-                .execute(&mut *conn)
-                .await?;
-            attempts::reset(conn, subject, attempts::SECOND_FACTOR).await?;
-            audit::insert(conn, audit).await?;
-            Done::Accept(true)
         }
         Op::Audit(ev) => {
             audit::insert(conn, ev).await?;

@@ -266,8 +266,7 @@ impl Store {
         }
     }
 
-    /// PostgreSQL: the same four changes as one statement (data-modifying CTEs all see the
-    /// replay guard's result and commit or fail together): one round trip per accepted code.
+    /// PostgreSQL: see [`accept_pg`].
     async fn accept_totp_pg(
         &self,
         subject_id: &str,
@@ -276,35 +275,8 @@ impl Store {
         now: OffsetDateTime,
         ev: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
-        let won: i64 = sqlx::query_scalar(
-            "WITH g AS ( \
-               UPDATE totp_secrets SET last_used_step = $2 \
-               WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2) RETURNING factor_id \
-             ), f AS ( \
-               UPDATE factors SET last_used_at = $3 WHERE id IN (SELECT factor_id FROM g) \
-             ), r AS ( \
-               UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL \
-               WHERE subject_id = $4 AND kind = $5 AND EXISTS (SELECT 1 FROM g) \
-             ), a AS ( \
-               INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
-               SELECT $6, $7, $4, $1, $8, $9, $10, $11, $12 FROM g \
-             ) SELECT COUNT(*) FROM g",
-        )
-        .bind(factor_id)
-        .bind(step_i64(step))
-        .bind(to_millis(now))
-        .bind(subject_id)
-        .bind(attempts::SECOND_FACTOR)
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(to_millis(ev.at))
-        .bind(&ev.actor)
-        .bind(ev.kind.as_str())
-        .bind(&ev.ip)
-        .bind(&ev.user_agent)
-        .bind(&ev.detail)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(won == 1)
+        let a = crate::Acceptance { factor_id: factor_id.to_owned(), step, audit: ev.clone() };
+        accept_pg(&mut *self.writer.acquire().await?, subject_id, &a, to_millis(now)).await
     }
 
     /// Activate a pending device whose first code (at `step`) matched: in one transaction,
@@ -382,4 +354,45 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// PostgreSQL: accept a matched code with the same four changes as one statement
+/// (data-modifying CTEs all see the replay guard's result and commit or fail together): one
+/// round trip per accepted code.
+pub(crate) async fn accept_pg(
+    conn: &mut AnyConnection,
+    subject_id: &str,
+    a: &crate::Acceptance,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let ev = &a.audit;
+    let won: i64 = sqlx::query_scalar(
+        "WITH g AS ( \
+           UPDATE totp_secrets SET last_used_step = $2 \
+           WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2) RETURNING factor_id \
+         ), f AS ( \
+           UPDATE factors SET last_used_at = $3 WHERE id IN (SELECT factor_id FROM g) \
+         ), r AS ( \
+           UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL \
+           WHERE subject_id = $4 AND kind = $5 AND EXISTS (SELECT 1 FROM g) \
+         ), a AS ( \
+           INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
+           SELECT $6, $7, $4, $1, $8, $9, $10, $11, $12 FROM g \
+         ) SELECT COUNT(*) FROM g",
+    )
+    .bind(&a.factor_id)
+    .bind(step_i64(a.step))
+    .bind(now_ms)
+    .bind(subject_id)
+    .bind(attempts::SECOND_FACTOR)
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(to_millis(ev.at))
+    .bind(&ev.actor)
+    .bind(ev.kind.as_str())
+    .bind(&ev.ip)
+    .bind(&ev.user_agent)
+    .bind(&ev.detail)
+    .fetch_one(conn)
+    .await?;
+    Ok(won == 1)
 }

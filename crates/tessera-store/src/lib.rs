@@ -21,7 +21,7 @@ mod identity;
 mod keys;
 mod recovery;
 
-pub use attempts::{GateResult, PASSWORD, SECOND_FACTOR};
+pub use attempts::{Acceptance, GateAccept, GateResult, PASSWORD, SECOND_FACTOR};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
 pub use factors::{ConfirmOutcome, NewTotpFactor, SealedSecret, TotpDevice};
