@@ -2,7 +2,8 @@
 //! every statement is a round trip to the connection's worker thread; a verification used to
 //! hold the writer for seven of them (the attempt gate, then BEGIN, the replay guard, the
 //! factor's last use, the counter reset, the audit row, COMMIT), plus a pool checkout each
-//! time. Here one task owns the queue: it takes every write waiting (up to a batch), runs them
+//! time. Now it is three, in a batch: the gate, the guard (whose trigger, migration 0004,
+//! does the last use and the reset) and the audit row. Here one task owns the queue: it takes every write waiting (up to a batch), runs them
 //! one after another inside a single `BEGIN IMMEDIATE … COMMIT` on the writer connection, and
 //! answers each caller only after the COMMIT — so a reply still means "durable", each write
 //! still sees the ones before it (they run in order, as if serialised), and BEGIN, COMMIT and
@@ -28,8 +29,6 @@ const MAX_BATCH: usize = 128;
 pub(crate) enum Op {
     /// The attempt gate's upsert (see `attempts`): the reserved count, or `None` if locked.
     Gate { subject: String, kind: &'static str, now_ms: i64 },
-    /// Accept a verified code: replay guard, last use, counter reset, audit.
-    Accept { subject: String, factor_id: String, step: u64, now_ms: i64, audit: NewAuditEvent },
     /// Append an audit event.
     Audit(NewAuditEvent),
     /// The gate and, when it admits the attempt (slot within `max_checked`), the accept of
@@ -41,7 +40,6 @@ pub(crate) enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Done {
     Gate(Option<i64>),
-    Accept(bool),
     Audit,
     /// The gate's reserved slot (`None`: locked) and, if the accept ran, whether it won.
     GateAccept(Option<i64>, Option<bool>),
@@ -111,34 +109,36 @@ async fn execute(writer: &AnyPool, jobs: &[Job]) -> Result<Vec<Done>, StoreError
     Ok(out)
 }
 
-/// Accept a matched code: the replay guard first (nothing more when it refuses), then the
-/// factor's last use, the counter reset and the audit event.
-async fn accept(conn: &mut AnyConnection, subject: &str, a: &Acceptance, now_ms: i64) -> Result<bool, StoreError> {
-    if !crate::factors::use_step(conn, &a.factor_id, a.step).await? {
-        return Ok(false);
+/// Accept a matched code: the replay guard, which also stamps the time of use; when it
+/// changes its row, the trigger of migration 0004 marks the factor used and resets the
+/// subject's second-factor counters in the same statement. Then the audit event. Nothing is
+/// written when the guard refuses.
+async fn accept(conn: &mut AnyConnection, a: &Acceptance, now_ms: i64) -> Result<bool, StoreError> {
+    let won = sqlx::query(
+        "UPDATE totp_secrets SET last_used_step = $2, last_used_at = $3 \
+         WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2)",
+    )
+    .bind(&a.factor_id)
+    .bind(i64::try_from(a.step).unwrap_or(i64::MAX))
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if won {
+        audit::insert(conn, &a.audit).await?;
     }
-    sqlx::query("UPDATE factors SET last_used_at = $2 WHERE id = $1")
-        .bind(&a.factor_id)
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await?;
-    attempts::reset(conn, subject, attempts::SECOND_FACTOR).await?;
-    audit::insert(conn, &a.audit).await?;
-    Ok(true)
+    Ok(won)
 }
 
 async fn apply(conn: &mut AnyConnection, op: &Op) -> Result<Done, StoreError> {
     Ok(match op {
         Op::Gate { subject, kind, now_ms } => Done::Gate(attempts::gate(conn, subject, kind, *now_ms).await?),
-        Op::Accept { subject, factor_id, step, now_ms, audit } => {
-            let a = Acceptance { factor_id: factor_id.clone(), step: *step, audit: audit.clone() };
-            Done::Accept(accept(conn, subject, &a, *now_ms).await?)
-        }
         Op::GateAccept { subject, kind, now_ms, max_checked, accept: acceptance } => {
             let reserved = attempts::gate(conn, subject, kind, *now_ms).await?;
             let admitted = reserved.is_some_and(|n| n >= 1 && n <= i64::from(*max_checked));
             match acceptance {
-                Some(a) if admitted => Done::GateAccept(reserved, Some(accept(conn, subject, a, *now_ms).await?)),
+                Some(a) if admitted => Done::GateAccept(reserved, Some(accept(conn, a, *now_ms).await?)),
                 _ => Done::GateAccept(reserved, None),
             }
         }

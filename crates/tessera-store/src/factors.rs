@@ -1,9 +1,8 @@
 //! Factors and their sealed TOTP secrets; the replay guard.
 
 use crate::audit::{self, NewAuditEvent};
-use crate::batch::{Done, Op};
 use crate::recovery::{self, NewRecoveryCode};
-use crate::{Backend, Store, StoreError, attempts};
+use crate::{Store, StoreError, attempts};
 use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
 use tessera_core::factor::{Factor, FactorKind, FactorStatus};
@@ -134,7 +133,7 @@ fn step_i64(step: u64) -> i64 {
 
 /// The replay guard: record `step` as used unless it (or a later step) already was.
 /// One row changed, or the code must be refused.
-pub(crate) async fn use_step(conn: &mut AnyConnection, factor_id: &str, step: u64) -> Result<bool, StoreError> {
+async fn use_step(conn: &mut AnyConnection, factor_id: &str, step: u64) -> Result<bool, StoreError> {
     let n = sqlx::query(
         "UPDATE totp_secrets SET last_used_step = $2 \
          WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2)",
@@ -236,47 +235,6 @@ impl Store {
         .into_iter()
         .map(TotpDevice::try_from)
         .collect()
-    }
-
-    /// Accept a verified code: in one transaction, pass the replay guard for `step`, mark
-    /// the factor used, reset the subject's second-factor counters and append `audit`.
-    /// `false` (nothing written) if the step was already used.
-    pub async fn accept_totp(
-        &self,
-        subject_id: &str,
-        factor_id: &str,
-        step: u64,
-        now: OffsetDateTime,
-        audit: &NewAuditEvent,
-    ) -> Result<bool, StoreError> {
-        if self.backend == Backend::Postgres {
-            return self.accept_totp_pg(subject_id, factor_id, step, now, audit).await;
-        }
-        // SQLite: the same four changes as one write of a group-committed batch.
-        let op = Op::Accept {
-            subject: subject_id.to_owned(),
-            factor_id: factor_id.to_owned(),
-            step,
-            now_ms: to_millis(now),
-            audit: audit.clone(),
-        };
-        match self.batch(op).await? {
-            Done::Accept(won) => Ok(won),
-            other => Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
-        }
-    }
-
-    /// PostgreSQL: see [`accept_pg`].
-    async fn accept_totp_pg(
-        &self,
-        subject_id: &str,
-        factor_id: &str,
-        step: u64,
-        now: OffsetDateTime,
-        ev: &NewAuditEvent,
-    ) -> Result<bool, StoreError> {
-        let a = crate::Acceptance { factor_id: factor_id.to_owned(), step, audit: ev.clone() };
-        accept_pg(&mut *self.writer.acquire().await?, subject_id, &a, to_millis(now)).await
     }
 
     /// Activate a pending device whose first code (at `step`) matched: in one transaction,
