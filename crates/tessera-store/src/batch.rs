@@ -1,13 +1,15 @@
 //! Group commit for SQLite's hot path. SQLite admits one writer at a time, and through sqlx
-//! every statement is a round trip to the connection's worker thread; a verification used to
+//! every statement is a round trip to the connection's worker thread. A verification used to
 //! hold the writer for seven of them (the attempt gate, then BEGIN, the replay guard, the
-//! factor's last use, the counter reset, the audit row, COMMIT), plus a pool checkout each
-//! time. Now it is three, in a batch: the gate, the guard (whose trigger, migration 0004,
-//! does the last use and the reset) and the audit row. Here one task owns the queue: it takes every write waiting (up to a batch), runs them
-//! one after another inside a single `BEGIN IMMEDIATE … COMMIT` on the writer connection, and
-//! answers each caller only after the COMMIT — so a reply still means "durable", each write
-//! still sees the ones before it (they run in order, as if serialised), and BEGIN, COMMIT and
-//! the checkout are paid once per batch instead of once per write.
+//! factor's last use, the counter reset, the audit row, COMMIT) plus two pool checkouts; now it
+//! is three, inside a shared batch: the gate, the guard (whose trigger, migration 0004, does
+//! the last use and the reset) and the audit row.
+//!
+//! One task owns the queue: it takes every write waiting (up to a batch), runs them one after
+//! another inside a single `BEGIN IMMEDIATE … COMMIT` on the writer connection, and answers
+//! each caller only after the COMMIT — so a reply still means "durable", each write still sees
+//! the ones before it (they run in order, as if serialised), and BEGIN, COMMIT and the
+//! checkout are paid once per batch instead of once per write.
 //!
 //! Invariants: a batch commits or rolls back as a whole; an error in one write fails every
 //! write of its batch (each caller gets the error, nothing of the batch is kept), so no caller
