@@ -169,35 +169,33 @@ impl App {
         now: OffsetDateTime,
         ctx: &ClientContext,
     ) -> Result<Result<u32, Failure>, AppError> {
-        let r = self.store.gate_attempt(subject, SECOND_FACTOR, now).await?;
-        self.admit(subject, r, now, ctx).await
+        match self.store.gate_attempt(subject, SECOND_FACTOR, now).await? {
+            GateResult::Reserved(n) if self.config.throttle.gate(n) == Gate::Proceed => Ok(Ok(n)),
+            refused => Ok(Err(self.refuse(subject, refused, now, ctx).await?)),
+        }
     }
 
-    /// What the gate's answer means: the slot to check under, or the refusal (recorded).
-    async fn admit(
+    /// Record an attempt the gate refused — locked, or holding a slot beyond the budget — and
+    /// say why.
+    async fn refuse(
         &self,
         subject: &str,
         r: GateResult,
         now: OffsetDateTime,
         ctx: &ClientContext,
-    ) -> Result<Result<u32, Failure>, AppError> {
-        match r {
-            GateResult::Reserved(n) if self.config.throttle.gate(n) == Gate::Proceed => Ok(Ok(n)),
-            GateResult::Reserved(_) => {
-                // More attempts in flight than the budget: refuse unchecked, and make sure the
-                // lock is in force even if the attempt that should have set it never finished.
-                let ev = self.event(now, subject, None, AuditKind::Locked, ctx);
-                let until = self.store.lock_if_due(subject, SECOND_FACTOR, &self.config.throttle, now, &ev).await?;
-                let ev = self.event(now, subject, None, AuditKind::AttemptWhileLocked, ctx);
-                self.store.append_audit(&ev).await?;
-                Ok(Err(until.map_or(Failure::Rejected(0), Failure::Locked)))
-            }
-            GateResult::Locked(until) => {
-                let ev = self.event(now, subject, None, AuditKind::AttemptWhileLocked, ctx);
-                self.store.append_audit(&ev).await?;
-                Ok(Err(Failure::Locked(until)))
-            }
+    ) -> Result<Failure, AppError> {
+        if let GateResult::Locked(until) = r {
+            let ev = self.event(now, subject, None, AuditKind::AttemptWhileLocked, ctx);
+            self.store.append_audit(&ev).await?;
+            return Ok(Failure::Locked(until));
         }
+        // More attempts in flight than the budget: refuse unchecked, and make sure the lock is
+        // in force even if the attempt that should have set it never finished.
+        let ev = self.event(now, subject, None, AuditKind::Locked, ctx);
+        let until = self.store.lock_if_due(subject, SECOND_FACTOR, &self.config.throttle, now, &ev).await?;
+        let ev = self.event(now, subject, None, AuditKind::AttemptWhileLocked, ctx);
+        self.store.append_audit(&ev).await?;
+        Ok(until.map_or(Failure::Rejected(0), Failure::Locked))
     }
 
     /// Record a failed attempt that held failure slot `reserved`: audit it, and lock if it
@@ -361,18 +359,9 @@ impl App {
             audit.detail = json!({ "step": step }).to_string();
             Acceptance { factor_id: d.factor.id.clone(), step, audit }
         });
-        let budget = self.config.throttle.max_failures;
-        let refused = |r| async move {
-            match self.admit(subject, r, now, ctx).await? {
-                Err(f) => Ok::<_, AppError>(f.into_outcome()),
-                // `admit` admits exactly what the store admitted; this arm is not reached.
-                Ok(_) => Ok(Outcome::Rejected { attempts_remaining: 0 }),
-            }
-        };
-        match self.store.gate_and_accept(subject, SECOND_FACTOR, now, budget, acceptance).await? {
+        match self.store.gate_and_accept(subject, SECOND_FACTOR, now, &self.config.throttle, acceptance).await? {
             GateAccept::Accepted => Ok(Outcome::Accepted { factor_id: matched.map(|(d, _)| d.factor.id.clone()) }),
-            GateAccept::Locked(until) => refused(GateResult::Locked(until)).await,
-            GateAccept::Refused(n) => refused(GateResult::Reserved(n)).await,
+            GateAccept::Refused(r) => Ok(self.refuse(subject, r, now, ctx).await?.into_outcome()),
             GateAccept::Replayed(n) => {
                 let factor = matched.map(|(d, _)| d.factor.id.as_str());
                 let ev = self.event(now, subject, factor, AuditKind::TotpRejected, ctx);

@@ -1069,3 +1069,49 @@ async fn self_service(h: &Harness) {
     assert_eq!((mine[0].name.as_str(), mine[0].role.as_str(), mine[0].policy.require_mfa), ("Acme", "admin", true));
 }
 both!(self_service);
+
+/// The store half of the verify hot path: a code that matched counts only when the gate admits
+/// its attempt. Beyond the budget, or while locked, it is refused and its step stays unused.
+async fn a_matched_code_counts_only_when_the_gate_admits_it(h: &Harness) {
+    use tessera_core::factor::AuditKind;
+    use tessera_core::throttle::ThrottlePolicy;
+    use tessera_store::{Acceptance, GateAccept, GateResult, NewAuditEvent, SECOND_FACTOR};
+    let (e, _) = active_device(h, "nina").await;
+    let now = tessera_core::clock::Clock::now(&h.clock);
+    let policy = ThrottlePolicy::default();
+    let step = TotpParams::default().step_at(now.unix_timestamp());
+    let acceptance = |step| Acceptance {
+        factor_id: e.factor_id.clone(),
+        step,
+        audit: NewAuditEvent {
+            at: now,
+            subject_id: "nina".into(),
+            factor_id: Some(e.factor_id.clone()),
+            actor: None,
+            kind: AuditKind::TotpVerified,
+            ip: None,
+            user_agent: None,
+            detail: "{}".into(),
+        },
+    };
+    let try_accept = |step| h.store.gate_and_accept("nina", SECOND_FACTOR, now, &policy, Some(acceptance(step)));
+    for n in 1..=5 {
+        assert_eq!(h.store.gate_attempt("nina", SECOND_FACTOR, now).await.unwrap(), GateResult::Reserved(n));
+    }
+    // Slot 6 is beyond the budget: the matched code is not accepted...
+    assert_eq!(try_accept(step).await.unwrap(), GateAccept::Refused(GateResult::Reserved(6)));
+    // ...and not used up: once the counters are clear it is accepted, once.
+    h.store.reset_attempts("nina", SECOND_FACTOR).await.unwrap();
+    assert_eq!(try_accept(step).await.unwrap(), GateAccept::Accepted);
+    assert_eq!(try_accept(step).await.unwrap(), GateAccept::Replayed(1));
+    // Locked: refused with the lock's end, and the next step stays unused too.
+    for n in 2..=5 {
+        assert_eq!(h.store.gate_attempt("nina", SECOND_FACTOR, now).await.unwrap(), GateResult::Reserved(n));
+    }
+    let lock = NewAuditEvent { kind: AuditKind::Locked, ..acceptance(step).audit };
+    let until = h.store.lock_if_due("nina", SECOND_FACTOR, &policy, now, &lock).await.unwrap().unwrap();
+    assert_eq!(try_accept(step + 1).await.unwrap(), GateAccept::Refused(GateResult::Locked(until)));
+    h.store.reset_attempts("nina", SECOND_FACTOR).await.unwrap();
+    assert_eq!(try_accept(step + 1).await.unwrap(), GateAccept::Accepted);
+}
+both!(a_matched_code_counts_only_when_the_gate_admits_it);

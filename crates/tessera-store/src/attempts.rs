@@ -5,7 +5,7 @@ use crate::batch::{Done, Op};
 use crate::{Backend, Store, StoreError};
 use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
-use tessera_core::throttle::{AttemptState, ThrottlePolicy};
+use tessera_core::throttle::{AttemptState, Gate, ThrottlePolicy};
 use time::OffsetDateTime;
 
 /// The counter kind for second-factor attempts (TOTP codes and recovery codes share it, so
@@ -29,10 +29,9 @@ pub struct Acceptance {
 /// What [`Store::gate_and_accept`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateAccept {
-    /// Locked until then: the code was not considered.
-    Locked(OffsetDateTime),
-    /// This attempt holds slot `n`, beyond the budget: not considered.
-    Refused(u32),
+    /// The gate refused the attempt — locked (`GateResult::Locked`), or its slot is beyond
+    /// the budget (`GateResult::Reserved`): the code was not considered.
+    Refused(GateResult),
     /// The code was accepted (and is now used).
     Accepted,
     /// The code matched but its step was already used (slot `n` stays a failure).
@@ -86,6 +85,11 @@ pub(crate) async fn gate(
     .bind(now_ms)
     .fetch_optional(conn)
     .await?)
+}
+
+/// Whether the gate admits the attempt holding slot `reserved` (the policy's rule).
+pub(crate) fn admits(policy: &ThrottlePolicy, reserved: i64) -> bool {
+    policy.gate(u32_of(reserved)) == Gate::Proceed
 }
 
 #[derive(sqlx::FromRow)]
@@ -149,7 +153,7 @@ impl Store {
 
     /// The hot path of a code check, for a code already checked against the subject's
     /// devices (a check has no effect): reserve an attempt at the gate and — only if the gate
-    /// admits it (not locked, slot within `max_checked`) and the code matched — accept it
+    /// admits it (not locked, slot within `policy`'s budget) and the code matched — accept it
     /// (replay guard, last use, counter reset, `accept`'s audit event), in one write. The
     /// check's result counts only when the gate admits the attempt, so the bound on guesses
     /// is the gate's, exactly as when gating first; an accepted code costs one write instead
@@ -159,13 +163,13 @@ impl Store {
         subject_id: &str,
         kind: &'static str,
         now: OffsetDateTime,
-        max_checked: u32,
+        policy: &ThrottlePolicy,
         accept: Option<Acceptance>,
     ) -> Result<GateAccept, StoreError> {
         let now_ms = to_millis(now);
         let (reserved, accepted) = match self.backend {
             Backend::Sqlite => {
-                let op = Op::GateAccept { subject: subject_id.to_owned(), kind, now_ms, max_checked, accept };
+                let op = Op::GateAccept { subject: subject_id.to_owned(), kind, now_ms, policy: *policy, accept };
                 match self.batch(op).await? {
                     Done::GateAccept(r, a) => (r, a),
                     other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
@@ -175,19 +179,19 @@ impl Store {
                 let mut c = self.writer.acquire().await?;
                 let r = gate(&mut c, subject_id, kind, now_ms).await?;
                 match (r, accept) {
-                    (Some(n), Some(a)) if u32_of(n) <= max_checked => {
+                    (Some(n), Some(a)) if admits(policy, n) => {
                         (r, Some(crate::factors::accept_pg(&mut c, subject_id, &a, now_ms).await?))
                     }
                     _ => (r, None),
                 }
             }
         };
-        Ok(match (reserved.map(u32_of), accepted) {
-            (None, _) => GateAccept::Locked(self.locked_until(subject_id, kind, now).await?),
-            (Some(n), _) if n > max_checked => GateAccept::Refused(n),
+        Ok(match (reserved, accepted) {
+            (None, _) => GateAccept::Refused(GateResult::Locked(self.locked_until(subject_id, kind, now).await?)),
+            (Some(n), _) if !admits(policy, n) => GateAccept::Refused(GateResult::Reserved(u32_of(n))),
             (Some(_), Some(true)) => GateAccept::Accepted,
-            (Some(n), Some(false)) => GateAccept::Replayed(n),
-            (Some(n), None) => GateAccept::Mismatch(n),
+            (Some(n), Some(false)) => GateAccept::Replayed(u32_of(n)),
+            (Some(n), None) => GateAccept::Mismatch(u32_of(n)),
         })
     }
 

@@ -21,6 +21,7 @@ use crate::attempts::Acceptance;
 use crate::audit::{self, NewAuditEvent};
 use crate::{StoreError, attempts};
 use sqlx::{AnyConnection, AnyPool};
+use tessera_core::throttle::ThrottlePolicy;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most writes in one transaction.
@@ -33,9 +34,9 @@ pub(crate) enum Op {
     Gate { subject: String, kind: &'static str, now_ms: i64 },
     /// Append an audit event.
     Audit(NewAuditEvent),
-    /// The gate and, when it admits the attempt (slot within `max_checked`), the accept of
-    /// an already matched code (see `Store::gate_and_accept`).
-    GateAccept { subject: String, kind: &'static str, now_ms: i64, max_checked: u32, accept: Option<Acceptance> },
+    /// The gate and, when it admits the attempt (see `attempts::admits`), the accept of an
+    /// already matched code (see `Store::gate_and_accept`).
+    GateAccept { subject: String, kind: &'static str, now_ms: i64, policy: ThrottlePolicy, accept: Option<Acceptance> },
 }
 
 /// What a write answered.
@@ -56,12 +57,6 @@ struct Job {
 #[derive(Debug, Clone)]
 pub(crate) struct Batcher {
     tx: mpsc::Sender<Job>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.op.fmt(f)
-    }
 }
 
 impl Batcher {
@@ -136,9 +131,9 @@ async fn accept(conn: &mut AnyConnection, a: &Acceptance, now_ms: i64) -> Result
 async fn apply(conn: &mut AnyConnection, op: &Op) -> Result<Done, StoreError> {
     Ok(match op {
         Op::Gate { subject, kind, now_ms } => Done::Gate(attempts::gate(conn, subject, kind, *now_ms).await?),
-        Op::GateAccept { subject, kind, now_ms, max_checked, accept: acceptance } => {
+        Op::GateAccept { subject, kind, now_ms, policy, accept: acceptance } => {
             let reserved = attempts::gate(conn, subject, kind, *now_ms).await?;
-            let admitted = reserved.is_some_and(|n| n >= 1 && n <= i64::from(*max_checked));
+            let admitted = reserved.is_some_and(|n| attempts::admits(policy, n));
             match acceptance {
                 Some(a) if admitted => Done::GateAccept(reserved, Some(accept(conn, a, *now_ms).await?)),
                 _ => Done::GateAccept(reserved, None),
