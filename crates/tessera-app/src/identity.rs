@@ -124,6 +124,36 @@ impl App {
         Ok(id)
     }
 
+    /// Sign up and sign in: create the user (as [`App::create_user`]) and open a
+    /// password-level session for them, without hashing the password a second time (a new
+    /// user has no factor and no account, so the login would need nothing more). Returns the
+    /// user id and the session token.
+    pub async fn sign_up(
+        &self,
+        email: &str,
+        password: &str,
+        ctx: &ClientContext,
+    ) -> Result<(String, Zeroizing<String>), AppError> {
+        let id = self.create_user(email, password, ctx).await?;
+        let token = self.password_session(&id, self.clock.now(), &[], ctx).await?;
+        Ok((id, token))
+    }
+
+    /// Open a password-level session (recording which accounts stay closed until enrolment).
+    async fn password_session(
+        &self,
+        user_id: &str,
+        now: OffsetDateTime,
+        enrolment_required: &[String],
+        ctx: &ClientContext,
+    ) -> Result<Zeroizing<String>, AppError> {
+        let token = new_token()?;
+        let mut ev = self.event(now, user_id, None, AuditKind::LoginSucceeded, ctx);
+        ev.detail = json!({ "assurance": "password", "enrolment_required": enrolment_required }).to_string();
+        self.store.create_session(&token_hash(&token), user_id, 1, now, now + SESSION_TTL, &ev).await?;
+        Ok(token)
+    }
+
     /// First step of a login: check the password (always exactly one hash verification,
     /// whether or not the email is known), then either sign in or ask for the second factor.
     pub async fn begin_login(
@@ -179,10 +209,7 @@ impl App {
                 Ok(LoginOutcome::SecondFactorRequired { challenge })
             }
             LoginRequirement::Complete { enrolment_required, grace } => {
-                let token = new_token()?;
-                let mut ev = self.event(now, &user.id, None, AuditKind::LoginSucceeded, ctx);
-                ev.detail = json!({ "assurance": "password", "enrolment_required": enrolment_required }).to_string();
-                self.store.create_session(&token_hash(&token), &user.id, 1, now, now + SESSION_TTL, &ev).await?;
+                let token = self.password_session(&user.id, now, &enrolment_required, ctx).await?;
                 Ok(LoginOutcome::Authenticated {
                     token,
                     user_id: user.id,

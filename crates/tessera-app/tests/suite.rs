@@ -1018,6 +1018,13 @@ async fn self_service(h: &Harness) {
     let (s1, s2) = (login("owner@example.com").await, login("owner@example.com").await);
     let other = login("member@example.com").await;
 
+    // Sign-up opens a session without verifying the password it has just hashed.
+    let before = h.app.password_verifications();
+    let (sam, token) = h.app.sign_up("sam@example.com", pw, &c).await.unwrap();
+    assert_eq!(h.app.password_verifications(), before, "sign-up runs no password verification");
+    assert_eq!(h.app.session(&token).await.unwrap(), Some((sam, tessera_core::policy::Assurance::Password)));
+    assert!(matches!(h.app.sign_up("SAM@example.com", pw, &c).await, Err(AppError::FailedPrecondition(_))));
+
     // A pending device can be shown again, with the same key; an active one never.
     let e = h.app.enroll_totp(&req(&owner), &c).await.unwrap();
     let again = h.app.pending_enrollment(&owner, &e.factor_id, &format!("{owner}@example.com")).await.unwrap();

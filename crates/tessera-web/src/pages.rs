@@ -191,21 +191,14 @@ fn signup_page(web: &Web, req: &Req, status: StatusCode, email: String, error: O
 }
 
 async fn signup(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<Credentials>) -> Response {
-    match web.app.create_user(&f.email, &f.password, &req.ctx).await {
-        Ok(_) => {}
+    match web.app.sign_up(&f.email, &f.password, &req.ctx).await {
+        Ok((_, token)) => with_cookies(Redirect::to("/settings/security").into_response(), &[session_cookie(&token)]),
         Err(AppError::Invalid(e)) => {
-            return signup_page(&web, &req, StatusCode::BAD_REQUEST, f.email, Some(sentence(&e.to_string())));
+            signup_page(&web, &req, StatusCode::BAD_REQUEST, f.email, Some(sentence(&e.to_string())))
         }
         Err(AppError::FailedPrecondition(m)) => {
-            return signup_page(&web, &req, StatusCode::CONFLICT, f.email, Some(sentence(&m)));
+            signup_page(&web, &req, StatusCode::CONFLICT, f.email, Some(sentence(&m)))
         }
-        Err(e) => return views::app_error(req.chrome("Error"), e),
-    }
-    match web.app.begin_login(&f.email, &f.password, &req.ctx).await {
-        Ok(LoginOutcome::Authenticated { token, .. }) => {
-            with_cookies(Redirect::to("/settings/security").into_response(), &[session_cookie(&token)])
-        }
-        Ok(_) => Redirect::to("/login").into_response(),
         Err(e) => views::app_error(req.chrome("Error"), e),
     }
 }
