@@ -8,6 +8,7 @@ use crate::identity::token_hash;
 use crate::{App, AppError, ClientContext, Enrollment};
 use serde_json::json;
 use tessera_core::factor::{AuditKind, FactorStatus};
+use tessera_core::policy::{self, AccountAccess, Assurance};
 use tessera_core::{CoreError, otpauth, qr, validate};
 use tessera_store::{MemberRow, MembershipRow};
 use time::OffsetDateTime;
@@ -68,6 +69,28 @@ impl App {
     /// The accounts the user belongs to, with their policy and the user's role.
     pub async fn memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>, AppError> {
         Ok(self.store.memberships_of(user_id).await?)
+    }
+
+    /// One of the user's accounts (name, role, current policy) and whether a session of the
+    /// user with `assurance` (as [`App::session`] reports it) may use it now — the same rule as
+    /// [`App::account_access`], for a caller that has already resolved the session.
+    /// `NotFound` when the user is not a member.
+    pub async fn account_for(
+        &self,
+        user_id: &str,
+        assurance: Assurance,
+        account_id: &str,
+    ) -> Result<(MembershipRow, AccountAccess), AppError> {
+        let m = self
+            .store
+            .memberships_of(user_id)
+            .await?
+            .into_iter()
+            .find(|m| m.policy.account_id == account_id)
+            .ok_or(AppError::NotFound("account"))?;
+        let has_factor = self.store.has_active_factor(user_id).await?;
+        let access = policy::account_access(assurance, has_factor, &m.policy, self.clock.now());
+        Ok((m, access))
     }
 
     /// The user's role in an account; `NotFound` if they are not a member (so a stranger

@@ -1022,7 +1022,7 @@ async fn self_service(h: &Harness) {
     let before = h.app.password_verifications();
     let (sam, token) = h.app.sign_up("sam@example.com", pw, &c).await.unwrap();
     assert_eq!(h.app.password_verifications(), before, "sign-up runs no password verification");
-    assert_eq!(h.app.session(&token).await.unwrap(), Some((sam, tessera_core::policy::Assurance::Password)));
+    assert_eq!(h.app.session(&token).await.unwrap(), Some((sam.clone(), tessera_core::policy::Assurance::Password)));
     assert!(matches!(h.app.sign_up("SAM@example.com", pw, &c).await, Err(AppError::FailedPrecondition(_))));
 
     // A pending device can be shown again, with the same key; an active one never.
@@ -1074,6 +1074,21 @@ async fn self_service(h: &Harness) {
     h.app.set_account_policy_as(&acme, &owner, true, None, &c).await.unwrap();
     let mine = h.app.memberships(&member).await.unwrap();
     assert_eq!((mine[0].name.as_str(), mine[0].role.as_str(), mine[0].policy.require_mfa), ("Acme", "admin", true));
+    // account_for (the pages' check, from a resolved session) agrees with account_access.
+    use tessera_core::policy::{AccountAccess, Assurance};
+    let (m, access) = h.app.account_for(&member, Assurance::Password, &acme).await.unwrap();
+    assert_eq!((m.name.as_str(), access), ("Acme", AccountAccess::EnrolmentRequired));
+    assert_eq!(h.app.account_access(&other, &acme).await.unwrap(), AccountAccess::EnrolmentRequired);
+    assert_eq!(
+        h.app.account_for(&owner, Assurance::PasswordAndSecondFactor, &acme).await.unwrap().1,
+        AccountAccess::Open
+    );
+    assert_eq!(h.app.account_access(&s1, &acme).await.unwrap(), AccountAccess::Open);
+    assert_eq!(
+        h.app.account_for(&owner, Assurance::Password, &acme).await.unwrap().1,
+        AccountAccess::SecondFactorRequired
+    );
+    assert!(matches!(h.app.account_for(&sam, Assurance::Password, &acme).await, Err(AppError::NotFound(_))));
 }
 both!(self_service);
 

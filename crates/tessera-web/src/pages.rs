@@ -127,12 +127,17 @@ fn session_cookie(token: &str) -> String {
 }
 
 fn attempts_left(n: u32) -> String {
+    did_not_match("code", n)
+}
+
+/// "That {what} didn't match. N attempts left." (and the singular and the last).
+fn did_not_match(what: &str, n: u32) -> String {
     match n {
-        0 => {
-            "That code didn't match. No attempts left: the next wrong code locks two-factor sign-in for a while.".into()
-        }
-        1 => "That code didn't match. 1 attempt left.".into(),
-        n => format!("That code didn't match. {n} attempts left."),
+        0 => format!(
+            "That {what} didn't match. No attempts left: the next wrong code locks two-factor sign-in for a while."
+        ),
+        1 => format!("That {what} didn't match. 1 attempt left."),
+        n => format!("That {what} didn't match. {n} attempts left."),
     }
 }
 
@@ -320,9 +325,7 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String) -> Resp
         Ok(LoginOutcome::Rejected { attempts_remaining }) => {
             let msg = match step {
                 SecondStep::Totp => attempts_left(attempts_remaining),
-                SecondStep::Recovery => {
-                    attempts_left(attempts_remaining).replace("code didn't", "recovery code didn't")
-                }
+                SecondStep::Recovery => did_not_match("recovery code", attempts_remaining),
             };
             render(StatusCode::UNAUTHORIZED, msg)
         }
@@ -699,12 +702,7 @@ async fn open_account(
     user: &User,
     id: &str,
 ) -> Result<(tessera_app::MembershipRow, Option<OffsetDateTime>), Response> {
-    let memberships = web.app.memberships(&user.id).await.map_err(|e| user.error(e))?;
-    let m = memberships
-        .into_iter()
-        .find(|m| m.policy.account_id == id)
-        .ok_or_else(|| user.error(AppError::NotFound("account")))?;
-    let access = web.app.account_access(&user.token, id).await.map_err(|e| user.error(e))?;
+    let (m, access) = web.app.account_for(&user.id, user.assurance, id).await.map_err(|e| user.error(e))?;
     let closed = |needs_enrolment| {
         views::page(
             StatusCode::FORBIDDEN,
