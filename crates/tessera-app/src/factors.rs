@@ -10,8 +10,8 @@ use tessera_core::seal::{Aad, KeyId, Keyring, Sealed};
 use tessera_core::throttle::Gate;
 use tessera_core::{CoreError, otpauth, qr, validate};
 use tessera_store::{
-    Acceptance, AuditEvent, ConfirmOutcome as StoreConfirm, GateAccept, GateResult, NewAuditEvent, NewRecoveryCode,
-    NewTotpFactor, SECOND_FACTOR, SealedSecret, TotpDevice,
+    Acceptance, AuditEvent, ConfirmOutcome as StoreConfirm, DeviceCheck, GateAccept, GateResult, NewAuditEvent,
+    NewRecoveryCode, NewTotpFactor, SECOND_FACTOR, SealedSecret, StoreError, TotpDevice,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -345,26 +345,41 @@ impl App {
         let subject = validate::subject_id(subject_id)?;
         let code = Code::parse(code)?;
         let now = self.clock.now();
-        let devices = self.store.active_totp_devices(subject).await?;
-        let mut matched: Option<(&TotpDevice, u64)> = None;
-        for d in &devices {
-            let secret = self.open_secret(subject, &d.factor.id, &d.sealed)?;
-            // Every device is checked, match or not, so timing does not reveal which one.
-            if let Some(step) = otp::verify(&secret, &d.params, &code, now.unix_timestamp(), self.config.window) {
-                matched = matched.or(Some((d, step)));
+        // The check runs where the store reads the devices (on SQLite, on its writer thread
+        // inside the write transaction): it only unseals and computes.
+        let app = self.clone();
+        let owner = subject.to_owned();
+        let verified = self.event(now, subject, None, AuditKind::TotpVerified, ctx);
+        let window = self.config.window;
+        let check: DeviceCheck = Box::new(move |devices| {
+            let mut matched: Option<(&TotpDevice, u64)> = None;
+            for d in devices {
+                let secret = app.open_secret(&owner, &d.factor.id, &d.sealed)?;
+                // Every device is checked, match or not, so timing does not reveal which one.
+                if let Some(step) = otp::verify(&secret, &d.params, &code, now.unix_timestamp(), window) {
+                    matched = matched.or(Some((d, step)));
+                }
             }
-        }
-        let acceptance = matched.map(|(d, step)| {
-            let mut audit = self.event(now, subject, Some(&d.factor.id), AuditKind::TotpVerified, ctx);
-            audit.detail = json!({ "step": step }).to_string();
-            Acceptance { factor_id: d.factor.id.clone(), step, audit }
+            Ok(matched.map(|(d, step)| {
+                let mut audit = verified;
+                audit.factor_id = Some(d.factor.id.clone());
+                audit.detail = json!({ "step": step }).to_string();
+                Acceptance { factor_id: d.factor.id.clone(), step, audit }
+            }))
         });
-        match self.store.gate_and_accept(subject, SECOND_FACTOR, now, &self.config.throttle, acceptance).await? {
-            GateAccept::Accepted => Ok(Outcome::Accepted { factor_id: matched.map(|(d, _)| d.factor.id.clone()) }),
+        let (result, matched) =
+            match self.store.check_gate_accept(subject, SECOND_FACTOR, now, &self.config.throttle, check).await {
+                Ok(r) => r,
+                Err(StoreError::Check(e)) => {
+                    return Err(e.downcast::<AppError>().map_or_else(|e| StoreError::Check(e).into(), |e| *e));
+                }
+                Err(e) => return Err(e.into()),
+            };
+        match result {
+            GateAccept::Accepted => Ok(Outcome::Accepted { factor_id: matched }),
             GateAccept::Refused(r) => Ok(self.refuse(subject, r, now, ctx).await?.into_outcome()),
             GateAccept::Replayed(n) => {
-                let factor = matched.map(|(d, _)| d.factor.id.as_str());
-                let ev = self.event(now, subject, factor, AuditKind::TotpRejected, ctx);
+                let ev = self.event(now, subject, matched.as_deref(), AuditKind::TotpRejected, ctx);
                 Ok(self.fail(subject, n, now, ev, "replay", ctx).await?.into_outcome())
             }
             GateAccept::Mismatch(n) => {

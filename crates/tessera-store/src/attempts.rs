@@ -2,7 +2,7 @@
 
 use crate::audit::{self, NewAuditEvent};
 use crate::batch::{Done, Op};
-use crate::{Backend, Store, StoreError};
+use crate::{Backend, Store, StoreError, TotpDevice};
 use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
 use tessera_core::throttle::{AttemptState, Gate, ThrottlePolicy};
@@ -26,7 +26,16 @@ pub struct Acceptance {
     pub audit: NewAuditEvent,
 }
 
-/// What [`Store::gate_and_accept`] found.
+/// A caller's error, carried through the store (see [`StoreError::Check`]).
+pub type CheckError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A verification's check of a code against the subject's active TOTP devices (see
+/// [`Store::check_gate_accept`]): the acceptance for the device that matched, or `None`.
+/// It computes only. On SQLite it runs on the writer thread, inside the write transaction,
+/// so it must be quick (microseconds: unseal and a few HMACs) and must never wait.
+pub type DeviceCheck = Box<dyn FnOnce(&[TotpDevice]) -> Result<Option<Acceptance>, CheckError> + Send>;
+
+/// What [`Store::check_gate_accept`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateAccept {
     /// The gate refused the attempt — locked (`GateResult::Locked`), or its slot is beyond
@@ -126,7 +135,7 @@ impl Store {
                 Done::Gate(r) => r,
                 other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
             },
-            Backend::Postgres => gate(&mut *self.writer.acquire().await?, subject_id, kind, now_ms).await?,
+            Backend::Postgres => gate(&mut *self.write().await?, subject_id, kind, now_ms).await?,
         };
         match reserved {
             Some(n) => Ok(GateResult::Reserved(u32_of(n))),
@@ -151,13 +160,61 @@ impl Store {
         Ok(until.map_or(now, from_millis))
     }
 
-    /// The hot path of a code check, for a code already checked against the subject's
-    /// devices (a check has no effect): reserve an attempt at the gate and — only if the gate
-    /// admits it (not locked, slot within `policy`'s budget) and the code matched — accept it
-    /// (replay guard, last use, counter reset, `accept`'s audit event), in one write. The
+    /// The hot path of a code check: read the subject's active devices, run `check` on
+    /// them (it has no effect), reserve an attempt at the gate and — only if the gate admits
+    /// it (not locked, slot within `policy`'s budget) and the check found a match — accept
+    /// the code (replay guard, last use, counter reset, the acceptance's audit event). The
     /// check's result counts only when the gate admits the attempt, so the bound on guesses
-    /// is the gate's, exactly as when gating first; an accepted code costs one write instead
-    /// of two.
+    /// is the gate's, exactly as when gating first. Returns the result and the id of the
+    /// device that matched, if one did.
+    ///
+    /// On SQLite this is one job of the writer thread's batch: the read, the check and the
+    /// writes run in one transaction without a hop between them. On PostgreSQL, the read on
+    /// the pool, then the gate and the accept on one connection.
+    pub async fn check_gate_accept(
+        &self,
+        subject_id: &str,
+        kind: &'static str,
+        now: OffsetDateTime,
+        policy: &ThrottlePolicy,
+        check: DeviceCheck,
+    ) -> Result<(GateAccept, Option<String>), StoreError> {
+        let now_ms = to_millis(now);
+        let (reserved, accepted, matched) = match self.backend {
+            Backend::Sqlite => {
+                let op =
+                    Op::Verify { subject: subject_id.to_owned(), kind, now_ms, policy: *policy, check: check.into() };
+                match self.batch(op).await? {
+                    Done::Verify { reserved, accepted, matched } => (reserved, accepted, matched),
+                    other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
+                }
+            }
+            Backend::Postgres => {
+                let devices = self.active_totp_devices(subject_id).await?;
+                let accept = check(&devices).map_err(StoreError::Check)?;
+                let matched = accept.as_ref().map(|a| a.factor_id.clone());
+                let mut c = self.write().await?;
+                let r = gate(&mut c, subject_id, kind, now_ms).await?;
+                match (r, accept) {
+                    (Some(n), Some(a)) if admits(policy, n) => {
+                        (r, Some(crate::factors::accept_pg(&mut c, subject_id, &a, now_ms).await?), matched)
+                    }
+                    _ => (r, None, matched),
+                }
+            }
+        };
+        let result = match (reserved, accepted) {
+            (None, _) => GateAccept::Refused(GateResult::Locked(self.locked_until(subject_id, kind, now).await?)),
+            (Some(n), _) if !admits(policy, n) => GateAccept::Refused(GateResult::Reserved(u32_of(n))),
+            (Some(_), Some(true)) => GateAccept::Accepted,
+            (Some(n), Some(false)) => GateAccept::Replayed(u32_of(n)),
+            (Some(n), None) => GateAccept::Mismatch(u32_of(n)),
+        };
+        Ok((result, matched))
+    }
+
+    /// [`Store::check_gate_accept`] for a code already checked: `accept` is what the check
+    /// found.
     pub async fn gate_and_accept(
         &self,
         subject_id: &str,
@@ -166,33 +223,8 @@ impl Store {
         policy: &ThrottlePolicy,
         accept: Option<Acceptance>,
     ) -> Result<GateAccept, StoreError> {
-        let now_ms = to_millis(now);
-        let (reserved, accepted) = match self.backend {
-            Backend::Sqlite => {
-                let op = Op::GateAccept { subject: subject_id.to_owned(), kind, now_ms, policy: *policy, accept };
-                match self.batch(op).await? {
-                    Done::GateAccept(r, a) => (r, a),
-                    other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
-                }
-            }
-            Backend::Postgres => {
-                let mut c = self.writer.acquire().await?;
-                let r = gate(&mut c, subject_id, kind, now_ms).await?;
-                match (r, accept) {
-                    (Some(n), Some(a)) if admits(policy, n) => {
-                        (r, Some(crate::factors::accept_pg(&mut c, subject_id, &a, now_ms).await?))
-                    }
-                    _ => (r, None),
-                }
-            }
-        };
-        Ok(match (reserved, accepted) {
-            (None, _) => GateAccept::Refused(GateResult::Locked(self.locked_until(subject_id, kind, now).await?)),
-            (Some(n), _) if !admits(policy, n) => GateAccept::Refused(GateResult::Reserved(u32_of(n))),
-            (Some(_), Some(true)) => GateAccept::Accepted,
-            (Some(n), Some(false)) => GateAccept::Replayed(u32_of(n)),
-            (Some(n), None) => GateAccept::Mismatch(u32_of(n)),
-        })
+        let check: DeviceCheck = Box::new(move |_| Ok(accept));
+        Ok(self.check_gate_accept(subject_id, kind, now, policy, check).await?.0)
     }
 
     /// Apply a lock if the failures have reached the policy's limit and no lock is in force;

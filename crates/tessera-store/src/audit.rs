@@ -83,7 +83,7 @@ impl Store {
             self.batch(crate::batch::Op::Audit(ev.clone())).await?;
             return Ok(());
         }
-        let mut c = self.writer.acquire().await?;
+        let mut c = self.write().await?;
         insert(&mut c, ev).await
     }
 

@@ -1,28 +1,41 @@
-//! Group commit for SQLite's hot path. SQLite admits one writer at a time, and through sqlx
-//! every statement is a round trip to the connection's worker thread. A verification used to
-//! hold the writer for seven of them (the attempt gate, then BEGIN, the replay guard, the
-//! factor's last use, the counter reset, the audit row, COMMIT) plus two pool checkouts; now it
-//! is three, inside a shared batch: the gate, the guard (whose trigger, migration 0004, does
-//! the last use and the reset) and the audit row.
+//! Group commit for SQLite's hot path, on a writer thread of its own.
 //!
-//! One task owns the queue: it takes every write waiting (up to a batch), runs them one after
-//! another inside a single `BEGIN IMMEDIATE … COMMIT` on the writer connection, and answers
-//! each caller only after the COMMIT — so a reply still means "durable", each write still sees
-//! the ones before it (they run in order, as if serialised), and BEGIN, COMMIT and the
-//! checkout are paid once per batch instead of once per write.
+//! SQLite admits one writer at a time, and through sqlx every statement is a round trip to
+//! the connection's worker thread (two context switches). So the hot path's writes — the
+//! attempt gate, a whole verification, audit rows — go to one OS thread that owns its own
+//! connection (rusqlite, on the same libsqlite3 as sqlx) and runs them without a hop:
+//! it takes every job waiting (up to a batch), runs them one after another inside a single
+//! `BEGIN IMMEDIATE … COMMIT` with cached prepared statements, and answers each caller only
+//! after the COMMIT — so a reply still means "committed", each job still sees the ones before
+//! it (they run in order, as if serialised), and BEGIN and COMMIT are paid once per batch.
 //!
-//! Invariants: a batch commits or rolls back as a whole; an error in one write fails every
-//! write of its batch (each caller gets the error, nothing of the batch is kept), so no caller
-//! is ever told "done" for a write that was rolled back. Each write is written so that, on its
-//! own, it is all-or-nothing without a savepoint (the accept runs the replay guard first and
-//! does nothing more when the guard refuses).
+//! A verification is one job (`Op::Verify`): read the subject's active devices, run the
+//! caller's check on them (it unseals and computes; microseconds), then the gate, the replay
+//! guard (whose trigger, migration 0004, does the last use and the counter reset) and the
+//! audit row. The read, the check and the writes are one transaction.
+//!
+//! The store's other writes (sqlx's one-connection writer pool) and this thread take turns
+//! through one fair async mutex, the store's write turn, so no writer ever waits in SQLite's
+//! busy handler; the WAL is checkpointed by another thread (see `checkpoint`).
+//!
+//! Invariants: a batch commits or rolls back as a whole; an SQL error in one job fails every
+//! job of its batch (each caller gets the error, nothing of the batch is kept), so no caller
+//! is ever told "done" for a write that was rolled back. A job's own failure before it wrote
+//! anything (its check, a corrupt row) answers that job only. Each job is written so that, on
+//! its own, it is all-or-nothing without a savepoint (the accept runs the replay guard first
+//! and does nothing more when the guard refuses).
 
-use crate::attempts::Acceptance;
-use crate::audit::{self, NewAuditEvent};
-use crate::{StoreError, attempts};
-use sqlx::{AnyConnection, AnyPool};
+use crate::attempts::{self, Acceptance, DeviceCheck};
+use crate::audit::NewAuditEvent;
+use crate::factors::{ACTIVE_DEVICES_SQLITE, DeviceRow};
+use crate::{StoreError, TotpDevice};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_core::clock::to_millis;
 use tessera_core::throttle::ThrottlePolicy;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 128;
@@ -30,120 +43,229 @@ const MAX_BATCH: usize = 128;
 /// A write the batcher knows how to run.
 #[derive(Debug)]
 pub(crate) enum Op {
-    /// The attempt gate's upsert (see `attempts`): the reserved count, or `None` if locked.
+    /// The attempt gate's upsert (see `attempts::gate`): the reserved count, or `None` if
+    /// locked.
     Gate { subject: String, kind: &'static str, now_ms: i64 },
     /// Append an audit event.
     Audit(NewAuditEvent),
-    /// The gate and, when it admits the attempt (see `attempts::admits`), the accept of an
-    /// already matched code (see `Store::gate_and_accept`).
-    GateAccept { subject: String, kind: &'static str, now_ms: i64, policy: ThrottlePolicy, accept: Option<Acceptance> },
+    /// Read the subject's active devices, run the check, then the gate and, when it admits
+    /// the attempt (see `attempts::admits`) and the check matched, the accept (see
+    /// `Store::check_gate_accept`).
+    Verify { subject: String, kind: &'static str, now_ms: i64, policy: ThrottlePolicy, check: Check },
+}
+
+/// A [`DeviceCheck`], run once.
+pub(crate) struct Check(Option<DeviceCheck>);
+
+impl From<DeviceCheck> for Check {
+    fn from(c: DeviceCheck) -> Self {
+        Self(Some(c))
+    }
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Check")
+    }
 }
 
 /// What a write answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Done {
     Gate(Option<i64>),
     Audit,
-    /// The gate's reserved slot (`None`: locked) and, if the accept ran, whether it won.
-    GateAccept(Option<i64>, Option<bool>),
+    /// The gate's reserved slot (`None`: locked), whether the accept won if it ran, and the
+    /// device the check matched.
+    Verify {
+        reserved: Option<i64>,
+        accepted: Option<bool>,
+        matched: Option<String>,
+    },
 }
 
 struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<Done, String>>,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
 }
 
-/// The handle that submits writes to the batching task.
+/// The handle that submits writes to the writer thread.
 #[derive(Debug, Clone)]
 pub(crate) struct Batcher {
     tx: mpsc::Sender<Job>,
+    /// The WAL checkpoint thread lives as long as the writer.
+    _checkpoints: crate::checkpoint::Checkpointer,
+}
+
+/// Open the writer's own connection to the database file (already created and in WAL mode by
+/// the pool), with the pool's per-connection settings.
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints are the checkpoint thread's (see `checkpoint`), never a commit's.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", crate::checkpoint::WAL_SIZE_LIMIT)?;
+    Ok(conn)
 }
 
 impl Batcher {
-    /// Start the task on the current runtime; it ends when every handle is dropped.
-    pub(crate) fn spawn(writer: AnyPool) -> Self {
+    /// Open the writer connection to the file at `path` and start its thread; the thread
+    /// takes `turn` around each batch, as every other writer of this store does, and ends when
+    /// every handle is dropped.
+    pub(crate) fn spawn(path: &Path, turn: Arc<Mutex<()>>) -> Result<Self, StoreError> {
+        let conn = open(path).map_err(|e| StoreError::Config(format!("opening the SQLite writer: {e}")))?;
+        let checkpoints = crate::checkpoint::Checkpointer::spawn(path, turn.clone())?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(writer, rx));
-        Self { tx }
+        std::thread::Builder::new()
+            .name("tessera-sqlite-writer".into())
+            .spawn(move || run(conn, rx, &turn))
+            .map_err(|e| StoreError::Config(format!("starting the SQLite writer thread: {e}")))?;
+        Ok(Self { tx, _checkpoints: checkpoints })
     }
 
     /// Run `op` in the next batch; returns once that batch has committed.
     pub(crate) async fn submit(&self, op: Op) -> Result<Done, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Job { op, reply }).await.map_err(|_| StoreError::Batch("the writer has stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Batch("the writer has stopped".into()))?.map_err(StoreError::Batch)
+        rx.await.map_err(|_| StoreError::Batch("the writer has stopped".into()))?
     }
 }
 
-async fn run(writer: AnyPool, mut rx: mpsc::Receiver<Job>) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, turn: &Mutex<()>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
         tracing::trace!(writes = jobs.len(), "write batch");
-        match execute(&writer, &jobs).await {
+        let result = {
+            let _turn = turn.blocking_lock();
+            execute(&mut conn, &mut jobs)
+        };
+        match result {
             Ok(done) => {
                 for (job, d) in jobs.drain(..).zip(done) {
-                    let _ = job.reply.send(Ok(d));
+                    let _ = job.reply.send(d);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, writes = jobs.len(), "a batch of writes failed and was rolled back");
                 let msg = e.to_string();
                 for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(msg.clone()));
+                    let _ = job.reply.send(Err(StoreError::Batch(msg.clone())));
                 }
             }
         }
     }
 }
 
-async fn execute(writer: &AnyPool, jobs: &[Job]) -> Result<Vec<Done>, StoreError> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+/// Run the jobs in one transaction. An SQL error rolls back the batch (`Err`); a job's own
+/// failure before it wrote anything (its check, a corrupt row) answers that job only.
+fn execute(conn: &mut Connection, jobs: &mut [Job]) -> rusqlite::Result<Vec<Result<Done, StoreError>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut out = Vec::with_capacity(jobs.len());
     for j in jobs {
-        out.push(apply(&mut tx, &j.op).await?);
+        out.push(apply(&tx, &mut j.op)?);
     }
-    tx.commit().await?;
+    tx.commit()?;
     Ok(out)
+}
+
+// The statements are those of `attempts::gate`, the replay guard and `audit::insert`, with
+// SQLite's numbered parameters (`?N`).
+
+fn gate(conn: &Connection, subject: &str, kind: &str, now_ms: i64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
+         VALUES (?1, ?2, 1, 0, NULL) \
+         ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1 \
+         WHERE attempts.locked_until IS NULL OR attempts.locked_until <= ?3 \
+         RETURNING consecutive_failures",
+    )?
+    .query_row(params![subject, kind, now_ms], |r| r.get(0))
+    .optional()
+}
+
+fn insert_audit(conn: &Connection, ev: &NewAuditEvent) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        uuid::Uuid::now_v7().to_string(),
+        to_millis(ev.at),
+        ev.subject_id,
+        ev.factor_id,
+        ev.actor,
+        ev.kind.as_str(),
+        ev.ip,
+        ev.user_agent,
+        ev.detail,
+    ])?;
+    Ok(())
 }
 
 /// Accept a matched code: the replay guard, which also stamps the time of use; when it
 /// changes its row, the trigger of migration 0004 marks the factor used and resets the
 /// subject's second-factor counters in the same statement. Then the audit event. Nothing is
 /// written when the guard refuses.
-async fn accept(conn: &mut AnyConnection, a: &Acceptance, now_ms: i64) -> Result<bool, StoreError> {
-    let won = sqlx::query(
-        "UPDATE totp_secrets SET last_used_step = $2, last_used_at = $3 \
-         WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2)",
-    )
-    .bind(&a.factor_id)
-    .bind(i64::try_from(a.step).unwrap_or(i64::MAX))
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
+fn accept(conn: &Connection, a: &Acceptance, now_ms: i64) -> rusqlite::Result<bool> {
+    let won = conn
+        .prepare_cached(
+            "UPDATE totp_secrets SET last_used_step = ?2, last_used_at = ?3 \
+             WHERE factor_id = ?1 AND (last_used_step IS NULL OR last_used_step < ?2)",
+        )?
+        .execute(params![a.factor_id, i64::try_from(a.step).unwrap_or(i64::MAX), now_ms])?
         == 1;
     if won {
-        audit::insert(conn, &a.audit).await?;
+        insert_audit(conn, &a.audit)?;
     }
     Ok(won)
 }
 
-async fn apply(conn: &mut AnyConnection, op: &Op) -> Result<Done, StoreError> {
-    Ok(match op {
-        Op::Gate { subject, kind, now_ms } => Done::Gate(attempts::gate(conn, subject, kind, *now_ms).await?),
-        Op::GateAccept { subject, kind, now_ms, policy, accept: acceptance } => {
-            let reserved = attempts::gate(conn, subject, kind, *now_ms).await?;
+/// The subject's active devices (a corrupt row fails the job, not the batch).
+fn active_devices(conn: &Connection, subject: &str) -> rusqlite::Result<Result<Vec<TotpDevice>, StoreError>> {
+    let rows = conn
+        .prepare_cached(&ACTIVE_DEVICES_SQLITE)?
+        .query_map(params![subject], DeviceRow::from_sqlite)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows.into_iter().map(TotpDevice::try_from).collect())
+}
+
+fn apply(conn: &Connection, op: &mut Op) -> rusqlite::Result<Result<Done, StoreError>> {
+    Ok(Ok(match op {
+        Op::Gate { subject, kind, now_ms } => Done::Gate(gate(conn, subject, kind, *now_ms)?),
+        Op::Verify { subject, kind, now_ms, policy, check } => {
+            let devices = match active_devices(conn, subject)? {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
+            };
+            let Some(check) = check.0.take() else {
+                return Ok(Err(StoreError::Batch("a check ran twice".into())));
+            };
+            let acceptance = match check(&devices) {
+                Ok(a) => a,
+                Err(e) => return Ok(Err(StoreError::Check(e))),
+            };
+            let matched = acceptance.as_ref().map(|a| a.factor_id.clone());
+            let reserved = gate(conn, subject, kind, *now_ms)?;
             let admitted = reserved.is_some_and(|n| attempts::admits(policy, n));
-            match acceptance {
-                Some(a) if admitted => Done::GateAccept(reserved, Some(accept(conn, a, *now_ms).await?)),
-                _ => Done::GateAccept(reserved, None),
-            }
+            let accepted = match &acceptance {
+                Some(a) if admitted => Some(accept(conn, a, *now_ms)?),
+                _ => None,
+            };
+            Done::Verify { reserved, accepted, matched }
         }
         Op::Audit(ev) => {
-            audit::insert(conn, ev).await?;
+            insert_audit(conn, ev)?;
             Done::Audit
         }
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -166,7 +288,7 @@ mod tests {
         }
     }
 
-    fn job(op: Op) -> (Job, oneshot::Receiver<Result<Done, String>>) {
+    fn job(op: Op) -> (Job, oneshot::Receiver<Result<Done, StoreError>>) {
         let (reply, rx) = oneshot::channel();
         (Job { op, reply }, rx)
     }
@@ -174,38 +296,61 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_commits_in_order_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::connect(&format!("sqlite://{}", path.display()), StoreOptions::default()).await.unwrap();
         store.migrate().await.unwrap();
+        let mut conn = open(&path).unwrap();
         let gate = || Op::Gate { subject: "s".into(), kind: attempts::SECOND_FACTOR, now_ms: 0 };
 
         // In order: three gates in one batch see each other's increments.
-        let jobs: Vec<_> = (0..3).map(|_| job(gate()).0).collect();
-        let done = execute(&store.writer, &jobs).await.unwrap();
+        let mut jobs: Vec<_> = (0..3).map(|_| job(gate()).0).collect();
+        let done: Vec<_> = execute(&mut conn, &mut jobs).unwrap().into_iter().map(Result::unwrap).collect();
         assert_eq!(done, [Done::Gate(Some(1)), Done::Gate(Some(2)), Done::Gate(Some(3))]);
 
         // Not at all: a failing write rolls back the gate before it in the same batch.
-        sqlx::query("ALTER TABLE audit_events RENAME TO audit_moved").execute(&store.writer).await.unwrap();
-        let jobs = vec![job(gate()).0, job(Op::Audit(event("s"))).0];
-        assert!(execute(&store.writer, &jobs).await.is_err());
-        sqlx::query("ALTER TABLE audit_moved RENAME TO audit_events").execute(&store.writer).await.unwrap();
-        let jobs = vec![job(gate()).0];
-        assert_eq!(
-            execute(&store.writer, &jobs).await.unwrap(),
-            [Done::Gate(Some(4))],
-            "the failed batch left nothing"
-        );
+        conn.execute_batch("ALTER TABLE audit_events RENAME TO audit_moved").unwrap();
+        let mut jobs = vec![job(gate()).0, job(Op::Audit(event("s"))).0];
+        assert!(execute(&mut conn, &mut jobs).is_err());
+        conn.execute_batch("ALTER TABLE audit_moved RENAME TO audit_events").unwrap();
 
-        // Through the task: many concurrent writers, each answered once its batch committed.
+        // A job's own failure (its check) answers that job only; the batch commits.
+        let failing: DeviceCheck = Box::new(|_| Err("no key".into()));
+        let verify = Op::Verify {
+            subject: "s".into(),
+            kind: attempts::SECOND_FACTOR,
+            now_ms: 0,
+            policy: ThrottlePolicy::default(),
+            check: failing.into(),
+        };
+        let mut jobs = vec![job(verify).0, job(gate()).0];
+        let done = execute(&mut conn, &mut jobs).unwrap();
+        assert!(matches!(&done[0], Err(StoreError::Check(e)) if e.to_string() == "no key"));
+        assert_eq!(done[1].as_ref().unwrap(), &Done::Gate(Some(4)), "the failed batch left nothing; the check no gate");
+
+        // Through the thread: many concurrent writers, each answered once its batch committed,
+        // sharing the write turn with the store's other writes (none waits in SQLite's busy
+        // handler: a 10 s wait there would fail the test's own timeout).
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let s = store.clone();
-                tokio::spawn(async move { s.append_audit(&event(&format!("c{}", i % 7))).await })
+                tokio::spawn(async move {
+                    if i % 10 == 0 {
+                        // An ordinary transaction of the store, between batches.
+                        let mut tx = s.begin().await?;
+                        crate::audit::insert(&mut tx, &event(&format!("c{}", i % 7))).await?;
+                        tx.commit().await
+                    } else {
+                        s.append_audit(&event(&format!("c{}", i % 7))).await
+                    }
+                })
             })
             .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
+        let all = async {
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), all).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events").fetch_one(&store.pool).await.unwrap();
         assert_eq!(n, 200);
     }

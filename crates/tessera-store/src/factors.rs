@@ -66,7 +66,7 @@ pub enum ConfirmOutcome {
 }
 
 #[derive(sqlx::FromRow)]
-struct FactorRow {
+pub(crate) struct FactorRow {
     id: String,
     subject_id: String,
     kind: String,
@@ -95,7 +95,7 @@ impl TryFrom<FactorRow> for Factor {
 }
 
 #[derive(sqlx::FromRow)]
-struct DeviceRow {
+pub(crate) struct DeviceRow {
     #[sqlx(flatten)]
     factor: FactorRow,
     algorithm: String,
@@ -126,6 +126,38 @@ impl TryFrom<DeviceRow> for TotpDevice {
 const DEVICE_SELECT: &str = "SELECT f.id, f.subject_id, f.kind, f.label, f.status, f.created_at, f.confirmed_at, \
     f.last_used_at, s.algorithm, s.digits, s.period, s.key_id, s.nonce, s.ciphertext, s.last_used_step \
     FROM factors f JOIN totp_secrets s ON s.factor_id = f.id";
+
+/// The subject's active devices, oldest first (`$1`: the subject).
+const ACTIVE_DEVICES: &str = "WHERE f.subject_id = $1 AND f.status = 'active' ORDER BY f.created_at, f.id";
+
+/// The same query for the SQLite writer thread (rusqlite binds `?1`).
+pub(crate) static ACTIVE_DEVICES_SQLITE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{DEVICE_SELECT} {}", ACTIVE_DEVICES.replace("$1", "?1")));
+
+impl DeviceRow {
+    /// A row of [`DEVICE_SELECT`] read by rusqlite (the SQLite writer thread).
+    pub(crate) fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            factor: FactorRow {
+                id: r.get(0)?,
+                subject_id: r.get(1)?,
+                kind: r.get(2)?,
+                label: r.get(3)?,
+                status: r.get(4)?,
+                created_at: r.get(5)?,
+                confirmed_at: r.get(6)?,
+                last_used_at: r.get(7)?,
+            },
+            algorithm: r.get(8)?,
+            digits: r.get(9)?,
+            period: r.get(10)?,
+            key_id: r.get(11)?,
+            nonce: r.get(12)?,
+            ciphertext: r.get(13)?,
+            last_used_step: r.get(14)?,
+        })
+    }
+}
 
 fn step_i64(step: u64) -> i64 {
     i64::try_from(step).unwrap_or(i64::MAX)
@@ -226,15 +258,13 @@ impl Store {
 
     /// A subject's active TOTP devices.
     pub async fn active_totp_devices(&self, subject_id: &str) -> Result<Vec<TotpDevice>, StoreError> {
-        sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(
-            "{DEVICE_SELECT} WHERE f.subject_id = $1 AND f.status = 'active' ORDER BY f.created_at, f.id"
-        )))
-        .bind(subject_id)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(TotpDevice::try_from)
-        .collect()
+        sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!("{DEVICE_SELECT} {ACTIVE_DEVICES}")))
+            .bind(subject_id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(TotpDevice::try_from)
+            .collect()
     }
 
     /// Activate a pending device whose first code (at `step`) matched: in one transaction,

@@ -63,7 +63,7 @@ impl Store {
         .bind(email_norm)
         .bind(hash)
         .bind(to_millis(now))
-        .execute(&self.writer)
+        .execute(&mut *self.write().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -84,7 +84,7 @@ impl Store {
         sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
             .bind(user_id)
             .bind(hash)
-            .execute(&self.writer)
+            .execute(&mut *self.write().await?)
             .await?;
         Ok(())
     }
@@ -122,7 +122,7 @@ impl Store {
         .bind(user_id)
         .bind(account_id)
         .bind(role)
-        .execute(&self.writer)
+        .execute(&mut *self.write().await?)
         .await?;
         Ok(())
     }
@@ -147,7 +147,7 @@ impl Store {
             .bind(account_id)
             .bind(i64::from(require_mfa))
             .bind(grace_until.map(to_millis))
-            .execute(&self.writer)
+            .execute(&mut *self.write().await?)
             .await?
             .rows_affected();
         Ok(n == 1)
@@ -187,7 +187,7 @@ impl Store {
 
     /// Reset a subject's counters of one kind (after a success outside a larger transaction).
     pub async fn reset_attempts(&self, subject_id: &str, kind: &str) -> Result<(), StoreError> {
-        let mut c = self.writer.acquire().await?;
+        let mut c = self.write().await?;
         attempts::reset(&mut c, subject_id, kind).await
     }
 
@@ -206,7 +206,7 @@ impl Store {
         .bind(user_id)
         .bind(to_millis(now))
         .bind(to_millis(expires))
-        .execute(&self.writer)
+        .execute(&mut *self.write().await?)
         .await?;
         Ok(())
     }
@@ -260,7 +260,7 @@ impl Store {
         Ok(sqlx::query("UPDATE login_challenges SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
             .bind(user_id)
             .bind(to_millis(now))
-            .execute(&self.writer)
+            .execute(&mut *self.write().await?)
             .await?
             .rows_affected())
     }
@@ -306,7 +306,7 @@ impl Store {
         let n = sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL")
             .bind(token_hash)
             .bind(to_millis(now))
-            .execute(&self.writer)
+            .execute(&mut *self.write().await?)
             .await?
             .rows_affected();
         Ok(n == 1)
@@ -317,7 +317,7 @@ impl Store {
         Ok(sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
             .bind(user_id)
             .bind(to_millis(now))
-            .execute(&self.writer)
+            .execute(&mut *self.write().await?)
             .await?
             .rows_affected())
     }
@@ -444,14 +444,17 @@ impl Store {
         sqlx::query("UPDATE outbox SET sent_at = $2, attempts = attempts + 1 WHERE id = $1")
             .bind(id)
             .bind(to_millis(now))
-            .execute(&self.writer)
+            .execute(&mut *self.write().await?)
             .await?;
         Ok(())
     }
 
     /// Count a failed delivery attempt (the notification stays queued).
     pub async fn mark_notification_failed(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1").bind(id).execute(&self.writer).await?;
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.write().await?)
+            .await?;
         Ok(())
     }
 }
@@ -530,7 +533,7 @@ impl Store {
         )
         .bind(token_hash)
         .bind(to_millis(now))
-        .execute(&self.writer)
+        .execute(&mut *self.write().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -549,7 +552,7 @@ impl Store {
         .bind(user_id)
         .bind(to_millis(now))
         .bind(keep_token_hash)
-        .execute(&self.writer)
+        .execute(&mut *self.write().await?)
         .await?
         .rows_affected())
     }

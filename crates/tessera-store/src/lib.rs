@@ -15,13 +15,14 @@
 mod attempts;
 mod audit;
 mod batch;
+mod checkpoint;
 mod error;
 mod factors;
 mod identity;
 mod keys;
 mod recovery;
 
-pub use attempts::{Acceptance, GateAccept, GateResult, PASSWORD, SECOND_FACTOR};
+pub use attempts::{Acceptance, CheckError, DeviceCheck, GateAccept, GateResult, PASSWORD, SECOND_FACTOR};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
 pub use factors::{ConfirmOutcome, NewTotpFactor, SealedSecret, TotpDevice};
@@ -29,9 +30,13 @@ pub use identity::{MemberRow, MembershipRow, NewNotification, ResetReport, Sessi
 pub use keys::{KeyUsage, SealedRow};
 pub use recovery::NewRecoveryCode;
 
-use sqlx::{AnyConnection, AssertSqlSafe, Executor};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Executor};
 use sqlx::{AnyPool, any::AnyPoolOptions};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,13 +84,63 @@ pub struct Store {
     /// Reads (and, on PostgreSQL, everything).
     pool: AnyPool,
     /// Writes. On SQLite, which admits one writer at a time, this is a pool of one
-    /// connection: writers queue here asynchronously instead of sleeping in SQLite's busy
-    /// handler (which backs off in milliseconds and ruins tail latency). On PostgreSQL it is
-    /// the same pool as `pool`.
+    /// connection, used only while holding `turn`. On PostgreSQL it is the same pool as
+    /// `pool`.
     writer: AnyPool,
     backend: Backend,
-    /// SQLite: the group-commit task for the hot path's writes (see `batch`).
+    /// SQLite: the group-commit thread for the hot path's writes (see `batch`).
     batcher: Option<batch::Batcher>,
+    /// SQLite: the one write turn, shared by `writer` and the batch thread (its own
+    /// connection). Writers queue here, fairly and asynchronously, instead of sleeping in
+    /// SQLite's busy handler (which backs off in milliseconds, ruins tail latency and can
+    /// starve a writer that keeps losing the race).
+    turn: Option<Arc<Mutex<()>>>,
+}
+
+/// A connection of the writer pool, held with the write turn (SQLite).
+pub(crate) struct Writing {
+    conn: PoolConnection<Any>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl Deref for Writing {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Writing {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+}
+
+/// A write transaction, held with the write turn (SQLite); rolled back if dropped uncommitted.
+pub(crate) struct WriteTx {
+    tx: sqlx::Transaction<'static, Any>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commit, then give up the turn.
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -111,19 +166,30 @@ impl Store {
         }
         let url = sqlite_create_url(url);
         let pool = pool_options(backend, &opts, opts.max_connections).connect(&url).await?;
-        let writer = match backend {
-            Backend::Sqlite => pool_options(backend, &opts, 1).connect(&url).await?,
-            Backend::Postgres => pool.clone(),
+        let (writer, batcher, turn) = match backend {
+            Backend::Sqlite => {
+                let writer = pool_options(backend, &opts, 1).connect(&url).await?;
+                // The batch thread opens the same file: ask SQLite which one the URL named.
+                let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                    .fetch_one(&writer)
+                    .await?;
+                if file.is_empty() {
+                    return Err(StoreError::Config("SQLite needs a database file (in-memory is not supported)".into()));
+                }
+                let turn = Arc::new(Mutex::new(()));
+                let batcher = batch::Batcher::spawn(std::path::Path::new(&file), turn.clone())?;
+                (writer, Some(batcher), Some(turn))
+            }
+            Backend::Postgres => (pool.clone(), None, None),
         };
-        let batcher = (backend == Backend::Sqlite).then(|| batch::Batcher::spawn(writer.clone()));
-        Ok(Self { pool, writer, backend, batcher })
+        Ok(Self { pool, writer, backend, batcher, turn })
     }
 
     /// Apply pending migrations (safe to run from several replicas at once on PostgreSQL,
     /// which takes an advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.writer).await?,
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&mut *self.write().await?).await?,
             Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await?,
         }
         Ok(())
@@ -159,13 +225,30 @@ impl Store {
         }
     }
 
-    /// Begin a write transaction: `BEGIN IMMEDIATE` on SQLite (take the write lock up front,
-    /// waiting under busy_timeout), `BEGIN` on PostgreSQL.
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        Ok(match self.backend {
+    /// Wait for the write turn (SQLite; PostgreSQL has none).
+    async fn take_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.turn {
+            Some(t) => Some(t.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    /// A writer connection, for one autocommitted write (with the write turn on SQLite).
+    pub(crate) async fn write(&self) -> Result<Writing, StoreError> {
+        let turn = self.take_turn().await;
+        Ok(Writing { conn: self.writer.acquire().await?, _turn: turn })
+    }
+
+    /// Begin a write transaction: on SQLite, take the write turn, then `BEGIN IMMEDIATE`
+    /// (take the write lock up front, so a read-then-write transaction never fails on a stale
+    /// snapshot); `BEGIN` on PostgreSQL.
+    pub(crate) async fn begin(&self) -> Result<WriteTx, StoreError> {
+        let turn = self.take_turn().await;
+        let tx = match self.backend {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.writer.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _turn: turn })
     }
 }
 
@@ -183,10 +266,14 @@ fn pool_options(backend: Backend, opts: &StoreOptions, size: u32) -> AnyPoolOpti
             Box::pin(async move {
                 match backend {
                     Backend::Sqlite => {
-                        conn.execute(sqlx::raw_sql(
+                        // No connection checkpoints on commit: the checkpoint thread does
+                        // (see `checkpoint`).
+                        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                             "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                        ))
+                             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
+                            checkpoint::WAL_SIZE_LIMIT
+                        ))))
                         .await?;
                     }
                     Backend::Postgres => {
