@@ -9,6 +9,10 @@
 //! does the full work (attempt gate, device read, unseal, windowed check, replay guard,
 //! counter reset and audit in one transaction).
 //!
+//! Closed loop by default (each client sends its next request when the last is answered: the
+//! server's saturation throughput); `--rate N` is an open loop, N requests/s offered on a
+//! fixed schedule, for the latency at a given load (timed from when each request was due).
+//!
 //! `cargo run --release -p tessera-bench -- verify --concurrency 64 --duration 20s --database sqlite`
 #![allow(clippy::indexing_slicing)]
 
@@ -82,6 +86,14 @@ struct VerifyArgs {
     /// Milliseconds of real time per 30 s TOTP step on the server's clock.
     #[arg(long, default_value_t = 100)]
     step_ms: u64,
+    /// Open loop: send this many requests per second in all, each client on a fixed
+    /// schedule (rate / concurrency per second, phases spread evenly), instead of each
+    /// client sending its next request as soon as the last one is answered (closed loop,
+    /// the default: the server's saturation throughput). A request that has to wait because
+    /// its client is behind schedule is timed from when it should have been sent, so a slow
+    /// server's queueing is counted (no coordinated omission).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -227,16 +239,24 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
 
     // Drive load.
     let deadline = Instant::now() + args.duration;
+    let interval = match args.rate {
+        Some(r) if r.is_finite() && r > 0.0 => Some(Duration::from_secs_f64(args.concurrency as f64 / r)),
+        Some(r) => bail!("--rate must be a positive number of requests per second, not {r}"),
+        None => None,
+    };
     let wrong_every = if args.wrong_ratio > 0.0 { (1.0 / args.wrong_ratio).round().max(1.0) as u64 } else { 0 };
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut handles = Vec::new();
-    for (c, mut subjects) in clients.into_iter().zip(sets) {
+    let concurrency = args.concurrency;
+    for (w, (c, mut subjects)) in clients.into_iter().zip(sets).enumerate() {
         let clock = clock.clone();
         let counter = counter.clone();
         let app = app.clone();
         handles.push(tokio::spawn(async move {
             let mut t = Tally::default();
+            // Open loop: this client's next scheduled send (phases spread over one interval).
+            let mut next = interval.map(|i| Instant::now() + i.mul_f64(w as f64 / concurrency as f64));
             let wrong_subject = subjects.pop().map(|s| s.id).unwrap_or_default();
             let p = TotpParams::default();
             let mut i = 0usize;
@@ -264,7 +284,21 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
                     let code = otp::format_code(otp::totp(&subjects[k].secret, &p, now), 6);
                     (subjects[k].id.clone(), code)
                 };
-                let t0 = Instant::now();
+                let t0 = match (next.as_mut(), interval) {
+                    (Some(at), Some(every)) => {
+                        let due = *at;
+                        *at += every;
+                        if Instant::now() < due {
+                            tokio::time::sleep_until(due.into()).await;
+                            // On time: timed from the send (the timer's own lateness is ours).
+                            Instant::now()
+                        } else {
+                            // Behind schedule (the server was slow): timed from when it was due.
+                            due
+                        }
+                    }
+                    _ => Instant::now(),
+                };
                 let r = if direct {
                     app.verify_totp(&subject, &code, &Default::default()).await.map_err(|e| e.to_string()).map(|o| {
                         match o {
@@ -307,7 +341,14 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
         if v.is_empty() { 0.0 } else { f64::from(v[((v.len() - 1) as f64 * q) as usize]) / 1000.0 }
     };
     let total = all.latencies_us.len();
-    println!("database={:?} concurrency={} duration={:.1}s pool={}", args.database, args.concurrency, secs, args.pool);
+    let mode = match args.rate {
+        Some(r) => format!("open loop, {r:.0}/s offered"),
+        None => "closed loop".to_owned(),
+    };
+    println!(
+        "database={:?} concurrency={} duration={:.1}s pool={} ({mode})",
+        args.database, args.concurrency, secs, args.pool
+    );
     println!(
         "requests={total} ({:.0}/s)  accepted={} rejected={} locked={} errors={}",
         total as f64 / secs,
