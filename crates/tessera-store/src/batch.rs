@@ -88,12 +88,18 @@ struct Job {
     reply: oneshot::Sender<Result<Done, StoreError>>,
 }
 
+/// What the writer thread receives.
+enum Msg {
+    Job(Job),
+    /// Finish the jobs received before, stop the checkpoint thread, close the connection,
+    /// then answer.
+    Stop(oneshot::Sender<()>),
+}
+
 /// The handle that submits writes to the writer thread.
 #[derive(Debug, Clone)]
 pub(crate) struct Batcher {
-    tx: mpsc::Sender<Job>,
-    /// The WAL checkpoint thread lives as long as the writer.
-    _checkpoints: crate::checkpoint::Checkpointer,
+    tx: mpsc::Sender<Msg>,
 }
 
 /// Open the writer's own connection to the database file (already created and in WAL mode by
@@ -110,42 +116,76 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 impl Batcher {
-    /// Open the writer connection to the file at `path` and start its thread; the thread
-    /// takes `turn` around each batch, as every other writer of this store does, and ends when
-    /// every handle is dropped.
+    /// Open the writer connection to the file at `path` and start its thread (and the
+    /// checkpoint thread, which it owns); the thread takes `turn` around each batch, as every
+    /// other writer of this store does, and ends on [`Batcher::stop`] or when every handle is
+    /// dropped.
     pub(crate) fn spawn(path: &Path, turn: Arc<Mutex<()>>) -> Result<Self, StoreError> {
         let conn = open(path).map_err(|e| StoreError::Config(format!("opening the SQLite writer: {e}")))?;
         let checkpoints = crate::checkpoint::Checkpointer::spawn(path, turn.clone())?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         std::thread::Builder::new()
             .name("tessera-sqlite-writer".into())
-            .spawn(move || run(conn, rx, &turn))
+            .spawn(move || {
+                run(&mut Some(conn), rx, &turn);
+                checkpoints.stop();
+            })
             .map_err(|e| StoreError::Config(format!("starting the SQLite writer thread: {e}")))?;
-        Ok(Self { tx, _checkpoints: checkpoints })
+        Ok(Self { tx })
     }
 
     /// Run `op` in the next batch; returns once that batch has committed.
     pub(crate) async fn submit(&self, op: Op) -> Result<Done, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { op, reply }).await.map_err(|_| StoreError::Batch("the writer has stopped".into()))?;
+        self.tx
+            .send(Msg::Job(Job { op, reply }))
+            .await
+            .map_err(|_| StoreError::Batch("the writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Batch("the writer has stopped".into()))?
+    }
+
+    /// Finish the writes submitted so far, stop the writer and checkpoint threads and close
+    /// their connections. Later writes fail ("the writer has stopped").
+    pub(crate) async fn stop(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Msg::Stop(done)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, turn: &Mutex<()>) {
+/// The writer loop. On a stop, the connection is closed before the stop is answered.
+fn run(conn: &mut Option<Connection>, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+        let mut stop = None;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                Msg::Job(j) => jobs.push(j),
+                Msg::Stop(s) => stop = Some(s),
+            }
+            if stop.is_none() && jobs.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
+        if let Some(c) = conn.as_mut().filter(|_| !jobs.is_empty()) {
+            write_batch(c, &mut jobs, turn);
+        }
+        if let Some(s) = stop {
+            drop(conn.take());
+            let _ = s.send(());
+            return;
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, jobs: &mut Vec<Job>, turn: &Mutex<()>) {
+    {
         tracing::trace!(writes = jobs.len(), "write batch");
         let result = {
             let _turn = turn.blocking_lock();
-            execute(&mut conn, &mut jobs)
+            execute(conn, jobs)
         };
         match result {
             Ok(done) => {

@@ -17,9 +17,9 @@
 //!   holding the turn for a few milliseconds.
 //!
 //! Reads stay fast however long the WAL: a reader looks up only frames after the last
-//! checkpointed one. The thread ends when the store is dropped (its stop channel closes); a
-//! failed pass is logged and retried on the next tick. On close, SQLite checkpoints as the last
-//! connection goes.
+//! checkpointed one. A failed pass is logged and retried on the next tick. The thread ends
+//! with the writer thread (`Store::close`, or the store dropped); the last connection to close
+//! checkpoints everything and deletes the WAL.
 
 use crate::StoreError;
 use rusqlite::{Connection, OpenFlags};
@@ -39,10 +39,11 @@ pub(crate) const RESTART_FRAMES: i64 = 65_536;
 /// keeps the size it reached (about `RESTART_FRAMES` pages) and is reused from its start.
 pub(crate) const WAL_SIZE_LIMIT: i64 = -1;
 
-/// Keeps the checkpoint thread running; dropping the last clone stops it.
-#[derive(Debug, Clone)]
+/// The checkpoint thread (owned by the writer thread, which stops it when it stops).
+#[derive(Debug)]
 pub(crate) struct Checkpointer {
-    _stop: Sender<()>,
+    stop: Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Checkpointer {
@@ -58,11 +59,19 @@ impl Checkpointer {
                 })
                 .map_err(|e| StoreError::Config(format!("opening the SQLite checkpointer: {e}")))?;
         let (stop, stopped) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("tessera-sqlite-checkpoint".into())
             .spawn(move || run(&conn, &stopped, &turn))
             .map_err(|e| StoreError::Config(format!("starting the SQLite checkpoint thread: {e}")))?;
-        Ok(Self { _stop: stop })
+        Ok(Self { stop, thread })
+    }
+
+    /// Stop the thread and wait until it has closed its connection.
+    pub(crate) fn stop(self) {
+        drop(self.stop);
+        if self.thread.join().is_err() {
+            tracing::error!("the SQLite checkpoint thread panicked");
+        }
     }
 }
 
@@ -151,5 +160,26 @@ mod tests {
         assert!(!t.is_finished(), "the restart waits for the write turn");
         drop(guard);
         assert!(t.join().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_the_store_checkpoints_and_removes_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::connect(&format!("sqlite://{}", path.display()), StoreOptions::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        store.gate_attempt("s", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
+        let wal = dir.path().join("t.db-wal");
+        assert!(wal.exists());
+        store.close().await;
+        assert!(!wal.exists(), "the last connection checkpointed and removed the WAL");
+        let later = store.gate_attempt("s", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH).await;
+        assert!(later.is_err(), "a write after close fails");
+        // Nothing was lost: the write before close is in the database file.
+        let conn = Connection::open(&path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT consecutive_failures FROM attempts WHERE subject_id = 's'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
     }
 }

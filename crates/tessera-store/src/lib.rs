@@ -213,6 +213,12 @@ impl Store {
 
     /// Close the pools, waiting for connections to be returned.
     pub async fn close(&self) {
+        // SQLite: the writer thread finishes what it was given, then it and the checkpoint
+        // thread close their connections; the last connection to close checkpoints the WAL
+        // and deletes it, so a restart does not replay it.
+        if let Some(b) = &self.batcher {
+            b.stop().await;
+        }
         self.pool.close().await;
         self.writer.close().await;
     }
