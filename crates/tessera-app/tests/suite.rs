@@ -73,6 +73,11 @@ async fn enrol_confirm_verify(h: &Harness) {
         Err(AppError::FailedPrecondition(_))
     ));
 
+    // until a code is accepted, the device's last use is its confirmation
+    assert_eq!(
+        h.app.list_factors("alice").await.unwrap()[0].last_used_at,
+        Some(tessera_core::clock::Clock::now(&h.clock))
+    );
     // the confirmation code was used: the same code is refused
     assert!(!accepted(&h.app.verify_totp("alice", &code, &ctx()).await.unwrap()));
     // next step's code (clock 10 s into the step, so t+1 is in the window) is accepted

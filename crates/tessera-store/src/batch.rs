@@ -11,7 +11,7 @@
 //!
 //! A verification is one job (`Op::Verify`): read the subject's active devices, run the
 //! caller's check on them (it unseals and computes; microseconds), then the gate, the replay
-//! guard (whose trigger, migration 0004, does the last use and the counter reset) and the
+//! guard (which stamps the last use; its trigger, migration 0005, resets the counters) and the
 //! audit row. The read, the check and the writes are one transaction.
 //!
 //! The store's other writes (sqlx's one-connection writer pool) and this thread take turns
@@ -250,9 +250,9 @@ fn insert_audit(conn: &Connection, ev: &NewAuditEvent) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Accept a matched code: the replay guard, which also stamps the time of use; when it
-/// changes its row, the trigger of migration 0004 marks the factor used and resets the
-/// subject's second-factor counters in the same statement. Then the audit event. Nothing is
+/// Accept a matched code: the replay guard, which also stamps the time of use (the device's
+/// last use); when it changes its row, the trigger of migration 0005 resets the subject's
+/// second-factor counters in the same statement. Then the audit event. Nothing is
 /// written when the guard refuses.
 fn accept(conn: &Connection, a: &Acceptance, now_ms: i64) -> rusqlite::Result<bool> {
     let won = conn

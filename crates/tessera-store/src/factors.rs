@@ -123,8 +123,10 @@ impl TryFrom<DeviceRow> for TotpDevice {
     }
 }
 
+// A device's last use (`last_used_at` below): the accept's (`totp_secrets`, migrations sqlite
+// 0005 / postgres 0004), else the confirmation's (`factors`).
 const DEVICE_SELECT: &str = "SELECT f.id, f.subject_id, f.kind, f.label, f.status, f.created_at, f.confirmed_at, \
-    f.last_used_at, s.algorithm, s.digits, s.period, s.key_id, s.nonce, s.ciphertext, s.last_used_step \
+    COALESCE(s.last_used_at, f.last_used_at) AS last_used_at, s.algorithm, s.digits, s.period, s.key_id, s.nonce, s.ciphertext, s.last_used_step \
     FROM factors f JOIN totp_secrets s ON s.factor_id = f.id";
 
 /// The subject's active devices, oldest first (`$1`: the subject).
@@ -232,8 +234,10 @@ impl Store {
     /// A subject's factors, oldest first.
     pub async fn list_factors(&self, subject_id: &str) -> Result<Vec<Factor>, StoreError> {
         sqlx::query_as::<_, FactorRow>(
-            "SELECT id, subject_id, kind, label, status, created_at, confirmed_at, last_used_at \
-             FROM factors WHERE subject_id = $1 ORDER BY created_at, id",
+            "SELECT f.id, f.subject_id, f.kind, f.label, f.status, f.created_at, f.confirmed_at, \
+             COALESCE(s.last_used_at, f.last_used_at) AS last_used_at \
+             FROM factors f LEFT JOIN totp_secrets s ON s.factor_id = f.id WHERE f.subject_id = $1 \
+             ORDER BY f.created_at, f.id",
         )
         .bind(subject_id)
         .fetch_all(&self.pool)
@@ -356,10 +360,8 @@ pub(crate) async fn accept_pg(
     let ev = &a.audit;
     let won: i64 = sqlx::query_scalar(
         "WITH g AS ( \
-           UPDATE totp_secrets SET last_used_step = $2 \
+           UPDATE totp_secrets SET last_used_step = $2, last_used_at = $3 \
            WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2) RETURNING factor_id \
-         ), f AS ( \
-           UPDATE factors SET last_used_at = $3 WHERE id IN (SELECT factor_id FROM g) \
          ), r AS ( \
            UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL \
            WHERE subject_id = $4 AND kind = $5 AND EXISTS (SELECT 1 FROM g) \
