@@ -74,6 +74,14 @@ pub(crate) async fn reset(conn: &mut AnyConnection, subject_id: &str, kind: &str
     Ok(())
 }
 
+/// The gate's statement (`$1` subject, `$2` kind, `$3` now in ms); also run by the SQLite
+/// writer thread (`batch`).
+pub(crate) const GATE: &str = "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
+     VALUES ($1, $2, 1, 0, NULL) \
+     ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1 \
+     WHERE attempts.locked_until IS NULL OR attempts.locked_until <= $3 \
+     RETURNING consecutive_failures";
+
 /// The gate: unless the subject is locked at `now_ms`, add one to its consecutive failures and
 /// return the new count (`None` while locked). One statement.
 pub(crate) async fn gate(
@@ -82,18 +90,7 @@ pub(crate) async fn gate(
     kind: &str,
     now_ms: i64,
 ) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
-         VALUES ($1, $2, 1, 0, NULL) \
-         ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1 \
-         WHERE attempts.locked_until IS NULL OR attempts.locked_until <= $3 \
-         RETURNING consecutive_failures",
-    )
-    .bind(subject_id)
-    .bind(kind)
-    .bind(now_ms)
-    .fetch_optional(conn)
-    .await?)
+    Ok(sqlx::query_scalar(GATE).bind(subject_id).bind(kind).bind(now_ms).fetch_optional(conn).await?)
 }
 
 /// Whether the gate admits the attempt holding slot `reserved` (the policy's rule).

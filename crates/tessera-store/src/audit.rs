@@ -57,22 +57,23 @@ impl AuditEvent {
     }
 }
 
+/// The insert (`$1`… in column order); also run by the SQLite writer thread (`batch`).
+pub(crate) const INSERT: &str = "INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
 pub(crate) async fn insert(conn: &mut AnyConnection, ev: &NewAuditEvent) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(to_millis(ev.at))
-    .bind(&ev.subject_id)
-    .bind(&ev.factor_id)
-    .bind(&ev.actor)
-    .bind(ev.kind.as_str())
-    .bind(&ev.ip)
-    .bind(&ev.user_agent)
-    .bind(&ev.detail)
-    .execute(conn)
-    .await?;
+    sqlx::query(INSERT)
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(to_millis(ev.at))
+        .bind(&ev.subject_id)
+        .bind(&ev.factor_id)
+        .bind(&ev.actor)
+        .bind(ev.kind.as_str())
+        .bind(&ev.ip)
+        .bind(&ev.user_agent)
+        .bind(&ev.detail)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

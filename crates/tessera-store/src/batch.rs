@@ -27,9 +27,9 @@
 
 use crate::attempts::{self, Acceptance, DeviceCheck};
 use crate::audit::NewAuditEvent;
-use crate::factors::{ACTIVE_DEVICES_SQLITE, DeviceRow};
+use crate::factors::{ACTIVE_DEVICES, DeviceRow};
 use crate::{StoreError, TotpDevice};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, named_params, params};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,6 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 const MAX_BATCH: usize = 128;
 
 /// A write the batcher knows how to run.
-#[derive(Debug)]
 pub(crate) enum Op {
     /// The attempt gate's upsert (see `attempts::gate`): the reserved count, or `None` if
     /// locked.
@@ -51,22 +50,8 @@ pub(crate) enum Op {
     /// Read the subject's active devices, run the check, then the gate and, when it admits
     /// the attempt (see `attempts::admits`) and the check matched, the accept (see
     /// `Store::check_gate_accept`).
-    Verify { subject: String, kind: &'static str, now_ms: i64, policy: ThrottlePolicy, check: Check },
-}
-
-/// A [`DeviceCheck`], run once.
-pub(crate) struct Check(Option<DeviceCheck>);
-
-impl From<DeviceCheck> for Check {
-    fn from(c: DeviceCheck) -> Self {
-        Self(Some(c))
-    }
-}
-
-impl std::fmt::Debug for Check {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Check")
-    }
+    /// (`check` is taken when the job runs.)
+    Verify { subject: String, kind: &'static str, now_ms: i64, policy: ThrottlePolicy, check: Option<DeviceCheck> },
 }
 
 /// What a write answered.
@@ -127,7 +112,7 @@ impl Batcher {
         std::thread::Builder::new()
             .name("tessera-sqlite-writer".into())
             .spawn(move || {
-                run(&mut Some(conn), rx, &turn);
+                run(conn, rx, &turn);
                 checkpoints.stop();
             })
             .map_err(|e| StoreError::Config(format!("starting the SQLite writer thread: {e}")))?;
@@ -155,7 +140,7 @@ impl Batcher {
 }
 
 /// The writer loop. On a stop, the connection is closed before the stop is answered.
-fn run(conn: &mut Option<Connection>, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         let mut stop = None;
@@ -169,36 +154,35 @@ fn run(conn: &mut Option<Connection>, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<
                 next = rx.try_recv().ok();
             }
         }
-        if let Some(c) = conn.as_mut().filter(|_| !jobs.is_empty()) {
-            write_batch(c, &mut jobs, turn);
+        if !jobs.is_empty() {
+            write_batch(&mut conn, &mut jobs, turn);
         }
         if let Some(s) = stop {
-            drop(conn.take());
+            drop(conn);
             let _ = s.send(());
             return;
         }
     }
 }
 
+/// Run the jobs waiting as one batch under the write turn and answer each.
 fn write_batch(conn: &mut Connection, jobs: &mut Vec<Job>, turn: &Mutex<()>) {
-    {
-        tracing::trace!(writes = jobs.len(), "write batch");
-        let result = {
-            let _turn = turn.blocking_lock();
-            execute(conn, jobs)
-        };
-        match result {
-            Ok(done) => {
-                for (job, d) in jobs.drain(..).zip(done) {
-                    let _ = job.reply.send(d);
-                }
+    tracing::trace!(writes = jobs.len(), "write batch");
+    let result = {
+        let _turn = turn.blocking_lock();
+        execute(conn, jobs)
+    };
+    match result {
+        Ok(done) => {
+            for (job, d) in jobs.drain(..).zip(done) {
+                let _ = job.reply.send(d);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, writes = jobs.len(), "a batch of writes failed and was rolled back");
-                let msg = e.to_string();
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Batch(msg.clone())));
-                }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, writes = jobs.len(), "a batch of writes failed and was rolled back");
+            let msg = e.to_string();
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(StoreError::Batch(msg.clone())));
             }
         }
     }
@@ -216,37 +200,27 @@ fn execute(conn: &mut Connection, jobs: &mut [Job]) -> rusqlite::Result<Vec<Resu
     Ok(out)
 }
 
-// The statements are those of `attempts::gate`, the replay guard and `audit::insert`, with
-// SQLite's numbered parameters (`?N`).
+// The gate, the audit insert and the device read are the sqlx path's own statements
+// (`$N` parameters, bound by name here); the accept is SQLite's alone (see migration 0005).
 
 fn gate(conn: &Connection, subject: &str, kind: &str, now_ms: i64) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
-        "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
-         VALUES (?1, ?2, 1, 0, NULL) \
-         ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1 \
-         WHERE attempts.locked_until IS NULL OR attempts.locked_until <= ?3 \
-         RETURNING consecutive_failures",
-    )?
-    .query_row(params![subject, kind, now_ms], |r| r.get(0))
-    .optional()
+    conn.prepare_cached(attempts::GATE)?
+        .query_row(named_params! { "$1": subject, "$2": kind, "$3": now_ms }, |r| r.get(0))
+        .optional()
 }
 
 fn insert_audit(conn: &Connection, ev: &NewAuditEvent) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        uuid::Uuid::now_v7().to_string(),
-        to_millis(ev.at),
-        ev.subject_id,
-        ev.factor_id,
-        ev.actor,
-        ev.kind.as_str(),
-        ev.ip,
-        ev.user_agent,
-        ev.detail,
-    ])?;
+    conn.prepare_cached(crate::audit::INSERT)?.execute(named_params! {
+        "$1": uuid::Uuid::now_v7().to_string(),
+        "$2": to_millis(ev.at),
+        "$3": ev.subject_id,
+        "$4": ev.factor_id,
+        "$5": ev.actor,
+        "$6": ev.kind.as_str(),
+        "$7": ev.ip,
+        "$8": ev.user_agent,
+        "$9": ev.detail,
+    })?;
     Ok(())
 }
 
@@ -271,8 +245,8 @@ fn accept(conn: &Connection, a: &Acceptance, now_ms: i64) -> rusqlite::Result<bo
 /// The subject's active devices (a corrupt row fails the job, not the batch).
 fn active_devices(conn: &Connection, subject: &str) -> rusqlite::Result<Result<Vec<TotpDevice>, StoreError>> {
     let rows = conn
-        .prepare_cached(&ACTIVE_DEVICES_SQLITE)?
-        .query_map(params![subject], DeviceRow::from_sqlite)?
+        .prepare_cached(&ACTIVE_DEVICES)?
+        .query_map(named_params! { "$1": subject }, DeviceRow::from_sqlite)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows.into_iter().map(TotpDevice::try_from).collect())
 }
@@ -285,7 +259,7 @@ fn apply(conn: &Connection, op: &mut Op) -> rusqlite::Result<Result<Done, StoreE
                 Ok(d) => d,
                 Err(e) => return Ok(Err(e)),
             };
-            let Some(check) = check.0.take() else {
+            let Some(check) = check.take() else {
                 return Ok(Err(StoreError::Batch("a check ran twice".into())));
             };
             let acceptance = match check(&devices) {
@@ -360,7 +334,7 @@ mod tests {
             kind: attempts::SECOND_FACTOR,
             now_ms: 0,
             policy: ThrottlePolicy::default(),
-            check: failing.into(),
+            check: Some(failing),
         };
         let mut jobs = vec![job(verify).0, job(gate()).0];
         let done = execute(&mut conn, &mut jobs).unwrap();

@@ -129,12 +129,11 @@ const DEVICE_SELECT: &str = "SELECT f.id, f.subject_id, f.kind, f.label, f.statu
     COALESCE(s.last_used_at, f.last_used_at) AS last_used_at, s.algorithm, s.digits, s.period, s.key_id, s.nonce, s.ciphertext, s.last_used_step \
     FROM factors f JOIN totp_secrets s ON s.factor_id = f.id";
 
-/// The subject's active devices, oldest first (`$1`: the subject).
-const ACTIVE_DEVICES: &str = "WHERE f.subject_id = $1 AND f.status = 'active' ORDER BY f.created_at, f.id";
-
-/// The same query for the SQLite writer thread (rusqlite binds `?1`).
-pub(crate) static ACTIVE_DEVICES_SQLITE: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{DEVICE_SELECT} {}", ACTIVE_DEVICES.replace("$1", "?1")));
+/// The subject's active devices, oldest first (`$1`: the subject); also run by the SQLite
+/// writer thread (`batch`).
+pub(crate) static ACTIVE_DEVICES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("{DEVICE_SELECT} WHERE f.subject_id = $1 AND f.status = 'active' ORDER BY f.created_at, f.id")
+});
 
 impl DeviceRow {
     /// A row of [`DEVICE_SELECT`] read by rusqlite (the SQLite writer thread).
@@ -262,7 +261,7 @@ impl Store {
 
     /// A subject's active TOTP devices.
     pub async fn active_totp_devices(&self, subject_id: &str) -> Result<Vec<TotpDevice>, StoreError> {
-        sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!("{DEVICE_SELECT} {ACTIVE_DEVICES}")))
+        sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(ACTIVE_DEVICES.as_str()))
             .bind(subject_id)
             .fetch_all(&self.pool)
             .await?
