@@ -1102,7 +1102,7 @@ both!(self_service);
 async fn a_matched_code_counts_only_when_the_gate_admits_it(h: &Harness) {
     use tessera_core::factor::AuditKind;
     use tessera_core::throttle::ThrottlePolicy;
-    use tessera_store::{Acceptance, GateAccept, GateResult, NewAuditEvent, SECOND_FACTOR};
+    use tessera_store::{Acceptance, DeviceCheck, GateAccept, GateResult, NewAuditEvent, SECOND_FACTOR};
     let (e, _) = active_device(h, "nina").await;
     let now = tessera_core::clock::Clock::now(&h.clock);
     let policy = ThrottlePolicy::default();
@@ -1121,7 +1121,15 @@ async fn a_matched_code_counts_only_when_the_gate_admits_it(h: &Harness) {
             detail: "{}".into(),
         },
     };
-    let try_accept = |step| h.store.gate_and_accept("nina", SECOND_FACTOR, now, &policy, Some(acceptance(step)));
+    let try_accept = |step| {
+        let a = acceptance(step);
+        let check: DeviceCheck = Box::new(move |_| Ok(Some(a)));
+        async move {
+            Ok::<_, tessera_store::StoreError>(
+                h.store.check_gate_accept("nina", SECOND_FACTOR, now, &policy, check).await?.0,
+            )
+        }
+    };
     for n in 1..=5 {
         assert_eq!(h.store.gate_attempt("nina", SECOND_FACTOR, now).await.unwrap(), GateResult::Reserved(n));
     }

@@ -180,7 +180,7 @@ impl Store {
         let (reserved, accepted, matched) = match self.backend {
             Backend::Sqlite => {
                 let op =
-                    Op::Verify { subject: subject_id.to_owned(), kind, now_ms, policy: *policy, check: check.into() };
+                    Op::Verify { subject: subject_id.to_owned(), kind, now_ms, policy: *policy, check: Some(check) };
                 match self.batch(op).await? {
                     Done::Verify { reserved, accepted, matched } => (reserved, accepted, matched),
                     other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
@@ -208,20 +208,6 @@ impl Store {
             (Some(n), None) => GateAccept::Mismatch(u32_of(n)),
         };
         Ok((result, matched))
-    }
-
-    /// [`Store::check_gate_accept`] for a code already checked: `accept` is what the check
-    /// found.
-    pub async fn gate_and_accept(
-        &self,
-        subject_id: &str,
-        kind: &'static str,
-        now: OffsetDateTime,
-        policy: &ThrottlePolicy,
-        accept: Option<Acceptance>,
-    ) -> Result<GateAccept, StoreError> {
-        let check: DeviceCheck = Box::new(move |_| Ok(accept));
-        Ok(self.check_gate_accept(subject_id, kind, now, policy, check).await?.0)
     }
 
     /// Apply a lock if the failures have reached the policy's limit and no lock is in force;
