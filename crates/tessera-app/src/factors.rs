@@ -1,7 +1,7 @@
 //! Factor use cases: enrol and confirm a TOTP device, verify codes, recovery codes, list,
 //! remove, and the audit trail.
 
-use crate::{App, AppError, ClientContext};
+use crate::{App, AppError, ClientContext, KeyringSource};
 use serde_json::json;
 use tessera_core::factor::{AuditKind, Factor, FactorStatus};
 use tessera_core::otp::{self, Algorithm, Code, Secret, TotpParams};
@@ -137,29 +137,14 @@ impl App {
         }
     }
 
-    /// Open a sealed secret; if its key is unknown, reload the keyring once (another replica
-    /// or `tessera keys rotate` may have added it) and retry.
+    /// Open a sealed secret (see [`open_sealed`]).
     pub(crate) fn open_secret(
         &self,
         subject: &str,
         factor_id: &str,
         sealed: &SealedSecret,
     ) -> Result<Secret, AppError> {
-        let s = Sealed {
-            key_id: KeyId::new(&sealed.key_id)?,
-            nonce: sealed.nonce.clone(),
-            ciphertext: sealed.ciphertext.clone(),
-        };
-        let keyring = self.keys.get();
-        let bytes = match keyring.open(&aad(factor_id, subject), &s) {
-            Err(CoreError::UnknownKey(_)) => self.keys.reload()?.open(&aad(factor_id, subject), &s),
-            r => r,
-        }
-        .map_err(|e| {
-            tracing::error!(factor_id, error = %e, "a sealed TOTP secret could not be opened");
-            AppError::Keys(e)
-        })?;
-        Ok(Secret::from_bytes(bytes.to_vec()))
+        open_sealed(&self.keys, subject, factor_id, sealed)
     }
 
     /// Reserve an attempt; `Err(failure)` when the subject may not try now.
@@ -347,14 +332,14 @@ impl App {
         let now = self.clock.now();
         // The check runs where the store reads the devices (on SQLite, on its writer thread
         // inside the write transaction): it only unseals and computes.
-        let app = self.clone();
+        let keys = self.keys.clone();
         let owner = subject.to_owned();
         let verified = self.event(now, subject, None, AuditKind::TotpVerified, ctx);
         let window = self.config.window;
         let check: DeviceCheck = Box::new(move |devices| {
             let mut matched: Option<(&TotpDevice, u64)> = None;
             for d in devices {
-                let secret = app.open_secret(&owner, &d.factor.id, &d.sealed)?;
+                let secret = open_sealed(&keys, &owner, &d.factor.id, &d.sealed)?;
                 // Every device is checked, match or not, so timing does not reveal which one.
                 if let Some(step) = otp::verify(&secret, &d.params, &code, now.unix_timestamp(), window) {
                     matched = matched.or(Some((d, step)));
@@ -505,4 +490,29 @@ impl Failure {
             Self::Locked(until) => ConfirmOutcome::Locked { until },
         }
     }
+}
+
+/// Open a sealed secret; if its key is unknown, reload the keyring once (another replica or
+/// `tessera keys rotate` may have added it) and retry.
+fn open_sealed(
+    keys: &KeyringSource,
+    subject: &str,
+    factor_id: &str,
+    sealed: &SealedSecret,
+) -> Result<Secret, AppError> {
+    let s = Sealed {
+        key_id: KeyId::new(&sealed.key_id)?,
+        nonce: sealed.nonce.clone(),
+        ciphertext: sealed.ciphertext.clone(),
+    };
+    let keyring = keys.get();
+    let bytes = match keyring.open(&aad(factor_id, subject), &s) {
+        Err(CoreError::UnknownKey(_)) => keys.reload()?.open(&aad(factor_id, subject), &s),
+        r => r,
+    }
+    .map_err(|e| {
+        tracing::error!(factor_id, error = %e, "a sealed TOTP secret could not be opened");
+        AppError::Keys(e)
+    })?;
+    Ok(Secret::from_bytes(bytes.to_vec()))
 }
