@@ -62,7 +62,13 @@ impl ThrottlePolicy {
     /// An attempt reserves a failure slot before its code is checked (so N concurrent
     /// guesses cannot all be checked). `reserved` is the failure count including this one.
     pub fn gate(&self, reserved: u32) -> Gate {
-        if reserved <= self.max_failures { Gate::Proceed } else { Gate::Refuse }
+        if reserved <= self.budget() { Gate::Proceed } else { Gate::Refuse }
+    }
+
+    /// The highest failure slot the gate admits (slots `1..=budget` proceed). A store that
+    /// applies the gate inside SQL binds this number, so the rule stays this one.
+    pub fn budget(&self) -> u32 {
+        self.max_failures
     }
 
     /// Whether a failure that brought the count to `failures` locks the subject.

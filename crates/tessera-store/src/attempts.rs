@@ -98,6 +98,70 @@ pub(crate) fn admits(policy: &ThrottlePolicy, reserved: i64) -> bool {
     policy.gate(u32_of(reserved)) == Gate::Proceed
 }
 
+/// PostgreSQL: the gate and the accept of a verification as one statement, so one round trip
+/// and one commit (`None` if the subject has no counters row for `kind` yet: nothing was
+/// changed, the caller creates the row and runs it again).
+///
+/// The statement locks the subject's counters row first (`cur`, `FOR UPDATE`: concurrent
+/// attempts on one subject queue here, each seeing the count the one before left); then,
+/// only if the subject is not locked and the attempt's slot (count + 1) is within the policy's
+/// budget, the replay guard (`g`, which stamps the device's last use); then one update of the
+/// counters: reset if the guard won, else one more failure (nothing while locked); and the
+/// acceptance's audit row if the guard won. Returns the slot the attempt held (`None` while
+/// locked) and whether the guard won.
+///
+/// Lock order: a transaction that changes a subject's counters and one of its devices' rows
+/// takes the counters row first (as the support reset and the confirmation do), so none can
+/// deadlock with this one.
+pub(crate) async fn gate_accept_pg(
+    conn: &mut AnyConnection,
+    subject_id: &str,
+    kind: &str,
+    now_ms: i64,
+    policy: &ThrottlePolicy,
+    accept: Option<&Acceptance>,
+) -> Result<Option<(Option<i64>, bool)>, StoreError> {
+    let ev = accept.map(|a| &a.audit);
+    let row: (bool, bool, i64, bool) = sqlx::query_as(
+        "WITH cur AS ( \
+           SELECT consecutive_failures + 1 AS n, (locked_until IS NULL OR locked_until <= $3) AS open \
+           FROM attempts WHERE subject_id = $1 AND kind = $2 FOR UPDATE \
+         ), g AS ( \
+           UPDATE totp_secrets SET last_used_step = $6, last_used_at = $3 \
+           WHERE factor_id = $5 AND (last_used_step IS NULL OR last_used_step < $6) \
+             AND EXISTS (SELECT 1 FROM cur WHERE open AND n <= $4) \
+           RETURNING factor_id \
+         ), u AS ( \
+           UPDATE attempts SET \
+             consecutive_failures = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.consecutive_failures + 1 END, \
+             lock_count = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.lock_count END, \
+             locked_until = CASE WHEN EXISTS (SELECT 1 FROM g) THEN NULL ELSE attempts.locked_until END \
+           WHERE subject_id = $1 AND kind = $2 AND EXISTS (SELECT 1 FROM cur WHERE open) \
+         ), a AS ( \
+           INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
+           SELECT $7, $8, $1, $5, $9, $10, $11, $12, $13 FROM g \
+         ) SELECT EXISTS (SELECT 1 FROM cur), COALESCE((SELECT open FROM cur), FALSE), \
+                  COALESCE((SELECT n FROM cur), 0), EXISTS (SELECT 1 FROM g)",
+    )
+    .bind(subject_id)
+    .bind(kind)
+    .bind(now_ms)
+    .bind(i64::from(policy.budget()))
+    .bind(accept.map(|a| a.factor_id.as_str()))
+    .bind(accept.map(|a| i64::try_from(a.step).unwrap_or(i64::MAX)))
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(ev.map(|e| to_millis(e.at)))
+    .bind(ev.and_then(|e| e.actor.as_deref()))
+    .bind(ev.map(|e| e.kind.as_str()))
+    .bind(ev.and_then(|e| e.ip.as_deref()))
+    .bind(ev.and_then(|e| e.user_agent.as_deref()))
+    .bind(ev.map(|e| e.detail.as_str()))
+    .fetch_one(conn)
+    .await?;
+    let (had_row, open, n, won) = row;
+    Ok(had_row.then_some((open.then_some(n), won)))
+}
+
 #[derive(sqlx::FromRow)]
 struct StateRow {
     consecutive_failures: i64,
@@ -167,7 +231,8 @@ impl Store {
     ///
     /// On SQLite this is one job of the writer thread's batch: the read, the check and the
     /// writes run in one transaction without a hop between them. On PostgreSQL, the read on
-    /// the pool, then the gate and the accept on one connection.
+    /// the pool, then the gate and the accept as one statement (`gate_accept_pg`): two round
+    /// trips, one commit.
     pub async fn check_gate_accept(
         &self,
         subject_id: &str,
@@ -191,13 +256,30 @@ impl Store {
                 let accept = check(&devices).map_err(StoreError::Check)?;
                 let matched = accept.as_ref().map(|a| a.factor_id.clone());
                 let mut c = self.write().await?;
-                let r = gate(&mut c, subject_id, kind, now_ms).await?;
-                match (r, accept) {
-                    (Some(n), Some(a)) if admits(policy, n) => {
-                        (r, Some(crate::factors::accept_pg(&mut c, subject_id, &a, now_ms).await?), matched)
-                    }
-                    _ => (r, None, matched),
-                }
+                let (reserved, won) =
+                    match gate_accept_pg(&mut c, subject_id, kind, now_ms, policy, accept.as_ref()).await? {
+                        Some(r) => r,
+                        None => {
+                            // The subject's first attempt of this kind: create its counters, then
+                            // the same statement again (no row is ever deleted).
+                            sqlx::query(
+                            "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
+                             VALUES ($1, $2, 0, 0, NULL) ON CONFLICT (subject_id, kind) DO NOTHING",
+                        )
+                        .bind(subject_id)
+                        .bind(kind)
+                        .execute(&mut *c)
+                        .await?;
+                            gate_accept_pg(&mut c, subject_id, kind, now_ms, policy, accept.as_ref())
+                                .await?
+                                .ok_or_else(|| StoreError::Corrupt("the attempts row vanished".into()))?
+                        }
+                    };
+                let accepted = match (reserved, &accept) {
+                    (Some(n), Some(_)) if admits(policy, n) => Some(won),
+                    _ => None,
+                };
+                (reserved, accepted, matched)
             }
         };
         let result = match (reserved, accepted) {

@@ -285,6 +285,9 @@ impl Store {
         audit_codes: &NewAuditEvent,
     ) -> Result<ConfirmOutcome, StoreError> {
         let mut tx = self.begin().await?;
+        // The counters row first (the lock order of `attempts::gate_accept_pg`); nothing is
+        // kept unless the whole confirmation commits.
+        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
         let n = sqlx::query(
             "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3 \
              WHERE id = $1 AND subject_id = $2 AND status = 'pending'",
@@ -301,7 +304,6 @@ impl Store {
         if !use_step(&mut tx, factor_id, step).await? {
             return Ok(ConfirmOutcome::Replayed);
         }
-        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
         let first = active_count(&mut tx, subject_id).await? == 1;
         audit::insert(&mut tx, audit_confirm).await?;
         if first {
@@ -345,43 +347,4 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
-}
-
-/// PostgreSQL: accept a matched code with the same four changes as one statement
-/// (data-modifying CTEs all see the replay guard's result and commit or fail together): one
-/// round trip per accepted code.
-pub(crate) async fn accept_pg(
-    conn: &mut AnyConnection,
-    subject_id: &str,
-    a: &crate::Acceptance,
-    now_ms: i64,
-) -> Result<bool, StoreError> {
-    let ev = &a.audit;
-    let won: i64 = sqlx::query_scalar(
-        "WITH g AS ( \
-           UPDATE totp_secrets SET last_used_step = $2, last_used_at = $3 \
-           WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2) RETURNING factor_id \
-         ), r AS ( \
-           UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL \
-           WHERE subject_id = $4 AND kind = $5 AND EXISTS (SELECT 1 FROM g) \
-         ), a AS ( \
-           INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
-           SELECT $6, $7, $4, $1, $8, $9, $10, $11, $12 FROM g \
-         ) SELECT COUNT(*) FROM g",
-    )
-    .bind(&a.factor_id)
-    .bind(step_i64(a.step))
-    .bind(now_ms)
-    .bind(subject_id)
-    .bind(attempts::SECOND_FACTOR)
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(to_millis(ev.at))
-    .bind(&ev.actor)
-    .bind(ev.kind.as_str())
-    .bind(&ev.ip)
-    .bind(&ev.user_agent)
-    .bind(&ev.detail)
-    .fetch_one(conn)
-    .await?;
-    Ok(won == 1)
 }

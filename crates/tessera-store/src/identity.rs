@@ -385,6 +385,8 @@ impl Store {
         audit: &NewAuditEvent,
     ) -> Result<ResetReport, StoreError> {
         let mut tx = self.begin().await?;
+        // The counters row first (the lock order of `attempts::gate_accept_pg`).
+        attempts::reset(&mut tx, user_id, attempts::SECOND_FACTOR).await?;
         sqlx::query("DELETE FROM totp_secrets WHERE factor_id IN (SELECT id FROM factors WHERE subject_id = $1)")
             .bind(user_id)
             .execute(&mut *tx)
@@ -410,7 +412,6 @@ impl Store {
             .bind(to_millis(now))
             .execute(&mut *tx)
             .await?;
-        attempts::reset(&mut tx, user_id, attempts::SECOND_FACTOR).await?;
         sqlx::query(
             "INSERT INTO outbox (id, user_id, email, kind, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
