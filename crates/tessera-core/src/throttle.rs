@@ -150,6 +150,9 @@ mod tests {
         assert_eq!(p.gate(1), Gate::Proceed);
         assert_eq!(p.gate(3), Gate::Proceed);
         assert_eq!(p.gate(4), Gate::Refuse);
+        // the budget a store binds into SQL is exactly the last slot `gate` admits
+        assert_eq!(p.gate(p.budget()), Gate::Proceed);
+        assert_eq!(p.gate(p.budget() + 1), Gate::Refuse);
         assert!(!p.locks_after(2));
         assert!(p.locks_after(3));
     }

@@ -99,8 +99,9 @@ pub(crate) fn admits(policy: &ThrottlePolicy, reserved: i64) -> bool {
 }
 
 /// PostgreSQL: the gate and the accept of a verification as one statement, so one round trip
-/// and one commit (`None` if the subject has no counters row for `kind` yet: nothing was
-/// changed, the caller creates the row and runs it again).
+/// and one commit. A subject's first attempt of a kind finds no counters row: the statement
+/// then changes nothing, the row is created and the statement runs again (no row is ever
+/// deleted).
 ///
 /// The statement locks the subject's counters row first (`cur`, `FOR UPDATE`: concurrent
 /// attempts on one subject queue here, each seeing the count the one before left); then,
@@ -114,6 +115,31 @@ pub(crate) fn admits(policy: &ThrottlePolicy, reserved: i64) -> bool {
 /// takes the counters row first (as the support reset and the confirmation do), so none can
 /// deadlock with this one.
 pub(crate) async fn gate_accept_pg(
+    conn: &mut AnyConnection,
+    subject_id: &str,
+    kind: &str,
+    now_ms: i64,
+    policy: &ThrottlePolicy,
+    accept: Option<&Acceptance>,
+) -> Result<(Option<i64>, bool), StoreError> {
+    if let Some(r) = gate_accept_pg_once(conn, subject_id, kind, now_ms, policy, accept).await? {
+        return Ok(r);
+    }
+    sqlx::query(
+        "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
+         VALUES ($1, $2, 0, 0, NULL) ON CONFLICT (subject_id, kind) DO NOTHING",
+    )
+    .bind(subject_id)
+    .bind(kind)
+    .execute(&mut *conn)
+    .await?;
+    gate_accept_pg_once(conn, subject_id, kind, now_ms, policy, accept)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("the attempts row vanished".into()))
+}
+
+/// One run of [`gate_accept_pg`]'s statement: `None` if there is no counters row.
+async fn gate_accept_pg_once(
     conn: &mut AnyConnection,
     subject_id: &str,
     kind: &str,
@@ -148,8 +174,8 @@ pub(crate) async fn gate_accept_pg(
     .bind(now_ms)
     .bind(i64::from(policy.budget()))
     .bind(accept.map(|a| a.factor_id.as_str()))
-    .bind(accept.map(|a| i64::try_from(a.step).unwrap_or(i64::MAX)))
-    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(accept.map(|a| crate::factors::step_i64(a.step)))
+    .bind(accept.map(|_| uuid::Uuid::now_v7().to_string()))
     .bind(ev.map(|e| to_millis(e.at)))
     .bind(ev.and_then(|e| e.actor.as_deref()))
     .bind(ev.map(|e| e.kind.as_str()))
@@ -255,26 +281,9 @@ impl Store {
                 let devices = self.active_totp_devices(subject_id).await?;
                 let accept = check(&devices).map_err(StoreError::Check)?;
                 let matched = accept.as_ref().map(|a| a.factor_id.clone());
-                let mut c = self.write().await?;
                 let (reserved, won) =
-                    match gate_accept_pg(&mut c, subject_id, kind, now_ms, policy, accept.as_ref()).await? {
-                        Some(r) => r,
-                        None => {
-                            // The subject's first attempt of this kind: create its counters, then
-                            // the same statement again (no row is ever deleted).
-                            sqlx::query(
-                            "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
-                             VALUES ($1, $2, 0, 0, NULL) ON CONFLICT (subject_id, kind) DO NOTHING",
-                        )
-                        .bind(subject_id)
-                        .bind(kind)
-                        .execute(&mut *c)
+                    gate_accept_pg(&mut *self.write().await?, subject_id, kind, now_ms, policy, accept.as_ref())
                         .await?;
-                            gate_accept_pg(&mut c, subject_id, kind, now_ms, policy, accept.as_ref())
-                                .await?
-                                .ok_or_else(|| StoreError::Corrupt("the attempts row vanished".into()))?
-                        }
-                    };
                 let accepted = match (reserved, &accept) {
                     (Some(n), Some(_)) if admits(policy, n) => Some(won),
                     _ => None,

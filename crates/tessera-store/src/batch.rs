@@ -234,7 +234,7 @@ fn accept(conn: &Connection, a: &Acceptance, now_ms: i64) -> rusqlite::Result<bo
             "UPDATE totp_secrets SET last_used_step = ?2, last_used_at = ?3 \
              WHERE factor_id = ?1 AND (last_used_step IS NULL OR last_used_step < ?2)",
         )?
-        .execute(params![a.factor_id, i64::try_from(a.step).unwrap_or(i64::MAX), now_ms])?
+        .execute(params![a.factor_id, crate::factors::step_i64(a.step), now_ms])?
         == 1;
     if won {
         insert_audit(conn, &a.audit)?;
@@ -286,7 +286,6 @@ fn apply(conn: &Connection, op: &mut Op) -> rusqlite::Result<Result<Done, StoreE
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::{Store, StoreOptions};
     use tessera_core::factor::AuditKind;
 
     fn event(subject: &str) -> NewAuditEvent {
@@ -309,10 +308,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_commits_in_order_or_not_at_all() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let store = Store::connect(&format!("sqlite://{}", path.display()), StoreOptions::default()).await.unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, path, store) = crate::temp_sqlite().await;
         let mut conn = open(&path).unwrap();
         let gate = || Op::Gate { subject: "s".into(), kind: attempts::SECOND_FACTOR, now_ms: 0 };
 

@@ -117,14 +117,10 @@ pub(crate) fn pass(conn: &Connection, turn: &Mutex<()>, restart_frames: i64) -> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::{Store, StoreOptions};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_never_checkpoint_and_a_long_wal_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let store = Store::connect(&format!("sqlite://{}", path.display()), StoreOptions::default()).await.unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, path, store) = crate::temp_sqlite().await;
         // Every connection of the store leaves checkpoints to the thread.
         let auto: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(&store.pool).await.unwrap();
         assert_eq!(auto, 0);
@@ -165,10 +161,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn closing_the_store_checkpoints_and_removes_the_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let store = Store::connect(&format!("sqlite://{}", path.display()), StoreOptions::default()).await.unwrap();
-        store.migrate().await.unwrap();
+        let (dir, path, store) = crate::temp_sqlite().await;
         store.gate_attempt("s", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
         let wal = dir.path().join("t.db-wal");
         assert!(wal.exists());

@@ -160,7 +160,8 @@ impl DeviceRow {
     }
 }
 
-fn step_i64(step: u64) -> i64 {
+/// A time step as stored (`BIGINT`).
+pub(crate) fn step_i64(step: u64) -> i64 {
     i64::try_from(step).unwrap_or(i64::MAX)
 }
 

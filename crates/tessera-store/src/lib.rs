@@ -97,49 +97,36 @@ pub struct Store {
     turn: Option<Arc<Mutex<()>>>,
 }
 
-/// A connection of the writer pool, held with the write turn (SQLite).
-pub(crate) struct Writing {
-    conn: PoolConnection<Any>,
+/// A writer connection or transaction, held with the write turn (SQLite); it derefs to the
+/// connection.
+pub(crate) struct Turned<C> {
+    conn: C,
     _turn: Option<OwnedMutexGuard<()>>,
 }
 
-impl Deref for Writing {
+/// A connection of the writer pool, for one autocommitted write.
+pub(crate) type Writing = Turned<PoolConnection<Any>>;
+/// A write transaction; rolled back if dropped uncommitted.
+pub(crate) type WriteTx = Turned<sqlx::Transaction<'static, Any>>;
+
+impl WriteTx {
+    /// Commit, then give up the turn.
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        self.conn.commit().await?;
+        Ok(())
+    }
+}
+
+impl<C: Deref<Target = AnyConnection>> Deref for Turned<C> {
     type Target = AnyConnection;
     fn deref(&self) -> &AnyConnection {
         &self.conn
     }
 }
 
-impl DerefMut for Writing {
+impl<C: DerefMut<Target = AnyConnection>> DerefMut for Turned<C> {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         &mut self.conn
-    }
-}
-
-/// A write transaction, held with the write turn (SQLite); rolled back if dropped uncommitted.
-pub(crate) struct WriteTx {
-    tx: sqlx::Transaction<'static, Any>,
-    _turn: Option<OwnedMutexGuard<()>>,
-}
-
-impl WriteTx {
-    /// Commit, then give up the turn.
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        Ok(())
-    }
-}
-
-impl Deref for WriteTx {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.tx
     }
 }
 
@@ -242,7 +229,7 @@ impl Store {
     /// A writer connection, for one autocommitted write (with the write turn on SQLite).
     pub(crate) async fn write(&self) -> Result<Writing, StoreError> {
         let turn = self.take_turn().await;
-        Ok(Writing { conn: self.writer.acquire().await?, _turn: turn })
+        Ok(Turned { conn: self.writer.acquire().await?, _turn: turn })
     }
 
     /// Begin a write transaction: on SQLite, take the write turn, then `BEGIN IMMEDIATE`
@@ -254,7 +241,7 @@ impl Store {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.writer.begin().await?,
         };
-        Ok(WriteTx { tx, _turn: turn })
+        Ok(Turned { conn: tx, _turn: turn })
     }
 }
 
@@ -301,4 +288,15 @@ fn sqlite_create_url(url: &str) -> String {
     } else {
         url.to_owned()
     }
+}
+
+/// A store on a fresh SQLite file (tests of this crate): the directory, the file, the store.
+#[cfg(test)]
+pub(crate) async fn temp_sqlite() -> (tempfile::TempDir, std::path::PathBuf, Store) {
+    #![allow(clippy::unwrap_used)]
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::connect(&format!("sqlite://{}", path.display()), StoreOptions::default()).await.unwrap();
+    store.migrate().await.unwrap();
+    (dir, path, store)
 }
