@@ -98,6 +98,27 @@ pub(crate) fn admits(policy: &ThrottlePolicy, reserved: i64) -> bool {
     policy.gate(u32_of(reserved)) == Gate::Proceed
 }
 
+/// [`gate_accept_pg`]'s statement.
+const GATE_ACCEPT_PG: &str = "WITH cur AS ( \
+       SELECT consecutive_failures + 1 AS n, (locked_until IS NULL OR locked_until <= $3) AS open \
+       FROM attempts WHERE subject_id = $1 AND kind = $2 FOR UPDATE \
+     ), g AS ( \
+       UPDATE totp_secrets SET last_used_step = $6, last_used_at = $3 \
+       WHERE factor_id = $5 AND (last_used_step IS NULL OR last_used_step < $6) \
+         AND EXISTS (SELECT 1 FROM cur WHERE open AND n <= $4) \
+       RETURNING factor_id \
+     ), u AS ( \
+       UPDATE attempts SET \
+         consecutive_failures = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.consecutive_failures + 1 END, \
+         lock_count = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.lock_count END, \
+         locked_until = CASE WHEN EXISTS (SELECT 1 FROM g) THEN NULL ELSE attempts.locked_until END \
+       WHERE subject_id = $1 AND kind = $2 AND EXISTS (SELECT 1 FROM cur WHERE open) \
+     ), a AS ( \
+       INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
+       SELECT $7, $8, $1, $5, $9, $10, $11, $12, $13 FROM g \
+     ) SELECT EXISTS (SELECT 1 FROM cur), COALESCE((SELECT open FROM cur), FALSE), \
+              COALESCE((SELECT n FROM cur), 0), EXISTS (SELECT 1 FROM g)";
+
 /// PostgreSQL: the gate and the accept of a verification as one statement, so one round trip
 /// and one commit. A subject's first attempt of a kind finds no counters row: the statement
 /// then changes nothing, the row is created and the statement runs again (no row is ever
@@ -122,70 +143,40 @@ pub(crate) async fn gate_accept_pg(
     policy: &ThrottlePolicy,
     accept: Option<&Acceptance>,
 ) -> Result<(Option<i64>, bool), StoreError> {
-    if let Some(r) = gate_accept_pg_once(conn, subject_id, kind, now_ms, policy, accept).await? {
-        return Ok(r);
-    }
-    sqlx::query(
-        "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
-         VALUES ($1, $2, 0, 0, NULL) ON CONFLICT (subject_id, kind) DO NOTHING",
-    )
-    .bind(subject_id)
-    .bind(kind)
-    .execute(&mut *conn)
-    .await?;
-    gate_accept_pg_once(conn, subject_id, kind, now_ms, policy, accept)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("the attempts row vanished".into()))
-}
-
-/// One run of [`gate_accept_pg`]'s statement: `None` if there is no counters row.
-async fn gate_accept_pg_once(
-    conn: &mut AnyConnection,
-    subject_id: &str,
-    kind: &str,
-    now_ms: i64,
-    policy: &ThrottlePolicy,
-    accept: Option<&Acceptance>,
-) -> Result<Option<(Option<i64>, bool)>, StoreError> {
     let ev = accept.map(|a| &a.audit);
-    let row: (bool, bool, i64, bool) = sqlx::query_as(
-        "WITH cur AS ( \
-           SELECT consecutive_failures + 1 AS n, (locked_until IS NULL OR locked_until <= $3) AS open \
-           FROM attempts WHERE subject_id = $1 AND kind = $2 FOR UPDATE \
-         ), g AS ( \
-           UPDATE totp_secrets SET last_used_step = $6, last_used_at = $3 \
-           WHERE factor_id = $5 AND (last_used_step IS NULL OR last_used_step < $6) \
-             AND EXISTS (SELECT 1 FROM cur WHERE open AND n <= $4) \
-           RETURNING factor_id \
-         ), u AS ( \
-           UPDATE attempts SET \
-             consecutive_failures = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.consecutive_failures + 1 END, \
-             lock_count = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.lock_count END, \
-             locked_until = CASE WHEN EXISTS (SELECT 1 FROM g) THEN NULL ELSE attempts.locked_until END \
-           WHERE subject_id = $1 AND kind = $2 AND EXISTS (SELECT 1 FROM cur WHERE open) \
-         ), a AS ( \
-           INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
-           SELECT $7, $8, $1, $5, $9, $10, $11, $12, $13 FROM g \
-         ) SELECT EXISTS (SELECT 1 FROM cur), COALESCE((SELECT open FROM cur), FALSE), \
-                  COALESCE((SELECT n FROM cur), 0), EXISTS (SELECT 1 FROM g)",
-    )
-    .bind(subject_id)
-    .bind(kind)
-    .bind(now_ms)
-    .bind(i64::from(policy.budget()))
-    .bind(accept.map(|a| a.factor_id.as_str()))
-    .bind(accept.map(|a| crate::factors::step_i64(a.step)))
-    .bind(accept.map(|_| uuid::Uuid::now_v7().to_string()))
-    .bind(ev.map(|e| to_millis(e.at)))
-    .bind(ev.and_then(|e| e.actor.as_deref()))
-    .bind(ev.map(|e| e.kind.as_str()))
-    .bind(ev.and_then(|e| e.ip.as_deref()))
-    .bind(ev.and_then(|e| e.user_agent.as_deref()))
-    .bind(ev.map(|e| e.detail.as_str()))
-    .fetch_one(conn)
-    .await?;
-    let (had_row, open, n, won) = row;
-    Ok(had_row.then_some((open.then_some(n), won)))
+    for first_run in [true, false] {
+        let row: (bool, bool, i64, bool) = sqlx::query_as(GATE_ACCEPT_PG)
+            .bind(subject_id)
+            .bind(kind)
+            .bind(now_ms)
+            .bind(i64::from(policy.budget()))
+            .bind(accept.map(|a| a.factor_id.as_str()))
+            .bind(accept.map(|a| crate::factors::step_i64(a.step)))
+            .bind(accept.map(|_| uuid::Uuid::now_v7().to_string()))
+            .bind(ev.map(|e| to_millis(e.at)))
+            .bind(ev.and_then(|e| e.actor.as_deref()))
+            .bind(ev.map(|e| e.kind.as_str()))
+            .bind(ev.and_then(|e| e.ip.as_deref()))
+            .bind(ev.and_then(|e| e.user_agent.as_deref()))
+            .bind(ev.map(|e| e.detail.as_str()))
+            .fetch_one(&mut *conn)
+            .await?;
+        let (had_row, open, n, won) = row;
+        if had_row {
+            return Ok((open.then_some(n), won));
+        }
+        if first_run {
+            sqlx::query(
+                "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
+                 VALUES ($1, $2, 0, 0, NULL) ON CONFLICT (subject_id, kind) DO NOTHING",
+            )
+            .bind(subject_id)
+            .bind(kind)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Err(StoreError::Corrupt("the attempts row vanished".into()))
 }
 
 #[derive(sqlx::FromRow)]
