@@ -258,8 +258,17 @@ try {
   await bob.page.click('text=Account settings');
   const carol = await newUser(browser, 'carol@example.com');
   await bob.page.fill('#member-email', 'carol@example.com');
-  await bob.page.click('button:text("Add member")');
-  assert.match(await bob.page.textContent('#members'), /carol@example\.com/);
+  await bob.page.click('button:text("Send invitation")');
+  await bob.page.waitForURL(/done=invited/);
+  assert.match(await bob.page.textContent('#members'), /carol@example\.com\s*member\s*invited/, 'invited, nothing more');
+  // Carol accepts, signed in with the invited email.
+  await carol.page.goto(`${BASE}/accounts`);
+  assert.match(await carol.page.textContent('#invitations'), /Acme/);
+  await shot(carol.page, '09a-invitation');
+  await accessible(carol.page, 'accounts with an invitation');
+  await Promise.all([carol.page.waitForURL(acme), carol.page.click('#invitations button:text("Accept")')]);
+  await bob.page.reload();
+  assert.match(await bob.page.textContent('#members'), /carol@example\.com\s*member\s*off/);
   // Bob may not require MFA before he has it himself (he would lock himself out).
   await bob.page.check('#require_mfa');
   await bob.page.click('button:text("Save")');
@@ -291,6 +300,76 @@ try {
   assert.equal(open.status(), 200);
   assert.equal(await carol.page.locator('#account-content').count(), 1);
   step('admin required MFA; a member without it saw the enrolment prompt, not the account; after enrolling she got in');
+
+  // --- the attack of issue 11: a stale password-only session never becomes a second factor ------
+  // Dana signs up in one browser (a password-only session) and leaves it open.
+  const stale = await newUser(browser, 'dana@example.com');
+  // Later, in another browser, she signs in and starts setting up an authenticator.
+  const ctxD = await browser.newContext({ extraHTTPHeaders: { 'X-Forwarded-For': '203.0.113.9' } });
+  const d = await ctxD.newPage();
+  const dProblems = [];
+  watch(d, dProblems);
+  await login(d, 'dana@example.com');
+  await d.waitForURL(`${BASE}/accounts`);
+  await d.goto(`${BASE}/settings/security`);
+  await Promise.all([d.waitForURL(/\/settings\/security\/totp\//), d.click('text=Set up two-factor authentication')]);
+  const setupUrl = d.url();
+  const danaSecret = (await d.textContent('#secret')).replace(/\s+/g, '');
+  // The stale session sees that a setup exists elsewhere, never its key, and cannot open it.
+  await stale.page.goto(`${BASE}/settings/security`);
+  assert.match(await stale.page.textContent('#devices'), /setup started in another session/);
+  assert.equal(await stale.page.locator('#devices a:text("continue")').count(), 0);
+  assert.ok(!(await stale.page.content()).includes(danaSecret), 'no key on the stale session\'s page');
+  const peek = await stale.page.goto(setupUrl);
+  assert.equal(peek.status(), 404);
+  assert.ok(!(await stale.page.content()).includes(danaSecret), 'the setup page shows no key to another session');
+  await shot(stale.page, '11-other-session-setup');
+  // Dana confirms in her new browser: her first factor. The page says the other session ended.
+  await d.fill('#code', totp(danaSecret));
+  await d.click('button:text("Turn on two-factor authentication")');
+  await d.waitForSelector('#recovery-codes');
+  assert.match(await d.textContent('#mfa-on-notice'), /signed you out of your 1 other session/);
+  await shot(d, '12-first-factor-signs-out-others');
+  // The stale session is signed out: no key, no recovery codes, no account content.
+  for (const where of ['/settings/security', setupUrl, '/accounts']) {
+    await stale.page.goto(`${BASE}${where.replace(BASE, '')}`);
+    assert.equal(stale.page.url(), `${BASE}/login`, `the stale session is signed out (${where})`);
+  }
+  const staleAdd = await stale.page.request.post(`${BASE}/settings/security/totp`, {
+    form: { label: 'Mine now', csrf: (await stale.context.cookies()).find((c) => c.name === '__Host-tessera_csrf').value },
+    maxRedirects: 0,
+  });
+  assert.equal(staleAdd.status(), 303);
+  assert.equal(staleAdd.headers().location, '/login', 'no new authenticator for a stale session');
+  // Her sessions are listed; re-authenticating asks for a code and comes back.
+  await d.click('#saved-codes');
+  await d.waitForURL(`${BASE}/settings/security`);
+  assert.match(await d.textContent('#sessions'), /this session/);
+  await d.goto(`${BASE}/settings/reauth?next=%2Fsettings%2Fsecurity`);
+  await shot(d, '13-reauth');
+  await accessible(d, 'reauth');
+  await d.fill('#code', totp(danaSecret, 30));
+  await Promise.all([d.waitForURL(`${BASE}/settings/security`), d.click('#reauth-code button')]);
+  await shot(d, '14-sessions');
+  await accessible(d, 'security with sessions');
+  step('a stale password-only session saw no key, could not set up its own, and was signed out by the first factor');
+
+  // A stranger's wrong passwords from one address leave Dana's password working from another.
+  const ctxS = await browser.newContext({ extraHTTPHeaders: { 'X-Forwarded-For': '198.51.100.7' } });
+  const s = await ctxS.newPage();
+  for (let i = 0; i < 6; i++) {
+    await s.goto(`${BASE}/login`);
+    await s.fill('#email', 'dana@example.com');
+    await s.fill('#password', `guess number ${i} of many`);
+    await s.click('button:text("Sign in")');
+  }
+  assert.match(await s.textContent('#form-error'), /Too many attempts\. Try again at/);
+  await shot(s, '15-stranger-locked');
+  await logout(d);
+  await login(d, 'dana@example.com');
+  await d.waitForURL(`${BASE}/login/code`);
+  step('a stranger locked only their own address; the owner signed in from hers');
+  for (const p of [stale.problems, dProblems]) assert.deepEqual(p, [], 'no console errors');
 
   // --- CSRF: a POST without the token is refused ----------------------------------------------
   const noToken = await carol.page.request.post(`${BASE}/accounts`, { form: { name: 'Evil' } });

@@ -1,6 +1,7 @@
 //! The use cases' error type: what a transport maps to a status code, once.
 
 use tessera_core::CoreError;
+use tessera_core::session::Recency;
 use tessera_store::StoreError;
 
 /// Why a use case could not run. A wrong code is *not* an error: it is an
@@ -20,6 +21,11 @@ pub enum AppError {
     /// PERMISSION_DENIED / 403).
     #[error("{0}")]
     Forbidden(String),
+    /// The action is sensitive and the session has not proven a factor (or, for a user without
+    /// one, the password) recently enough: re-authenticate first (→ PERMISSION_DENIED / a
+    /// redirect to the re-authentication page).
+    #[error("{}", reauth_message(*.0))]
+    ReauthRequired(Recency),
     /// A sealed secret could not be opened or the keyring is unusable (→ INTERNAL; logged).
     #[error("keyring: {0}")]
     Keys(CoreError),
@@ -34,5 +40,12 @@ impl From<CoreError> for AppError {
             CoreError::Invalid { .. } | CoreError::OtpauthUri(_) => Self::Invalid(e),
             _ => Self::Keys(e),
         }
+    }
+}
+
+fn reauth_message(r: Recency) -> &'static str {
+    match r {
+        Recency::NeedPassword => "recent authentication required: confirm your password first",
+        _ => "recent authentication required: confirm with a current code or a recovery code first",
     }
 }

@@ -10,8 +10,8 @@ use tessera_core::seal::{Aad, KeyId, Keyring, Sealed};
 use tessera_core::throttle::Gate;
 use tessera_core::{CoreError, otpauth, qr, validate};
 use tessera_store::{
-    Acceptance, AuditEvent, ConfirmOutcome as StoreConfirm, DeviceCheck, GateAccept, GateResult, NewAuditEvent,
-    NewRecoveryCode, NewTotpFactor, SECOND_FACTOR, SealedSecret, StoreError, TotpDevice,
+    Acceptance, AuditEvent, ConfirmOutcome as StoreConfirm, Confirmation, DeviceCheck, GateAccept, GateResult,
+    NewAuditEvent, NewRecoveryCode, NewTotpFactor, SECOND_FACTOR, SealedSecret, StoreError, TotpDevice,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -79,16 +79,25 @@ impl std::fmt::Debug for Enrollment {
     }
 }
 
+/// How long a pending device waits for its first code.
+pub const PENDING_TTL: time::Duration = time::Duration::minutes(15);
+
 /// The result of confirming a pending device.
 #[derive(Debug)]
 pub enum ConfirmOutcome {
     /// Active now. `recovery_codes` is filled (for display, once) when this is the
-    /// subject's first active factor.
+    /// subject's first active factor; then every other session of the subject was signed out
+    /// (`sessions_revoked`), and a confirming session was raised to the second-factor level
+    /// under the new `session_token`.
     Confirmed {
         /// The factor, now active.
-        factor: Factor,
+        factor: Box<Factor>,
         /// New recovery codes (`XXXX-XXXX-XXXX-XXXX`), or empty.
         recovery_codes: Vec<Zeroizing<String>>,
+        /// Other sessions signed out (first factor only).
+        sessions_revoked: u64,
+        /// The confirming session's new token (first factor, confirmed in a session).
+        session_token: Option<Zeroizing<String>>,
     },
     /// The code did not match (counts as a failed attempt).
     Rejected {
@@ -199,6 +208,10 @@ impl App {
         ev.detail = json!({ "reason": reason, "attempts_remaining": remaining }).to_string();
         tracing::debug!(subject, kind = ev.kind.as_str(), remaining, "second factor refused");
         self.store.append_audit(&ev).await?;
+        let total = self.store.attempt_state(subject, SECOND_FACTOR).await?.total_failures;
+        if policy.suspends_after(total) {
+            self.disable_totp(subject, total, now, ctx).await?;
+        }
         if policy.locks_after(reserved) {
             let mut lock_ev = self.event(now, subject, None, AuditKind::Locked, ctx);
             lock_ev.detail = json!({ "failures": reserved }).to_string();
@@ -210,6 +223,27 @@ impl App {
             }
         }
         Ok(Failure::Rejected(remaining))
+    }
+
+    /// `total` consecutive second-factor failures: take the subject's authenticator apps out of
+    /// use (recovery codes still work) and tell the user, once.
+    async fn disable_totp(
+        &self,
+        subject: &str,
+        total: u32,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        let mut ev = self.event(now, subject, None, AuditKind::TotpDisabled, ctx);
+        ev.detail = json!({ "failures": total }).to_string();
+        if self.store.disable_totp(subject, now, &ev).await? == 0 {
+            return Ok(());
+        }
+        tracing::warn!(subject, total, "authenticator apps disabled after too many consecutive wrong codes");
+        if let Some(user) = self.store.user_by_id(subject).await? {
+            self.notify(&user, "totp_disabled", json!({ "at": now.unix_timestamp(), "failures": total }), now).await?;
+        }
+        Ok(())
     }
 
     fn recovery_batch(
@@ -233,9 +267,19 @@ impl App {
         Ok((shown, rows))
     }
 
-    /// Enrol a TOTP device: a pending factor with a fresh sealed secret, and the URI and QR
-    /// codes that carry it to the user's app.
+    /// Enrol a TOTP device for a subject (a service's call over gRPC): a pending factor with a
+    /// fresh sealed secret, and the URI and QR codes that carry it to the user's app. It
+    /// belongs to no session: only a service may confirm it, within [`PENDING_TTL`].
     pub async fn enroll_totp(&self, req: &EnrollRequest, ctx: &ClientContext) -> Result<Enrollment, AppError> {
+        self.enroll(req, None, ctx).await
+    }
+
+    pub(crate) async fn enroll(
+        &self,
+        req: &EnrollRequest,
+        session_id: Option<&str>,
+        ctx: &ClientContext,
+    ) -> Result<Enrollment, AppError> {
         let subject = validate::subject_id(&req.subject_id)?;
         let label = validate::display_name("label", &req.label, validate::MAX_LABEL_CHARS)?;
         let account = validate::display_name("account_name", &req.account_name, validate::MAX_ACCOUNT_NAME_CHARS)?;
@@ -254,12 +298,13 @@ impl App {
             params,
             sealed: to_sealed(sealed),
             created_at: now,
+            session_id: session_id.map(str::to_owned),
         };
         let mut ev = self.event(now, subject, Some(&factor_id), AuditKind::TotpEnrolled, ctx);
         ev.detail = json!({ "label": label, "algorithm": params.algorithm().as_str(),
                             "digits": params.digits(), "period": params.period() })
         .to_string();
-        if !self.store.insert_totp_factor(&row, self.config.max_factors_per_subject, &ev).await? {
+        if !self.store.insert_totp_factor(&row, self.config.max_factors_per_subject, now - PENDING_TTL, &ev).await? {
             return Err(AppError::FailedPrecondition(format!(
                 "subject already has {} factors; remove one first",
                 self.config.max_factors_per_subject
@@ -269,8 +314,9 @@ impl App {
         Ok(Enrollment { factor_id, otpauth_uri: uri, secret_base32: secret.to_base32(), qr_png, qr_svg })
     }
 
-    /// Confirm a pending device with its first code (which counts as used). The subject's
-    /// first active factor also gets a fresh batch of recovery codes.
+    /// Confirm a pending device a service enrolled (gRPC) with its first code (which counts as
+    /// used). The subject's first active factor also gets a fresh batch of recovery codes, and
+    /// then every session of the subject ends (they were opened with the password alone).
     pub async fn confirm_totp(
         &self,
         subject_id: &str,
@@ -278,12 +324,45 @@ impl App {
         code: &str,
         ctx: &ClientContext,
     ) -> Result<ConfirmOutcome, AppError> {
-        let subject = validate::subject_id(subject_id)?;
-        let code = Code::parse(code)?;
+        self.confirm(subject_id, factor_id, code, None, ctx).await
+    }
+
+    /// A pending device of `subject` that `session_id` may use: started by that session (or by
+    /// no session, for a service), and not expired.
+    pub(crate) async fn pending_device(
+        &self,
+        subject: &str,
+        factor_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<TotpDevice, AppError> {
         let device = self.store.totp_device(subject, factor_id).await?.ok_or(AppError::NotFound("factor"))?;
         if device.factor.status != FactorStatus::Pending {
-            return Err(AppError::FailedPrecondition("factor is already active".into()));
+            return Err(AppError::FailedPrecondition(
+                "this device is already set up; its key is not shown again".into(),
+            ));
         }
+        // Another session's setup is not this one's to see or finish (it may only cancel it).
+        if device.factor.started_in.as_deref() != session_id {
+            return Err(AppError::NotFound("factor"));
+        }
+        if device.factor.created_at <= self.clock.now() - PENDING_TTL {
+            return Err(AppError::FailedPrecondition("this setup expired after 15 minutes; start again".into()));
+        }
+        Ok(device)
+    }
+
+    pub(crate) async fn confirm(
+        &self,
+        subject_id: &str,
+        factor_id: &str,
+        code: &str,
+        session: Option<&crate::Session>,
+        ctx: &ClientContext,
+    ) -> Result<ConfirmOutcome, AppError> {
+        let subject = validate::subject_id(subject_id)?;
+        let code = Code::parse(code)?;
+        let session_id = session.map(crate::Session::id);
+        let device = self.pending_device(subject, factor_id, session_id).await?;
         let now = self.clock.now();
         let reserved = match self.gate(subject, now, ctx).await? {
             Ok(n) => n,
@@ -300,8 +379,22 @@ impl App {
         let ev_confirm = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmed, ctx);
         let mut ev_codes = self.event(now, subject, None, AuditKind::RecoveryCodesGenerated, ctx);
         ev_codes.detail = json!({ "count": rows.len(), "reason": "first factor" }).to_string();
-        match self.store.confirm_totp(subject, factor_id, step, now, &rows, &ev_confirm, &ev_codes).await? {
-            StoreConfirm::Confirmed { first } => {
+        let (token, hash) = self.fresh_token()?;
+        let c = Confirmation {
+            subject_id: subject,
+            factor_id,
+            session_id,
+            pending_cutoff: now - PENDING_TTL,
+            step,
+            now,
+            first_codes: &rows,
+            audit_confirm: &ev_confirm,
+            audit_codes: &ev_codes,
+            raise: session_id.map(|id| (id, hash.as_slice())),
+            idle_cutoff: self.config.sessions.idle_cutoff(now),
+        };
+        match self.store.confirm_totp(&c).await? {
+            StoreConfirm::Confirmed { first, sessions_revoked, raised } => {
                 metrics::counter!("tessera_enrolments_total", "stage" => "confirmed").increment(1);
                 let factor = self
                     .store
@@ -309,9 +402,19 @@ impl App {
                     .await?
                     .map(|d| d.factor)
                     .ok_or(AppError::NotFound("factor"))?;
-                Ok(ConfirmOutcome::Confirmed { factor, recovery_codes: if first { shown } else { Vec::new() } })
+                if first && sessions_revoked > 0 {
+                    tracing::info!(subject, sessions_revoked, "first factor confirmed: other sessions signed out");
+                }
+                Ok(ConfirmOutcome::Confirmed {
+                    factor: Box::new(factor),
+                    recovery_codes: if first { shown } else { Vec::new() },
+                    sessions_revoked,
+                    session_token: raised.then_some(token),
+                })
             }
-            StoreConfirm::NotPending => Err(AppError::FailedPrecondition("factor is already active".into())),
+            StoreConfirm::NotPending => Err(AppError::FailedPrecondition(
+                "this setup is no longer pending (finished, cancelled or expired)".into(),
+            )),
             StoreConfirm::Replayed => {
                 let ev = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmFailed, ctx);
                 Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_confirm())
@@ -414,7 +517,7 @@ impl App {
         ctx: &ClientContext,
     ) -> Result<Vec<Zeroizing<String>>, AppError> {
         let subject = validate::subject_id(subject_id)?;
-        if !self.store.list_factors(subject).await?.iter().any(|f| f.status == FactorStatus::Active) {
+        if !self.store.has_active_factor(subject).await? {
             return Err(AppError::FailedPrecondition("subject has no active factor to back up".into()));
         }
         let now = self.clock.now();
@@ -433,7 +536,7 @@ impl App {
 
     /// The subject's factors, oldest first.
     pub async fn list_factors(&self, subject_id: &str) -> Result<Vec<Factor>, AppError> {
-        Ok(self.store.list_factors(validate::subject_id(subject_id)?).await?)
+        Ok(self.store.list_factors(validate::subject_id(subject_id)?, self.clock.now() - PENDING_TTL).await?)
     }
 
     /// Remove a factor (its secret goes with it; the recovery codes go with the last one).

@@ -11,14 +11,12 @@ use tessera_core::password::{self, Password};
 use tessera_core::policy::{self, AccountAccess, Assurance, LoginRequirement};
 use tessera_core::throttle::Gate;
 use tessera_core::{CoreError, random};
-use tessera_store::{GateResult, PASSWORD};
+use tessera_store::{GateResult, NewNotification, NewSession, PASSWORD, UserRow};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 /// How long a login challenge (between password and second factor) lives.
 pub const CHALLENGE_TTL: Duration = Duration::minutes(5);
-/// How long a session lives.
-pub const SESSION_TTL: Duration = Duration::hours(12);
 
 /// What a login step led to. The same `Failed` answers a wrong password and an unknown email.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +33,9 @@ pub enum LoginOutcome {
         enrolment_required: Vec<String>,
         /// Accounts open only until their grace deadline.
         grace: Vec<(String, OffsetDateTime)>,
+        /// A new known-browser token for the client to keep (a long-lived cookie), when it
+        /// presented none (or an unusable one); `None` when the one it presented was recorded.
+        browser_token: Option<Zeroizing<String>>,
     },
     /// The password was right and the user has a factor: complete with a code and this
     /// challenge (single use, 5 minutes).
@@ -56,14 +57,39 @@ pub enum LoginOutcome {
     },
     /// The challenge is unknown, used, voided or expired: sign in again.
     ChallengeInvalid,
+    /// Password sign-in for this email is suspended after too many consecutive failures from
+    /// everywhere: only a browser that signed this user in before may try (known and unknown
+    /// emails get the same answer).
+    Suspended,
+    /// The user's authenticator apps were taken out of use after too many consecutive wrong
+    /// codes: sign in with a recovery code (or ask support).
+    TotpDisabled,
+}
+
+/// What a password check found.
+pub(crate) enum PasswordCheck {
+    /// Right; the user.
+    Ok(Box<UserRow>),
+    /// Wrong password or unknown email.
+    Failed,
+    /// Too many failures from this address: locked until then.
+    Locked(OffsetDateTime),
+    /// Too many failures from everywhere, and this browser never signed the user in.
+    Suspended,
 }
 
 pub(crate) fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn new_token() -> Result<Zeroizing<String>, CoreError> {
+pub(crate) fn new_token() -> Result<Zeroizing<String>, CoreError> {
     Ok(Zeroizing::new(data_encoding::BASE64URL_NOPAD.encode(&random::bytes::<32>()?)))
+}
+
+/// Whether `t` has the shape of a token we issue (43 base64url characters): anything else a
+/// client sends as its known-browser token is ignored.
+fn well_formed_token(t: &str) -> bool {
+    t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Normalise an email for uniqueness and lookup: trimmed, lower-cased; checked for shape.
@@ -75,11 +101,19 @@ pub fn normalise_email(email: &str) -> Result<String, CoreError> {
     if ok { Ok(e) } else { Err(CoreError::invalid("email", "is not an email address")) }
 }
 
-/// The counter key for password attempts: per normalised email, for known and unknown
-/// emails alike (so lockouts reveal nothing about which accounts exist).
+/// The counter key for an email's password attempts across every address (a total that only a
+/// success resets), for known and unknown emails alike (so it reveals nothing about which
+/// accounts exist).
 fn password_subject(email_norm: &str) -> String {
     let digest = Sha256::digest(email_norm.as_bytes());
     format!("pw-{}", data_encoding::HEXLOWER.encode(digest.get(..16).unwrap_or_default()))
+}
+
+/// The counter key for an email's password attempts from one client address (IPv6 per /64):
+/// locks here stop a guesser at that address without locking the owner out elsewhere.
+fn password_subject_from(email_norm: &str, ctx: &ClientContext) -> String {
+    let at = ctx.ip().map_or_else(|| "unknown".to_owned(), |ip| tessera_core::throttle::address_bucket(&ip));
+    format!("{}@{at}", password_subject(email_norm))
 }
 
 impl App {
@@ -126,17 +160,27 @@ impl App {
 
     /// Sign up and sign in: create the user (as [`App::create_user`]) and open a
     /// password-level session for them, without hashing the password a second time (a new
-    /// user has no factor and no account, so the login would need nothing more). Returns the
-    /// user id and the session token.
-    pub async fn sign_up(
-        &self,
-        email: &str,
-        password: &str,
-        ctx: &ClientContext,
-    ) -> Result<(String, Zeroizing<String>), AppError> {
+    /// user has no factor and no account, so the login would need nothing more). Returns
+    /// `Authenticated`.
+    pub async fn sign_up(&self, email: &str, password: &str, ctx: &ClientContext) -> Result<LoginOutcome, AppError> {
         let id = self.create_user(email, password, ctx).await?;
-        let token = self.password_session(&id, self.clock.now(), &[], ctx).await?;
-        Ok((id, token))
+        self.password_session(&id, self.clock.now(), Vec::new(), Vec::new(), ctx).await
+    }
+
+    /// Record the client's known-browser token for `user_id`, minting one if it presented none
+    /// usable; returns the token to hand back when minted.
+    async fn known_browser(
+        &self,
+        user_id: &str,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<Option<Zeroizing<String>>, AppError> {
+        let (token, minted) = match ctx.browser.as_deref().filter(|t| well_formed_token(t)) {
+            Some(t) => (Zeroizing::new(t.to_owned()), false),
+            None => (new_token()?, true),
+        };
+        self.store.remember_browser(user_id, &token_hash(&token), now).await?;
+        Ok(minted.then_some(token))
     }
 
     /// Open a password-level session (recording which accounts stay closed until enrolment).
@@ -144,14 +188,144 @@ impl App {
         &self,
         user_id: &str,
         now: OffsetDateTime,
-        enrolment_required: &[String],
+        enrolment_required: Vec<String>,
+        grace: Vec<(String, OffsetDateTime)>,
         ctx: &ClientContext,
-    ) -> Result<Zeroizing<String>, AppError> {
-        let token = new_token()?;
+    ) -> Result<LoginOutcome, AppError> {
+        let (token, hash) = self.fresh_token()?;
+        let session = self.session_row(user_id, hash, 1, now, None, ctx);
         let mut ev = self.event(now, user_id, None, AuditKind::LoginSucceeded, ctx);
         ev.detail = json!({ "assurance": "password", "enrolment_required": enrolment_required }).to_string();
-        self.store.create_session(&token_hash(&token), user_id, 1, now, now + SESSION_TTL, &ev).await?;
-        Ok(token)
+        self.store.create_session(&session, &ev).await?;
+        let browser_token = self.known_browser(user_id, now, ctx).await?;
+        Ok(LoginOutcome::Authenticated {
+            token,
+            user_id: user_id.to_owned(),
+            assurance: Assurance::Password,
+            enrolment_required,
+            grace,
+            browser_token,
+        })
+    }
+
+    /// A session row to insert: proven the password now (and a second factor if `mfa_at`).
+    fn session_row(
+        &self,
+        user_id: &str,
+        token_hash: Vec<u8>,
+        aal: i64,
+        now: OffsetDateTime,
+        mfa_at: Option<OffsetDateTime>,
+        ctx: &ClientContext,
+    ) -> NewSession {
+        NewSession {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            token_hash,
+            user_id: user_id.to_owned(),
+            aal,
+            password_verified_at: Some(now),
+            mfa_verified_at: mfa_at,
+            created_at: now,
+            expires_at: now + self.config.sessions.lifetime,
+            ip: ctx.ip(),
+            user_agent: ctx.user_agent(),
+        }
+    }
+
+    /// Check an email's password with the throttles: locks per (email, client address) with
+    /// the escalating lock, and — across every address — a consecutive-failure total that only
+    /// a success resets: from `suspend_after` (100) on, only a known browser of the user may
+    /// try (when `suspension` applies). Always exactly one hash verification when the
+    /// attempt is checked, whether or not the email is known.
+    pub(crate) async fn check_password(
+        &self,
+        email: &str,
+        password: &str,
+        ctx: &ClientContext,
+        suspension: bool,
+    ) -> Result<PasswordCheck, AppError> {
+        let email_norm = normalise_email(email)?;
+        let policy = &self.config.password_throttle;
+        let total_key = password_subject(&email_norm);
+        let key = password_subject_from(&email_norm, ctx);
+        let now = self.clock.now();
+        let user = self.store.user_by_email(&email_norm).await?;
+        if suspension && policy.suspends_after(self.store.attempt_state(&total_key, PASSWORD).await?.total_failures) {
+            // Known and unknown emails answer alike: the lookup runs for both.
+            let browser = ctx.browser.as_deref().filter(|t| well_formed_token(t)).map(token_hash).unwrap_or_default();
+            let uid = user.as_ref().map_or("", |u| u.id.as_str());
+            if !self.store.is_known_browser(uid, &browser).await? || user.is_none() {
+                return Ok(PasswordCheck::Suspended);
+            }
+        }
+        let reserved = match self.store.gate_attempt(&key, PASSWORD, now).await? {
+            GateResult::Locked(until) => return Ok(PasswordCheck::Locked(until)),
+            GateResult::Reserved(n) if policy.gate(n) == Gate::Refuse => {
+                let ev = self.event(now, &key, None, AuditKind::Locked, ctx);
+                let until = self.store.lock_if_due(&key, PASSWORD, policy, now, &ev).await?;
+                return Ok(until.map_or(PasswordCheck::Failed, PasswordCheck::Locked));
+            }
+            GateResult::Reserved(n) => n,
+        };
+        let phc = user.as_ref().map_or_else(|| password::dummy_hash().to_owned(), |u| u.password_hash.clone());
+        let checked = self.verify_password_blocking(Password::normalise(password), phc).await?;
+        let Some(user) = user.filter(|_| checked.ok) else {
+            let mut ev = self.event(now, &key, None, AuditKind::PasswordRejected, ctx);
+            ev.detail = json!({ "attempts_remaining": policy.remaining(reserved) }).to_string();
+            self.store.append_audit(&ev).await?;
+            let total = self.store.count_failure(&total_key, PASSWORD).await?;
+            if total == policy.suspend_after {
+                self.password_suspended(&email_norm, now, ctx).await?;
+            }
+            if policy.locks_after(reserved) {
+                let ev = self.event(now, &key, None, AuditKind::Locked, ctx);
+                if let Some(until) = self.store.lock_if_due(&key, PASSWORD, policy, now, &ev).await? {
+                    return Ok(PasswordCheck::Locked(until));
+                }
+            }
+            return Ok(PasswordCheck::Failed);
+        };
+        self.store.reset_attempts(&key, PASSWORD).await?;
+        self.store.reset_attempts(&total_key, PASSWORD).await?;
+        if checked.needs_rehash {
+            let fresh = self.hash_password_blocking(Password::normalise(password)).await?;
+            self.store.set_password_hash(&user.id, &fresh).await?;
+        }
+        Ok(PasswordCheck::Ok(Box::new(user)))
+    }
+
+    /// The 100th consecutive password failure for an email: audit it and tell the user (if
+    /// the email is a user's).
+    async fn password_suspended(
+        &self,
+        email_norm: &str,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        let Some(user) = self.store.user_by_email(email_norm).await? else { return Ok(()) };
+        tracing::warn!(user_id = %user.id, "password sign-in suspended after too many failures");
+        let mut ev = self.event(now, &user.id, None, AuditKind::PasswordSignInSuspended, ctx);
+        ev.detail = json!({ "failures": self.config.password_throttle.suspend_after }).to_string();
+        self.store.append_audit(&ev).await?;
+        self.notify(&user, "password_suspended", json!({ "at": now.unix_timestamp() }), now).await
+    }
+
+    /// Queue a notice to a user.
+    pub(crate) async fn notify(
+        &self,
+        user: &UserRow,
+        kind: &str,
+        detail: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<(), AppError> {
+        let n = NewNotification {
+            id: uuid::Uuid::new_v4().to_string(),
+            user_id: user.id.clone(),
+            email: user.email.clone(),
+            kind: kind.to_owned(),
+            detail: detail.to_string(),
+        };
+        Ok(self.store.queue_notification(&n, now).await?)
     }
 
     /// First step of a login: check the password (always exactly one hash verification,
@@ -162,41 +336,13 @@ impl App {
         password: &str,
         ctx: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
-        let email_norm = normalise_email(email)?;
-        let p = Password::normalise(password);
-        let key = password_subject(&email_norm);
+        let user = match self.check_password(email, password, ctx, true).await? {
+            PasswordCheck::Ok(u) => u,
+            PasswordCheck::Failed => return Ok(LoginOutcome::Failed),
+            PasswordCheck::Locked(until) => return Ok(LoginOutcome::Locked { until }),
+            PasswordCheck::Suspended => return Ok(LoginOutcome::Suspended),
+        };
         let now = self.clock.now();
-        let reserved = match self.store.gate_attempt(&key, PASSWORD, now).await? {
-            GateResult::Locked(until) => return Ok(LoginOutcome::Locked { until }),
-            GateResult::Reserved(n) if self.config.password_throttle.gate(n) == Gate::Refuse => {
-                let ev = self.event(now, &key, None, AuditKind::Locked, ctx);
-                let until = self.store.lock_if_due(&key, PASSWORD, &self.config.password_throttle, now, &ev).await?;
-                return Ok(until.map_or(LoginOutcome::Failed, |until| LoginOutcome::Locked { until }));
-            }
-            GateResult::Reserved(n) => n,
-        };
-        let user = self.store.user_by_email(&email_norm).await?;
-        let phc = user.as_ref().map_or_else(|| password::dummy_hash().to_owned(), |u| u.password_hash.clone());
-        let checked = self.verify_password_blocking(p, phc).await?;
-        let Some(user) = user.filter(|_| checked.ok) else {
-            let mut ev = self.event(now, &key, None, AuditKind::PasswordRejected, ctx);
-            ev.detail = json!({ "attempts_remaining": self.config.password_throttle.remaining(reserved) }).to_string();
-            self.store.append_audit(&ev).await?;
-            if self.config.password_throttle.locks_after(reserved) {
-                let ev = self.event(now, &key, None, AuditKind::Locked, ctx);
-                if let Some(until) =
-                    self.store.lock_if_due(&key, PASSWORD, &self.config.password_throttle, now, &ev).await?
-                {
-                    return Ok(LoginOutcome::Locked { until });
-                }
-            }
-            return Ok(LoginOutcome::Failed);
-        };
-        self.store.reset_attempts(&key, PASSWORD).await?;
-        if checked.needs_rehash {
-            let fresh = self.hash_password_blocking(Password::normalise(password)).await?;
-            self.store.set_password_hash(&user.id, &fresh).await?;
-        }
         let has_factor = self.store.has_active_factor(&user.id).await?;
         let accounts = self.store.account_policies_of(&user.id).await?;
         match policy::login_requirement(has_factor, &accounts, now) {
@@ -209,16 +355,19 @@ impl App {
                 Ok(LoginOutcome::SecondFactorRequired { challenge })
             }
             LoginRequirement::Complete { enrolment_required, grace } => {
-                let token = self.password_session(&user.id, now, &enrolment_required, ctx).await?;
-                Ok(LoginOutcome::Authenticated {
-                    token,
-                    user_id: user.id,
-                    assurance: Assurance::Password,
-                    enrolment_required,
-                    grace,
-                })
+                self.password_session(&user.id, now, enrolment_required, grace, ctx).await
             }
         }
+    }
+
+    /// `TotpDisabled` when the user's authenticator apps are all out of use after too many
+    /// wrong codes (so no attempt is spent on them).
+    pub(crate) async fn totp_disabled_outcome(&self, user_id: &str) -> Result<Option<LoginOutcome>, AppError> {
+        let factors = self.store.list_factors(user_id, self.clock.now()).await?;
+        let active: Vec<_> =
+            factors.iter().filter(|f| f.status == tessera_core::factor::FactorStatus::Active).collect();
+        let all_disabled = !active.is_empty() && active.iter().all(|f| f.disabled_at.is_some());
+        Ok(all_disabled.then_some(LoginOutcome::TotpDisabled))
     }
 
     /// Second step with a TOTP code.
@@ -229,6 +378,12 @@ impl App {
         ctx: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
         tessera_core::otp::Code::parse(code)?;
+        let Some(user) = self.store.challenge_user(&token_hash(challenge), self.clock.now()).await? else {
+            return Ok(LoginOutcome::ChallengeInvalid);
+        };
+        if let Some(o) = self.totp_disabled_outcome(&user).await? {
+            return Ok(o);
+        }
         self.complete_login(challenge, ctx, |app, user| {
             let code = code.to_owned();
             let ctx = ctx.clone();
@@ -270,23 +425,22 @@ impl App {
         };
         match check(self.clone(), user_id.clone()).await? {
             Outcome::Accepted { .. } => {
-                let token = new_token()?;
                 let now = self.clock.now();
+                let (token, hash) = self.fresh_token()?;
+                let session = self.session_row(&user_id, hash, 2, now, Some(now), ctx);
                 let mut ev = self.event(now, &user_id, None, AuditKind::LoginSucceeded, ctx);
                 ev.detail = json!({ "assurance": "password+second_factor" }).to_string();
-                if !self
-                    .store
-                    .complete_challenge(&ch, &token_hash(&token), &user_id, 2, now, now + SESSION_TTL, &ev)
-                    .await?
-                {
+                if !self.store.complete_challenge(&ch, &session, &ev).await? {
                     return Ok(LoginOutcome::ChallengeInvalid);
                 }
+                let browser_token = self.known_browser(&user_id, now, ctx).await?;
                 Ok(LoginOutcome::Authenticated {
                     token,
                     user_id,
                     assurance: Assurance::PasswordAndSecondFactor,
                     enrolment_required: Vec::new(),
                     grace: Vec::new(),
+                    browser_token,
                 })
             }
             Outcome::Rejected { attempts_remaining } => Ok(LoginOutcome::Rejected { attempts_remaining }),
@@ -301,105 +455,36 @@ impl App {
         }
     }
 
-    /// Who a live session belongs to and what it proved; `None` for an unknown, expired or
-    /// revoked token. The second-factor claim lapses when the user has no active factor left.
-    pub async fn session(&self, token: &str) -> Result<Option<(String, Assurance)>, AppError> {
-        let Some(s) = self.store.session(&token_hash(token), self.clock.now()).await? else { return Ok(None) };
-        let aal = if s.aal >= 2 && self.store.has_active_factor(&s.user_id).await? {
-            Assurance::PasswordAndSecondFactor
-        } else {
-            Assurance::Password
-        };
-        Ok(Some((s.user_id, aal)))
-    }
-
-    /// May this session use this account's resources now? Evaluated against the account's
-    /// current policy and the user's current factors. `NotFound` for an unknown session or
-    /// a user who is not a member.
+    /// May the session of `token` use this account's resources now? Evaluated against the
+    /// account's current policy and the user's current factors. `NotFound` for an unknown
+    /// session or a user who is not a member.
     pub async fn account_access(&self, token: &str, account_id: &str) -> Result<AccountAccess, AppError> {
-        let now = self.clock.now();
-        let s = self.store.session(&token_hash(token), now).await?.ok_or(AppError::NotFound("session"))?;
-        if self.store.member_role(account_id, &s.user_id).await?.is_none() {
-            return Err(AppError::NotFound("account membership"));
-        }
-        let account = self.store.account_policy(account_id).await?.ok_or(AppError::NotFound("account"))?;
-        let has_factor = self.store.has_active_factor(&s.user_id).await?;
-        // `account_access` itself ignores a second-factor claim once no factor is left.
-        let aal = if s.aal >= 2 { Assurance::PasswordAndSecondFactor } else { Assurance::Password };
-        Ok(policy::account_access(aal, has_factor, &account, now))
+        let s = self.session(token).await?.ok_or(AppError::NotFound("session"))?;
+        Ok(self.account_for(&s, account_id).await?.1)
     }
 
     /// Sign out this session; `false` if it was not live (unknown, expired or revoked).
     pub async fn logout(&self, token: &str, ctx: &ClientContext) -> Result<bool, AppError> {
         let now = self.clock.now();
-        let hash = token_hash(token);
-        let Some(s) = self.store.session(&hash, now).await? else { return Ok(false) };
-        let revoked = self.store.revoke_session(&hash, now).await?;
+        let Some(s) = self.session(token).await? else { return Ok(false) };
+        let revoked = self.store.revoke_session(&token_hash(token), now).await?;
         if revoked {
-            self.store.append_audit(&self.event(now, &s.user_id, None, AuditKind::SessionsRevoked, ctx)).await?;
+            self.store.append_audit(&self.event(now, s.user_id(), None, AuditKind::SessionsRevoked, ctx)).await?;
         }
         Ok(revoked)
     }
 
-    /// Sign out every session of the user; returns how many were live.
+    /// Sign out every session of a user (a service's action, e.g. an operator's); returns how
+    /// many were live. `NotFound` for an unknown user.
     pub async fn logout_everywhere(&self, user_id: &str, ctx: &ClientContext) -> Result<u64, AppError> {
+        let user_id = tessera_core::validate::subject_id(user_id)?;
+        self.store.user_by_id(user_id).await?.ok_or(AppError::NotFound("user"))?;
         let now = self.clock.now();
         let n = self.store.revoke_sessions_of(user_id, now).await?;
         let mut ev = self.event(now, user_id, None, AuditKind::SessionsRevoked, ctx);
         ev.detail = json!({ "count": n, "scope": "everywhere" }).to_string();
         self.store.append_audit(&ev).await?;
         Ok(n)
-    }
-
-    /// Create an account (organisation) owned by `owner`.
-    pub async fn create_account(&self, name: &str, owner: &str, ctx: &ClientContext) -> Result<String, AppError> {
-        let name = tessera_core::validate::display_name("name", name, 128)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let now = self.clock.now();
-        self.store.create_account(&id, name, owner, now).await?;
-        let mut ev = self.event(now, owner, None, AuditKind::AccountCreated, ctx);
-        ev.detail = json!({ "account_id": id }).to_string();
-        self.store.append_audit(&ev).await?;
-        Ok(id)
-    }
-
-    /// Add a member (`owner`, `admin` or `member`).
-    pub async fn add_member(
-        &self,
-        account_id: &str,
-        user_id: &str,
-        role: &str,
-        ctx: &ClientContext,
-    ) -> Result<(), AppError> {
-        if !matches!(role, "owner" | "admin" | "member") {
-            return Err(CoreError::invalid("role", "must be owner, admin or member").into());
-        }
-        self.store.account_policy(account_id).await?.ok_or(AppError::NotFound("account"))?;
-        self.store.add_member(account_id, user_id, role).await?;
-        let mut ev = self.event(self.clock.now(), user_id, None, AuditKind::MemberAdded, ctx);
-        ev.detail = json!({ "account_id": account_id, "role": role }).to_string();
-        self.store.append_audit(&ev).await?;
-        Ok(())
-    }
-
-    /// Require MFA of an account's members (or stop), with an optional grace deadline.
-    pub async fn set_account_policy(
-        &self,
-        account_id: &str,
-        require_mfa: bool,
-        grace_until: Option<OffsetDateTime>,
-        actor: &str,
-        ctx: &ClientContext,
-    ) -> Result<(), AppError> {
-        if !self.store.set_account_policy(account_id, require_mfa, grace_until).await? {
-            return Err(AppError::NotFound("account"));
-        }
-        let mut ev = self.event(self.clock.now(), actor, None, AuditKind::AccountPolicyChanged, ctx);
-        ev.detail = json!({ "account_id": account_id, "require_mfa": require_mfa,
-                            "grace_until": grace_until.map(|t| t.unix_timestamp()) })
-        .to_string();
-        self.store.append_audit(&ev).await?;
-        Ok(())
     }
 }
 
@@ -440,6 +525,13 @@ impl App {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn known_browser_tokens() {
+        assert!(super::well_formed_token(&"A".repeat(43)));
+        assert!(!super::well_formed_token(&"A".repeat(42)));
+        assert!(!super::well_formed_token(&format!("{}=", "A".repeat(42))));
+    }
+
     #[test]
     fn emails() {
         assert_eq!(super::normalise_email("  Ada@Example.COM ").unwrap(), "ada@example.com");

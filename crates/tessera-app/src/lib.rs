@@ -5,6 +5,7 @@
 //!
 //! Architecture invariant: no transport type (protobuf, HTTP) appears here, and no SQL.
 
+mod accounts;
 mod error;
 mod factors;
 mod identity;
@@ -13,19 +14,23 @@ mod keys;
 mod outbox;
 mod pwned;
 mod self_service;
+mod sessions;
 
+pub use accounts::{INVITATION_MAILS_PER_DAY, INVITATION_TTL, MAX_GRACE};
 pub use error::AppError;
-pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome};
-pub use identity::{CHALLENGE_TTL, LoginOutcome, SESSION_TTL, normalise_email};
+pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome, PENDING_TTL};
+pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email};
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
 pub use outbox::{DeliveryReport, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
-pub use tessera_store::{AuditEvent, MemberRow, MembershipRow};
+pub use sessions::{Proof, Session};
+pub use tessera_store::{AuditEvent, InvitationRow, MemberRow, MembershipRow};
 
 use std::sync::Arc;
 use tessera_core::clock::Clock;
 use tessera_core::otp::Window;
+use tessera_core::session::SessionPolicy;
 use tessera_core::throttle::ThrottlePolicy;
 use tessera_store::Store;
 
@@ -46,6 +51,8 @@ pub struct AppConfig {
     pub password_throttle: ThrottlePolicy,
     /// The breached-password check for new passwords.
     pub pwned: PwnedConfig,
+    /// Session lifetime, idle timeout and the re-authentication window.
+    pub sessions: SessionPolicy,
 }
 
 impl Default for AppConfig {
@@ -58,17 +65,33 @@ impl Default for AppConfig {
             min_password_chars: tessera_core::password::DEFAULT_MIN_CHARS,
             password_throttle: ThrottlePolicy::default(),
             pwned: PwnedConfig::default(),
+            sessions: SessionPolicy::default(),
         }
     }
 }
 
-/// Where a request came from, for the audit trail. Both are optional and truncated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Where a request came from, for the audit trail and the throttles. Every field is optional;
+/// the address and agent are truncated.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ClientContext {
-    /// Client IP address as the transport saw it.
+    /// Client IP address as the transport saw it (password failures are counted per address).
     pub ip: Option<String>,
     /// Client user agent.
     pub user_agent: Option<String>,
+    /// The client's known-browser token (a long-lived cookie the pages keep), if it has one: a
+    /// browser that completed a sign-in of a user may still sign that user in while password
+    /// sign-in is suspended for too many failures elsewhere.
+    pub browser: Option<String>,
+}
+
+impl std::fmt::Debug for ClientContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientContext")
+            .field("ip", &self.ip)
+            .field("user_agent", &self.user_agent)
+            .field("browser", &self.browser.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
 }
 
 impl ClientContext {

@@ -54,6 +54,35 @@ fn render(kind: &str, detail: &str) -> (String, String) {
                 d.get("ticket").and_then(|v| v.as_str()).unwrap_or("unknown")
             ),
         ),
+        "totp_disabled" => (
+            "Your authenticator app was turned off".to_owned(),
+            "There were 100 wrong codes in a row for your account, so we turned off the authenticator \
+             app(s) on it: someone may be guessing your codes, which means they may have your password.\n\n\
+             Sign in with a recovery code, change your password, then remove the old authenticator and set up \
+             a new one. No recovery codes left? Contact support.\n"
+                .to_owned(),
+        ),
+        "password_suspended" => (
+            "Signing in to your account with a password is paused".to_owned(),
+            "There were 100 failed sign-in attempts in a row for your account, from places we cannot tell \
+             apart from an attacker's. Until you sign in successfully, password sign-in works only from \
+             browsers you have signed in with before.\n\nIf this was not you, someone is trying to guess \
+             your password: choose a stronger one once you are in. If you cannot sign in, contact support.\n"
+                .to_owned(),
+        ),
+        "invitation" => (
+            format!(
+                "You are invited to {} on Tessera",
+                d.get("account").and_then(|v| v.as_str()).unwrap_or("an account")
+            ),
+            format!(
+                "Someone invited this email address to the account \"{}\" as {}. Sign in (or create an \
+                 account) with this address and accept the invitation on the Accounts page within 7 days.\n\n\
+                 If you did not expect this, ignore this message.\n",
+                d.get("account").and_then(|v| v.as_str()).unwrap_or("an account"),
+                d.get("role").and_then(|v| v.as_str()).unwrap_or("member"),
+            ),
+        ),
         other => (format!("Account notice: {other}"), "There was a change to your account.\n".to_owned()),
     }
 }

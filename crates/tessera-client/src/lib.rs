@@ -150,7 +150,7 @@ pub struct Client {
 }
 
 fn ctx(c: Option<(&str, &str)>) -> Option<pb::ClientContext> {
-    c.map(|(ip, ua)| pb::ClientContext { ip: ip.to_owned(), user_agent: ua.to_owned() })
+    c.map(|(ip, ua)| pb::ClientContext { ip: ip.to_owned(), user_agent: ua.to_owned(), ..Default::default() })
 }
 
 impl Client {

@@ -69,6 +69,12 @@ pub struct Factor {
     pub confirmed_at: Option<OffsetDateTime>,
     /// When last used to verify.
     pub last_used_at: Option<OffsetDateTime>,
+    /// When it was taken out of use after too many consecutive failures (it still counts as
+    /// the subject's factor; only removing it, or a support reset, clears it).
+    pub disabled_at: Option<OffsetDateTime>,
+    /// A pending device: the id of the session that started it (only that session may see its
+    /// key or confirm it); `None` when a service enrolled it over gRPC.
+    pub started_in: Option<String>,
 }
 
 /// Kinds of audit event.
@@ -116,6 +122,23 @@ pub enum AuditKind {
     AccountPolicyChanged,
     /// Support removed every factor of a user after verifying them out of band.
     SupportMfaReset,
+    /// A session proved a factor (or the password) again and got a new token.
+    Reauthenticated,
+    /// TOTP devices were taken out of use after too many consecutive failures.
+    TotpDisabled,
+    /// Password sign-in for an email was suspended (except from known browsers) after too many
+    /// consecutive failures.
+    PasswordSignInSuspended,
+    /// Someone was invited to an account.
+    MemberInvited,
+    /// An invitation was accepted.
+    InvitationAccepted,
+    /// An invitation was declined by the invitee or cancelled by an admin.
+    InvitationClosed,
+    /// A member was removed from an account.
+    MemberRemoved,
+    /// A member's role changed.
+    MemberRoleChanged,
 }
 
 impl AuditKind {
@@ -143,6 +166,14 @@ impl AuditKind {
             Self::MemberAdded => "member_added",
             Self::AccountPolicyChanged => "account_policy_changed",
             Self::SupportMfaReset => "support_mfa_reset",
+            Self::Reauthenticated => "reauthenticated",
+            Self::TotpDisabled => "totp_disabled",
+            Self::PasswordSignInSuspended => "password_sign_in_suspended",
+            Self::MemberInvited => "member_invited",
+            Self::InvitationAccepted => "invitation_accepted",
+            Self::InvitationClosed => "invitation_closed",
+            Self::MemberRemoved => "member_removed",
+            Self::MemberRoleChanged => "member_role_changed",
         }
     }
 }

@@ -15,7 +15,10 @@ pub mod pwned;
 pub mod qr;
 pub mod random;
 pub mod recovery;
+pub mod redirect;
+pub mod roles;
 pub mod seal;
+pub mod session;
 pub mod throttle;
 pub mod validate;
 

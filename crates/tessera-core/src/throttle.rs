@@ -1,8 +1,22 @@
-//! Throttling of second-factor attempts: after N consecutive failures a subject is locked
-//! for a delay that doubles with each further lock, up to a cap; a success resets.
+//! Throttling of attempts: after N consecutive failures a subject is locked for a delay that
+//! doubles with each further lock, up to a cap; a success resets.
+//!
+//! ```text
+//!            failure (n < N)            failure n = N
+//!   open ─────────────────────► open ─────────────────► locked (base × 2^(locks-1), capped)
+//!    ▲                                                      │ lock ends: count starts again,
+//!    │ success: everything resets                           │ the total does not
+//!    └──────────────────────────────────────────────────────┘
+//!   total ≥ `suspend_after` (100, NIST 800-63B's ceiling) ──► suspended: the caller takes the
+//!   factor (or password sign-in from unknown browsers) out of use and tells the user
+//! ```
+//!
+//! The lock alone would allow N guesses per capped lock for ever; the total, which only a
+//! success resets, bounds them at `suspend_after`.
 //!
 //! The store keeps the counters and applies them atomically (see tessera-store's attempts
-//! repository); the rules — when to refuse, when to lock, for how long — live here.
+//! repository); the rules — when to refuse, when to lock, for how long, when to suspend —
+//! live here.
 
 use time::{Duration, OffsetDateTime};
 
@@ -15,11 +29,14 @@ pub struct ThrottlePolicy {
     pub base_lock: Duration,
     /// Longest lock.
     pub max_lock: Duration,
+    /// Consecutive failures in all (across locks; only a success resets them) at which the
+    /// subject is suspended (at most 100: NIST SP 800-63B 5.2.2).
+    pub suspend_after: u32,
 }
 
 impl Default for ThrottlePolicy {
     fn default() -> Self {
-        Self { max_failures: 5, base_lock: Duration::minutes(1), max_lock: Duration::hours(1) }
+        Self { max_failures: 5, base_lock: Duration::minutes(1), max_lock: Duration::hours(1), suspend_after: 100 }
     }
 }
 
@@ -33,6 +50,8 @@ pub struct AttemptState {
     pub lock_count: u32,
     /// End of the current lock, if any.
     pub locked_until: Option<OffsetDateTime>,
+    /// Failures since the last success, across locks.
+    pub total_failures: u32,
 }
 
 impl AttemptState {
@@ -81,23 +100,53 @@ impl ThrottlePolicy {
         self.max_failures.saturating_sub(failures)
     }
 
-    /// The state after a lock is applied at `now` to `state`.
+    /// Whether `total` consecutive failures (across locks) suspend the subject.
+    pub fn suspends_after(&self, total: u32) -> bool {
+        total >= self.suspend_after
+    }
+
+    /// The state after a lock is applied at `now` to `state` (the total is kept).
     pub fn apply_lock(&self, state: AttemptState, now: OffsetDateTime) -> AttemptState {
         let lock_count = state.lock_count.saturating_add(1);
-        AttemptState { consecutive_failures: 0, lock_count, locked_until: Some(now + self.lock_duration(lock_count)) }
+        AttemptState {
+            consecutive_failures: 0,
+            lock_count,
+            locked_until: Some(now + self.lock_duration(lock_count)),
+            total_failures: state.total_failures,
+        }
     }
 
     /// The state after a failed attempt at `now` (the sequential model of the rule, which the
     /// store's atomic statements implement).
     pub fn record_failure(&self, state: AttemptState, now: OffsetDateTime) -> AttemptState {
         let failures = state.consecutive_failures.saturating_add(1);
-        let s = AttemptState { consecutive_failures: failures, ..state };
+        let total_failures = state.total_failures.saturating_add(1);
+        let s = AttemptState { consecutive_failures: failures, total_failures, ..state };
         if self.locks_after(failures) { self.apply_lock(s, now) } else { s }
     }
 
     /// The state after a success: everything resets.
     pub fn record_success(&self) -> AttemptState {
         AttemptState::default()
+    }
+}
+
+/// The key under which one client address's attempts are counted: an IPv4 address itself, an
+/// IPv6 address's /64 (one subscriber usually holds a whole /64, so counting per address would
+/// give them 2^64 budgets), an IPv4-mapped IPv6 address as its IPv4 address. Anything that is
+/// not an address is its own key.
+pub fn address_bucket(ip: &str) -> String {
+    use std::net::IpAddr;
+    match ip.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+        Err(_) => ip.chars().take(64).collect(),
     }
 }
 
@@ -142,6 +191,39 @@ mod tests {
             now = s.locked_until.unwrap();
         }
         assert_eq!(p.record_success(), AttemptState::default());
+    }
+
+    #[test]
+    fn locks_cap_but_the_total_suspends_at_one_hundred() {
+        // With the lock capped at an hour, N guesses an hour would go on for ever; the total
+        // (never reset by a lock) reaches the ceiling after exactly 100 failures.
+        let p = ThrottlePolicy::default();
+        let mut s = AttemptState::default();
+        let mut now = t0();
+        let mut failures = 0;
+        while !p.suspends_after(s.total_failures) {
+            if s.is_locked(now) {
+                now = s.locked_until.unwrap();
+                continue;
+            }
+            s = p.record_failure(s, now);
+            failures += 1;
+        }
+        assert_eq!(failures, 100);
+        assert_eq!(s.total_failures, 100);
+        assert_eq!(s.lock_count, 20, "a lock every 5 failures, none of which reset the total");
+        assert!(!p.suspends_after(99));
+        assert_eq!(p.record_success().total_failures, 0, "only a success resets the total");
+    }
+
+    #[test]
+    fn address_buckets() {
+        assert_eq!(address_bucket("203.0.113.7"), "203.0.113.7");
+        assert_eq!(address_bucket("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(address_bucket("2001:db8:1:2:ffff::1"), address_bucket("2001:db8:1:2::9"), "one /64");
+        assert_ne!(address_bucket("2001:db8:1:3::1"), address_bucket("2001:db8:1:2::1"));
+        assert_eq!(address_bucket("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(address_bucket("unknown"), "unknown");
     }
 
     #[test]

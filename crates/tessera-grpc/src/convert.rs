@@ -15,6 +15,7 @@ pub(crate) fn ctx(c: Option<pb::ClientContext>) -> ClientContext {
     ClientContext {
         ip: (!c.ip.is_empty()).then_some(c.ip),
         user_agent: (!c.user_agent.is_empty()).then_some(c.user_agent),
+        browser: (!c.browser_token.is_empty()).then_some(c.browser_token),
     }
 }
 
@@ -47,6 +48,7 @@ pub(crate) fn factor(f: Factor) -> pb::Factor {
         created_at: Some(ts(f.created_at)),
         confirmed_at: f.confirmed_at.map(ts),
         last_used_at: f.last_used_at.map(ts),
+        disabled_at: f.disabled_at.map(ts),
     }
 }
 

@@ -4,8 +4,9 @@
 use crate::auth::Scope;
 use crate::convert;
 use crate::service::{call, request_id, status};
-use tessera_app::{App, LoginOutcome};
+use tessera_app::{App, LoginOutcome, Proof, Session};
 use tessera_core::policy::{AccountAccess, Assurance};
+use tessera_core::roles::Role;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::identity_service_server::IdentityService;
 use tonic::{Request, Response, Status};
@@ -33,9 +34,10 @@ fn assurance(a: Assurance) -> i32 {
 fn login_response(o: LoginOutcome) -> pb::LoginResponse {
     let mut r = pb::LoginResponse::default();
     match o {
-        LoginOutcome::Authenticated { token, user_id, assurance: a, enrolment_required, grace } => {
+        LoginOutcome::Authenticated { token, user_id, assurance: a, enrolment_required, grace, browser_token } => {
             r.status = pb::LoginStatus::Authenticated as i32;
             r.session_token = token.to_string();
+            r.browser_token = browser_token.map(|t| t.to_string()).unwrap_or_default();
             r.user_id = user_id;
             r.assurance = assurance(a);
             r.enrolment_required_account_ids = enrolment_required;
@@ -58,8 +60,39 @@ fn login_response(o: LoginOutcome) -> pb::LoginResponse {
             r.locked_until = Some(convert::ts(until));
         }
         LoginOutcome::ChallengeInvalid => r.status = pb::LoginStatus::ChallengeInvalid as i32,
+        LoginOutcome::Suspended => r.status = pb::LoginStatus::Suspended as i32,
+        LoginOutcome::TotpDisabled => r.status = pb::LoginStatus::TotpDisabled as i32,
     }
     r
+}
+
+fn role(s: &str) -> Result<Role, Status> {
+    Role::parse(s).ok_or_else(|| Status::invalid_argument("role: must be owner, admin or member"))
+}
+
+fn invitation(i: tessera_app::InvitationRow) -> pb::Invitation {
+    pb::Invitation {
+        id: i.id,
+        account_id: i.account_id,
+        account_name: i.account_name,
+        email: i.email,
+        role: i.role.as_str().to_owned(),
+        expires_at: Some(convert::ts(i.expires_at)),
+    }
+}
+
+impl IdentitySvc {
+    /// The live session of a request's `session_token` (UNAUTHENTICATED otherwise).
+    async fn session(&self, token: &str, rid: &str) -> Result<Session, Status> {
+        if token.is_empty() {
+            return Err(Status::invalid_argument("session_token: required"));
+        }
+        self.app
+            .session(token)
+            .await
+            .map_err(|e| status(e, rid))?
+            .ok_or_else(|| Status::unauthenticated("session_token: unknown, expired or revoked session"))
+    }
 }
 
 fn from_ts(t: Option<prost_types::Timestamp>, field: &str) -> Result<Option<time::OffsetDateTime>, Status> {
@@ -144,16 +177,25 @@ impl IdentityService for IdentitySvc {
         let rid = request_id(&req);
         let r = req.into_inner();
         call("GetSession", rid.clone(), async {
-            let (user_id, a) = self
-                .app
-                .session(&r.session_token)
-                .await
-                .map_err(|e| status(e, &rid))?
-                .ok_or_else(|| Status::unauthenticated("session_token: unknown, expired or revoked session"))?;
-            let mut resp = pb::GetSessionResponse { user_id, assurance: assurance(a), ..Default::default() };
+            let s = self.session(&r.session_token, &rid).await?;
+            let recently_authenticated = match self.app.require_recent(&s).await {
+                Ok(()) => true,
+                Err(tessera_app::AppError::ReauthRequired(_)) => false,
+                Err(e) => return Err(status(e, &rid)),
+            };
+            let mut resp = pb::GetSessionResponse {
+                user_id: s.user_id().to_owned(),
+                assurance: assurance(s.assurance()),
+                session_id: s.id().to_owned(),
+                password_verified_at: s.password_verified_at().map(convert::ts),
+                second_factor_verified_at: s.second_factor_verified_at().map(convert::ts),
+                expires_at: Some(convert::ts(s.expires_at())),
+                idle_expires_at: Some(convert::ts(self.app.session_ends_at(&s))),
+                recently_authenticated,
+                ..Default::default()
+            };
             if !r.account_id.is_empty() {
-                let access =
-                    self.app.account_access(&r.session_token, &r.account_id).await.map_err(|e| status(e, &rid))?;
+                let (_, access) = self.app.account_for(&s, &r.account_id).await.map_err(|e| status(e, &rid))?;
                 resp.account_access = match access {
                     AccountAccess::Open => pb::AccountAccess::Open,
                     AccountAccess::OpenUntil(until) => {
@@ -201,25 +243,10 @@ impl IdentityService for IdentitySvc {
         let rid = request_id(&req);
         let r = req.into_inner();
         call("CreateAccount", rid.clone(), async {
-            let account_id = self
-                .app
-                .create_account(&r.name, &r.owner_user_id, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
+            let s = self.session(&r.session_token, &rid).await?;
+            let account_id =
+                self.app.create_account(&s, &r.name, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
             Ok(pb::CreateAccountResponse { account_id })
-        })
-        .await
-    }
-
-    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::AddMemberResponse>, Status> {
-        let rid = request_id(&req);
-        let r = req.into_inner();
-        call("AddMember", rid.clone(), async {
-            self.app
-                .add_member(&r.account_id, &r.user_id, &r.role, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(pb::AddMemberResponse {})
         })
         .await
     }
@@ -232,11 +259,144 @@ impl IdentityService for IdentitySvc {
         let r = req.into_inner();
         call("SetAccountPolicy", rid.clone(), async {
             let grace = from_ts(r.grace_until, "grace_until")?;
+            let s = self.session(&r.session_token, &rid).await?;
             self.app
-                .set_account_policy(&r.account_id, r.require_mfa, grace, &r.actor_user_id, &convert::ctx(r.context))
+                .set_account_policy(&s, &r.account_id, r.require_mfa, grace, &convert::ctx(r.context))
                 .await
                 .map_err(|e| status(e, &rid))?;
             Ok(pb::SetAccountPolicyResponse {})
+        })
+        .await
+    }
+
+    async fn reauthenticate(
+        &self,
+        req: Request<pb::ReauthenticateRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("Reauthenticate", rid.clone(), async {
+            let s = self.session(&r.session_token, &rid).await?;
+            let proof = match &r.proof {
+                Some(pb::reauthenticate_request::Proof::TotpCode(c)) => Proof::Totp(c),
+                Some(pb::reauthenticate_request::Proof::RecoveryCode(c)) => Proof::RecoveryCode(c),
+                Some(pb::reauthenticate_request::Proof::Password(p)) => Proof::Password(p),
+                None => return Err(Status::invalid_argument("proof: give totp_code, recovery_code or password")),
+            };
+            let o = self.app.reauthenticate(&s, proof, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
+            Ok(login_response(o))
+        })
+        .await
+    }
+
+    async fn invite_member(
+        &self,
+        req: Request<pb::InviteMemberRequest>,
+    ) -> Result<Response<pb::InviteMemberResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("InviteMember", rid.clone(), async {
+            let role = role(&r.role)?;
+            let s = self.session(&r.session_token, &rid).await?;
+            let invitation_id = self
+                .app
+                .invite_member(&s, &r.account_id, &r.email, role, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::InviteMemberResponse { invitation_id })
+        })
+        .await
+    }
+
+    async fn list_invitations(
+        &self,
+        req: Request<pb::ListInvitationsRequest>,
+    ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("ListInvitations", rid.clone(), async {
+            let s = self.session(&r.session_token, &rid).await?;
+            let list = self.app.my_invitations(&s).await.map_err(|e| status(e, &rid))?;
+            Ok(pb::ListInvitationsResponse { invitations: list.into_iter().map(invitation).collect() })
+        })
+        .await
+    }
+
+    async fn accept_invitation(
+        &self,
+        req: Request<pb::AcceptInvitationRequest>,
+    ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("AcceptInvitation", rid.clone(), async {
+            let s = self.session(&r.session_token, &rid).await?;
+            let account_id = self
+                .app
+                .accept_invitation(&s, &r.invitation_id, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::AcceptInvitationResponse { account_id })
+        })
+        .await
+    }
+
+    async fn list_members(
+        &self,
+        req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("ListMembers", rid.clone(), async {
+            let s = self.session(&r.session_token, &rid).await?;
+            let members = self.app.members(&s, &r.account_id).await.map_err(|e| status(e, &rid))?;
+            let invitations = self.app.account_invitations(&s, &r.account_id).await.map_err(|e| status(e, &rid))?;
+            Ok(pb::ListMembersResponse {
+                members: members
+                    .into_iter()
+                    .map(|m| pb::Member {
+                        user_id: m.user_id,
+                        email: m.email,
+                        role: m.role.as_str().to_owned(),
+                        has_mfa: m.has_mfa,
+                    })
+                    .collect(),
+                invitations: invitations.into_iter().map(invitation).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("RemoveMember", rid.clone(), async {
+            let s = self.session(&r.session_token, &rid).await?;
+            self.app
+                .remove_member(&s, &r.account_id, &r.user_id, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::RemoveMemberResponse {})
+        })
+        .await
+    }
+
+    async fn change_member_role(
+        &self,
+        req: Request<pb::ChangeMemberRoleRequest>,
+    ) -> Result<Response<pb::ChangeMemberRoleResponse>, Status> {
+        let rid = request_id(&req);
+        let r = req.into_inner();
+        call("ChangeMemberRole", rid.clone(), async {
+            let role = role(&r.role)?;
+            let s = self.session(&r.session_token, &rid).await?;
+            self.app
+                .change_member_role(&s, &r.account_id, &r.user_id, role, &convert::ctx(r.context))
+                .await
+                .map_err(|e| status(e, &rid))?;
+            Ok(pb::ChangeMemberRoleResponse {})
         })
         .await
     }

@@ -30,6 +30,9 @@ pub fn status(e: AppError, request_id: &str) -> Status {
         AppError::NotFound(what) => Status::not_found(format!("{what} not found for this subject")),
         AppError::FailedPrecondition(m) => Status::failed_precondition(m),
         AppError::Forbidden(m) => Status::permission_denied(m),
+        e @ AppError::ReauthRequired(_) => {
+            Status::permission_denied(format!("{e} (IdentityService/Reauthenticate, then retry with the new token)"))
+        }
         AppError::Keys(e) => {
             tracing::error!(request_id, error = %e, "keyring or sealed-secret failure");
             Status::internal(format!("internal error (request id {request_id})"))
@@ -115,8 +118,8 @@ impl FactorService for FactorSvc {
                 .await
                 .map_err(|e| status(e, &rid))?;
             match out {
-                ConfirmOutcome::Confirmed { factor, recovery_codes } => Ok(pb::ConfirmTotpResponse {
-                    factor: Some(convert::factor(factor)),
+                ConfirmOutcome::Confirmed { factor, recovery_codes, .. } => Ok(pb::ConfirmTotpResponse {
+                    factor: Some(convert::factor(*factor)),
                     recovery_codes: recovery_codes.iter().map(|c| c.to_string()).collect(),
                 }),
                 ConfirmOutcome::Rejected { attempts_remaining } => Err(Status::permission_denied(format!(

@@ -56,6 +56,12 @@ pub struct ConfigFile {
     /// PEM CA certificate(s): when set, every gRPC client must present a certificate signed by
     /// one of them (mTLS), in addition to its service token.
     pub grpc_client_ca: Option<PathBuf>,
+    /// Sensitive actions need a factor proven this recently (`15m`; units s, m, h, d).
+    pub reauth_window: Option<String>,
+    /// A session unused this long ends (`30m`).
+    pub session_idle_timeout: Option<String>,
+    /// A session ends this long after sign-in at the latest (`12h`).
+    pub session_lifetime: Option<String>,
 }
 
 impl ConfigFile {
@@ -91,6 +97,9 @@ impl ConfigFile {
             grpc_tls_cert: self.grpc_tls_cert.or(other.grpc_tls_cert),
             grpc_tls_key: self.grpc_tls_key.or(other.grpc_tls_key),
             grpc_client_ca: self.grpc_client_ca.or(other.grpc_client_ca),
+            reauth_window: self.reauth_window.or(other.reauth_window),
+            session_idle_timeout: self.session_idle_timeout.or(other.session_idle_timeout),
+            session_lifetime: self.session_lifetime.or(other.session_lifetime),
         }
     }
 }
@@ -147,6 +156,8 @@ pub struct ServerConfig {
     pub web: tessera_web::WebConfig,
     /// gRPC over TLS, with client certificates when a client CA is set.
     pub grpc_tls: Option<GrpcTls>,
+    /// Session lifetime, idle timeout and the re-authentication window.
+    pub sessions: tessera_core::session::SessionPolicy,
 }
 
 /// Files of the gRPC listener's TLS.
@@ -241,7 +252,26 @@ impl ServerConfig {
             }
             _ => return Err(ServerError::Config("grpc_tls_cert and grpc_tls_key go together".into())),
         };
+        let defaults = tessera_core::session::SessionPolicy::default();
+        let dur = |v: &Option<String>, key: &str, default: time::Duration| {
+            v.as_deref().map_or(Ok(default), |v| parse_duration(v, key))
+        };
+        let sessions = tessera_core::session::SessionPolicy {
+            reauth_window: dur(&given.reauth_window, "reauth_window", defaults.reauth_window)?,
+            idle_timeout: dur(&given.session_idle_timeout, "session_idle_timeout", defaults.idle_timeout)?,
+            lifetime: dur(&given.session_lifetime, "session_lifetime", defaults.lifetime)?,
+            ..defaults
+        };
+        if sessions.idle_timeout < time::Duration::minutes(2) || sessions.lifetime < sessions.idle_timeout {
+            return Err(ServerError::Config(
+                "session_idle_timeout must be at least 2m, and session_lifetime at least the idle timeout".into(),
+            ));
+        }
+        if sessions.reauth_window < time::Duration::minutes(1) || sessions.reauth_window > time::Duration::hours(12) {
+            return Err(ServerError::Config("reauth_window must be between 1m and 12h".into()));
+        }
         Ok(Self {
+            sessions,
             grpc_tls,
             web,
             smtp,
@@ -259,6 +289,21 @@ impl ServerConfig {
             log_json,
             data_dir,
         })
+    }
+}
+
+/// A duration like `90s`, `15m`, `12h` or `7d` (a bare number is seconds).
+pub fn parse_duration(v: &str, key: &str) -> Result<time::Duration, ServerError> {
+    let v = v.trim();
+    let (n, unit) = v.find(|c: char| !c.is_ascii_digit()).map_or((v, "s"), |i| v.split_at(i));
+    let bad = || ServerError::Config(format!("{key}: {v:?} is not a duration like 90s, 15m, 12h or 7d"));
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    match unit {
+        "s" => Ok(time::Duration::seconds(n)),
+        "m" => Ok(time::Duration::minutes(n)),
+        "h" => Ok(time::Duration::hours(n)),
+        "d" => Ok(time::Duration::days(n)),
+        _ => Err(bad()),
     }
 }
 
@@ -417,6 +462,23 @@ mod tests {
         let err = service_tokens(&cfg).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn session_durations() {
+        assert_eq!(parse_duration("15m", "k").unwrap(), time::Duration::minutes(15));
+        assert_eq!(parse_duration("90", "k").unwrap(), time::Duration::seconds(90));
+        assert_eq!(parse_duration("12h", "k").unwrap(), time::Duration::hours(12));
+        assert!(parse_duration("15 minutes", "k").is_err());
+        assert!(parse_duration("m", "k").is_err());
+        let c = ServerConfig::resolve(ConfigFile::default(), None).unwrap();
+        assert_eq!(c.sessions.reauth_window, time::Duration::minutes(15));
+        assert_eq!(c.sessions.idle_timeout, time::Duration::minutes(30));
+        assert_eq!(c.sessions.lifetime, time::Duration::hours(12));
+        let given = ConfigFile { reauth_window: Some("5m".into()), ..Default::default() };
+        assert_eq!(ServerConfig::resolve(given, None).unwrap().sessions.reauth_window, time::Duration::minutes(5));
+        let bad = ConfigFile { session_idle_timeout: Some("13h".into()), ..Default::default() };
+        assert!(ServerConfig::resolve(bad, None).is_err(), "idle longer than the lifetime");
     }
 
     #[test]

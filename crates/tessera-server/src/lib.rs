@@ -84,7 +84,16 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
     if !cfg.support_tokens.is_empty() {
         summary.push(format!("support tokens: {}", cfg.support_tokens.len()));
     }
-    let app_cfg = AppConfig { issuer: cfg.issuer.clone(), pwned: cfg.pwned.clone(), ..AppConfig::default() };
+    let app_cfg = AppConfig {
+        issuer: cfg.issuer.clone(),
+        pwned: cfg.pwned.clone(),
+        sessions: cfg.sessions,
+        ..AppConfig::default()
+    };
+    summary.push(format!(
+        "sessions: idle timeout {}, lifetime {}, re-authentication window {}",
+        cfg.sessions.idle_timeout, cfg.sessions.lifetime, cfg.sessions.reauth_window
+    ));
     summary
         .push(format!("breached-password check: {:?}, fail-{:?}", cfg.pwned.source, cfg.pwned.failure).to_lowercase());
     let app = App::new(store, keys, clock.unwrap_or_else(|| Arc::new(SystemClock)), app_cfg);

@@ -64,8 +64,9 @@ fn u32_of(v: i64) -> u32 {
 
 pub(crate) async fn reset(conn: &mut AnyConnection, subject_id: &str, kind: &str) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL \
-         WHERE subject_id = $1 AND kind = $2 AND (consecutive_failures <> 0 OR lock_count <> 0 OR locked_until IS NOT NULL)",
+        "UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL, total_failures = 0 \
+         WHERE subject_id = $1 AND kind = $2 \
+         AND (consecutive_failures <> 0 OR lock_count <> 0 OR locked_until IS NOT NULL OR total_failures <> 0)",
     )
     .bind(subject_id)
     .bind(kind)
@@ -76,9 +77,10 @@ pub(crate) async fn reset(conn: &mut AnyConnection, subject_id: &str, kind: &str
 
 /// The gate's statement (`$1` subject, `$2` kind, `$3` now in ms); also run by the SQLite
 /// writer thread (`batch`).
-pub(crate) const GATE: &str = "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until) \
-     VALUES ($1, $2, 1, 0, NULL) \
-     ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1 \
+pub(crate) const GATE: &str = "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until, total_failures) \
+     VALUES ($1, $2, 1, 0, NULL, 1) \
+     ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1, \
+       total_failures = attempts.total_failures + 1 \
      WHERE attempts.locked_until IS NULL OR attempts.locked_until <= $3 \
      RETURNING consecutive_failures";
 
@@ -111,7 +113,8 @@ const GATE_ACCEPT_PG: &str = "WITH cur AS ( \
        UPDATE attempts SET \
          consecutive_failures = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.consecutive_failures + 1 END, \
          lock_count = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.lock_count END, \
-         locked_until = CASE WHEN EXISTS (SELECT 1 FROM g) THEN NULL ELSE attempts.locked_until END \
+         locked_until = CASE WHEN EXISTS (SELECT 1 FROM g) THEN NULL ELSE attempts.locked_until END, \
+         total_failures = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.total_failures + 1 END \
        WHERE subject_id = $1 AND kind = $2 AND EXISTS (SELECT 1 FROM cur WHERE open) \
      ), a AS ( \
        INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
@@ -184,6 +187,7 @@ struct StateRow {
     consecutive_failures: i64,
     lock_count: i64,
     locked_until: Option<i64>,
+    total_failures: i64,
 }
 
 impl From<StateRow> for AttemptState {
@@ -192,6 +196,7 @@ impl From<StateRow> for AttemptState {
             consecutive_failures: u32_of(r.consecutive_failures),
             lock_count: u32_of(r.lock_count),
             locked_until: r.locked_until.map(from_millis),
+            total_failures: u32_of(r.total_failures),
         }
     }
 }
@@ -307,10 +312,11 @@ impl Store {
         let mut tx = self.begin().await?;
         let select = match self.backend {
             Backend::Sqlite => {
-                "SELECT consecutive_failures, lock_count, locked_until FROM attempts WHERE subject_id = $1 AND kind = $2"
+                "SELECT consecutive_failures, lock_count, locked_until, total_failures FROM attempts \
+                 WHERE subject_id = $1 AND kind = $2"
             }
             Backend::Postgres => {
-                "SELECT consecutive_failures, lock_count, locked_until FROM attempts \
+                "SELECT consecutive_failures, lock_count, locked_until, total_failures FROM attempts \
                  WHERE subject_id = $1 AND kind = $2 FOR UPDATE"
             }
         };
@@ -343,10 +349,28 @@ impl Store {
         Ok(next.locked_until)
     }
 
+    /// Count one more failure in a subject's total only (no slot, no lock: a counter that only
+    /// a success resets, e.g. password failures per email across every address); returns the
+    /// new total.
+    pub async fn count_failure(&self, subject_id: &str, kind: &str) -> Result<u32, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until, total_failures) \
+             VALUES ($1, $2, 0, 0, NULL, 1) \
+             ON CONFLICT (subject_id, kind) DO UPDATE SET total_failures = attempts.total_failures + 1 \
+             RETURNING total_failures",
+        )
+        .bind(subject_id)
+        .bind(kind)
+        .fetch_one(&mut *self.write().await?)
+        .await?;
+        Ok(u32_of(n))
+    }
+
     /// The counters as stored (zeroes if none).
     pub async fn attempt_state(&self, subject_id: &str, kind: &str) -> Result<AttemptState, StoreError> {
         Ok(sqlx::query_as::<_, StateRow>(
-            "SELECT consecutive_failures, lock_count, locked_until FROM attempts WHERE subject_id = $1 AND kind = $2",
+            "SELECT consecutive_failures, lock_count, locked_until, total_failures FROM attempts \
+                 WHERE subject_id = $1 AND kind = $2",
         )
         .bind(subject_id)
         .bind(kind)

@@ -2,7 +2,7 @@
 
 use crate::audit::{self, NewAuditEvent};
 use crate::recovery::{self, NewRecoveryCode};
-use crate::{Store, StoreError, attempts};
+use crate::{Store, StoreError, attempts, sessions};
 use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
 use tessera_core::factor::{Factor, FactorKind, FactorStatus};
@@ -35,6 +35,8 @@ pub struct NewTotpFactor {
     pub sealed: SealedSecret,
     /// When.
     pub created_at: OffsetDateTime,
+    /// The session that started it (pages); `None` for a service's enrolment over gRPC.
+    pub session_id: Option<String>,
 }
 
 /// A TOTP factor with its sealed secret and replay guard.
@@ -50,16 +52,51 @@ pub struct TotpDevice {
     pub last_used_step: Option<u64>,
 }
 
+/// A confirmation to apply: a pending device whose first code matched.
+#[derive(Debug, Clone)]
+pub struct Confirmation<'a> {
+    /// Owner.
+    pub subject_id: &'a str,
+    /// The pending device.
+    pub factor_id: &'a str,
+    /// The session confirming it: it must be the one that started the device (`None`: a
+    /// service over gRPC, which may confirm only what it enrolled).
+    pub session_id: Option<&'a str>,
+    /// Devices started at or before this instant have expired.
+    pub pending_cutoff: OffsetDateTime,
+    /// The matched time step (it counts as used).
+    pub step: u64,
+    /// Now.
+    pub now: OffsetDateTime,
+    /// Recovery codes to store if this is the subject's first active factor.
+    pub first_codes: &'a [NewRecoveryCode],
+    /// Audit events: the confirmation; the first recovery codes.
+    pub audit_confirm: &'a NewAuditEvent,
+    /// See `audit_confirm`.
+    pub audit_codes: &'a NewAuditEvent,
+    /// If this is the first factor: raise this session to the second-factor level under a new
+    /// token (its stable id and the new token's hash). Every other session of the subject is
+    /// revoked in any case when it is the first: they were opened with the password alone.
+    pub raise: Option<(&'a str, &'a [u8])>,
+    /// Sessions idle since before this instant are not raised.
+    pub idle_cutoff: OffsetDateTime,
+}
+
 /// What confirming a pending device did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfirmOutcome {
     /// Active now; `first` when it is the subject's first active factor (the recovery codes
-    /// passed in were stored).
+    /// passed in were stored, the other sessions revoked and `raise` applied).
     Confirmed {
         /// Whether this is the subject's first active factor.
         first: bool,
+        /// Other sessions of the subject revoked (first factor only).
+        sessions_revoked: u64,
+        /// Whether the confirming session was raised under its new token.
+        raised: bool,
     },
-    /// The factor is not pending (already active, or gone).
+    /// The factor is not pending (already active, gone, expired, or started by another
+    /// session).
     NotPending,
     /// The step was already used.
     Replayed,
@@ -75,6 +112,8 @@ pub(crate) struct FactorRow {
     created_at: i64,
     confirmed_at: Option<i64>,
     last_used_at: Option<i64>,
+    session_id: Option<String>,
+    disabled_at: Option<i64>,
 }
 
 impl TryFrom<FactorRow> for Factor {
@@ -90,6 +129,8 @@ impl TryFrom<FactorRow> for Factor {
             created_at: from_millis(r.created_at),
             confirmed_at: r.confirmed_at.map(from_millis),
             last_used_at: r.last_used_at.map(from_millis),
+            disabled_at: r.disabled_at.map(from_millis),
+            started_in: r.session_id,
         })
     }
 }
@@ -126,13 +167,17 @@ impl TryFrom<DeviceRow> for TotpDevice {
 // A device's last use (`last_used_at` below): the accept's (`totp_secrets`, migrations sqlite
 // 0005 / postgres 0004), else the confirmation's (`factors`).
 const DEVICE_SELECT: &str = "SELECT f.id, f.subject_id, f.kind, f.label, f.status, f.created_at, f.confirmed_at, \
-    COALESCE(s.last_used_at, f.last_used_at) AS last_used_at, s.algorithm, s.digits, s.period, s.key_id, s.nonce, s.ciphertext, s.last_used_step \
+    COALESCE(s.last_used_at, f.last_used_at) AS last_used_at, f.session_id, f.disabled_at, \
+    s.algorithm, s.digits, s.period, s.key_id, s.nonce, s.ciphertext, s.last_used_step \
     FROM factors f JOIN totp_secrets s ON s.factor_id = f.id";
 
-/// The subject's active devices, oldest first (`$1`: the subject); also run by the SQLite
-/// writer thread (`batch`).
+/// The subject's active devices in use (not disabled), oldest first (`$1`: the subject); also
+/// run by the SQLite writer thread (`batch`).
 pub(crate) static ACTIVE_DEVICES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!("{DEVICE_SELECT} WHERE f.subject_id = $1 AND f.status = 'active' ORDER BY f.created_at, f.id")
+    format!(
+        "{DEVICE_SELECT} WHERE f.subject_id = $1 AND f.status = 'active' AND f.disabled_at IS NULL \
+         ORDER BY f.created_at, f.id"
+    )
 });
 
 impl DeviceRow {
@@ -148,14 +193,16 @@ impl DeviceRow {
                 created_at: r.get(5)?,
                 confirmed_at: r.get(6)?,
                 last_used_at: r.get(7)?,
+                session_id: r.get(8)?,
+                disabled_at: r.get(9)?,
             },
-            algorithm: r.get(8)?,
-            digits: r.get(9)?,
-            period: r.get(10)?,
-            key_id: r.get(11)?,
-            nonce: r.get(12)?,
-            ciphertext: r.get(13)?,
-            last_used_step: r.get(14)?,
+            algorithm: r.get(10)?,
+            digits: r.get(11)?,
+            period: r.get(12)?,
+            key_id: r.get(13)?,
+            nonce: r.get(14)?,
+            ciphertext: r.get(15)?,
+            last_used_step: r.get(16)?,
         })
     }
 }
@@ -180,6 +227,24 @@ async fn use_step(conn: &mut AnyConnection, factor_id: &str, step: u64) -> Resul
     Ok(n == 1)
 }
 
+/// Delete the subject's pending devices started at or before `cutoff`.
+async fn purge_expired(conn: &mut AnyConnection, subject_id: &str, cutoff: OffsetDateTime) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM totp_secrets WHERE factor_id IN \
+         (SELECT id FROM factors WHERE subject_id = $1 AND status = 'pending' AND created_at <= $2)",
+    )
+    .bind(subject_id)
+    .bind(to_millis(cutoff))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM factors WHERE subject_id = $1 AND status = 'pending' AND created_at <= $2")
+        .bind(subject_id)
+        .bind(to_millis(cutoff))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn active_count(conn: &mut AnyConnection, subject_id: &str) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
         .bind(subject_id)
@@ -189,14 +254,17 @@ async fn active_count(conn: &mut AnyConnection, subject_id: &str) -> Result<i64,
 
 impl Store {
     /// Insert a pending TOTP factor with its sealed secret, unless the subject already has
-    /// `max_factors` factors (then `false`, nothing written).
+    /// `max_factors` factors (then `false`, nothing written). The subject's pending devices
+    /// started at or before `pending_cutoff` (expired) are deleted first.
     pub async fn insert_totp_factor(
         &self,
         f: &NewTotpFactor,
         max_factors: u32,
+        pending_cutoff: OffsetDateTime,
         audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        purge_expired(&mut tx, &f.subject_id, pending_cutoff).await?;
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1")
             .bind(&f.subject_id)
             .fetch_one(&mut *tx)
@@ -205,12 +273,14 @@ impl Store {
             return Ok(false);
         }
         sqlx::query(
-            "INSERT INTO factors (id, subject_id, kind, label, status, created_at) VALUES ($1, $2, 'totp', $3, 'pending', $4)",
+            "INSERT INTO factors (id, subject_id, kind, label, status, created_at, session_id) \
+             VALUES ($1, $2, 'totp', $3, 'pending', $4, $5)",
         )
         .bind(&f.id)
         .bind(&f.subject_id)
         .bind(&f.label)
         .bind(to_millis(f.created_at))
+        .bind(&f.session_id)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -231,15 +301,21 @@ impl Store {
         Ok(true)
     }
 
-    /// A subject's factors, oldest first.
-    pub async fn list_factors(&self, subject_id: &str) -> Result<Vec<Factor>, StoreError> {
+    /// A subject's factors, oldest first, without pending devices started at or before
+    /// `pending_cutoff` (expired).
+    pub async fn list_factors(
+        &self,
+        subject_id: &str,
+        pending_cutoff: OffsetDateTime,
+    ) -> Result<Vec<Factor>, StoreError> {
         sqlx::query_as::<_, FactorRow>(
             "SELECT f.id, f.subject_id, f.kind, f.label, f.status, f.created_at, f.confirmed_at, \
-             COALESCE(s.last_used_at, f.last_used_at) AS last_used_at \
+             COALESCE(s.last_used_at, f.last_used_at) AS last_used_at, f.session_id, f.disabled_at \
              FROM factors f LEFT JOIN totp_secrets s ON s.factor_id = f.id WHERE f.subject_id = $1 \
-             ORDER BY f.created_at, f.id",
+             AND (f.status <> 'pending' OR f.created_at > $2) ORDER BY f.created_at, f.id",
         )
         .bind(subject_id)
+        .bind(to_millis(pending_cutoff))
         .fetch_all(&self.pool)
         .await?
         .into_iter()
@@ -271,48 +347,82 @@ impl Store {
             .collect()
     }
 
-    /// Activate a pending device whose first code (at `step`) matched: in one transaction,
-    /// mark it active, record the step as used, reset the counters, and — if it is the
-    /// subject's first active factor — replace their recovery codes with `first_codes`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn confirm_totp(
-        &self,
-        subject_id: &str,
-        factor_id: &str,
-        step: u64,
-        now: OffsetDateTime,
-        first_codes: &[NewRecoveryCode],
-        audit_confirm: &NewAuditEvent,
-        audit_codes: &NewAuditEvent,
-    ) -> Result<ConfirmOutcome, StoreError> {
+    /// Activate a pending device whose first code matched (see [`Confirmation`]): in one
+    /// transaction, mark it active — only if it is still pending, unexpired and started by the
+    /// confirming session — record the step as used, reset the counters, and, if it is the
+    /// subject's first active factor, replace their recovery codes with the first batch, revoke
+    /// every other session of the subject and raise the confirming one under its new token.
+    pub async fn confirm_totp(&self, c: &Confirmation<'_>) -> Result<ConfirmOutcome, StoreError> {
         let mut tx = self.begin().await?;
         // The counters row first (the lock order of `attempts::gate_accept_pg`); nothing is
         // kept unless the whole confirmation commits.
-        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
+        attempts::reset(&mut tx, c.subject_id, attempts::SECOND_FACTOR).await?;
         let n = sqlx::query(
-            "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3 \
-             WHERE id = $1 AND subject_id = $2 AND status = 'pending'",
+            "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3, session_id = NULL \
+             WHERE id = $1 AND subject_id = $2 AND status = 'pending' AND created_at > $4 \
+             AND COALESCE(session_id, '') = COALESCE($5, '')",
         )
-        .bind(factor_id)
-        .bind(subject_id)
-        .bind(to_millis(now))
+        .bind(c.factor_id)
+        .bind(c.subject_id)
+        .bind(to_millis(c.now))
+        .bind(to_millis(c.pending_cutoff))
+        .bind(c.session_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if n != 1 {
             return Ok(ConfirmOutcome::NotPending);
         }
-        if !use_step(&mut tx, factor_id, step).await? {
+        if !use_step(&mut tx, c.factor_id, c.step).await? {
             return Ok(ConfirmOutcome::Replayed);
         }
-        let first = active_count(&mut tx, subject_id).await? == 1;
-        audit::insert(&mut tx, audit_confirm).await?;
+        let first = active_count(&mut tx, c.subject_id).await? == 1;
+        audit::insert(&mut tx, c.audit_confirm).await?;
+        let (mut sessions_revoked, mut raised) = (0, false);
         if first {
-            recovery::replace(&mut tx, subject_id, first_codes, now).await?;
-            audit::insert(&mut tx, audit_codes).await?;
+            recovery::replace(&mut tx, c.subject_id, c.first_codes, c.now).await?;
+            audit::insert(&mut tx, c.audit_codes).await?;
+            let keep = c.raise.map(|(id, _)| id);
+            sessions_revoked = sessions::revoke_others(&mut tx, c.subject_id, keep, c.now).await?;
+            if let Some((session_id, new_token_hash)) = c.raise {
+                let r = sessions::Rotation {
+                    session_id,
+                    user_id: c.subject_id,
+                    new_token_hash,
+                    aal: 2,
+                    password_verified_at: None,
+                    mfa_verified_at: Some(c.now),
+                };
+                raised = sessions::rotate(&mut tx, &r, c.now, c.idle_cutoff).await?;
+            }
         }
         tx.commit().await?;
-        Ok(ConfirmOutcome::Confirmed { first })
+        Ok(ConfirmOutcome::Confirmed { first, sessions_revoked, raised })
+    }
+
+    /// Take the subject's TOTP devices out of use (too many consecutive failures); returns how
+    /// many were still in use. `audit` is appended only when some were.
+    pub async fn disable_totp(
+        &self,
+        subject_id: &str,
+        now: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE factors SET disabled_at = $2 \
+             WHERE subject_id = $1 AND kind = 'totp' AND status = 'active' AND disabled_at IS NULL",
+        )
+        .bind(subject_id)
+        .bind(to_millis(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            audit::insert(&mut tx, audit).await?;
+            tx.commit().await?;
+        }
+        Ok(n)
     }
 
     /// Remove a factor. When no active factor remains, the subject's recovery codes go too

@@ -1,10 +1,11 @@
-//! Identity: users, accounts and memberships, login challenges and sessions. Tokens are
-//! stored only as hashes; consuming a challenge is one atomic statement.
+//! Identity: users, accounts and memberships (their changes: `accounts`), the outbox, and the
+//! support reset. Sessions and login challenges are in `sessions`.
 
 use crate::audit::{self, NewAuditEvent};
 use crate::{Store, StoreError, attempts};
 use tessera_core::clock::{from_millis, to_millis};
 use tessera_core::policy::AccountPolicy;
+use tessera_core::roles::Role;
 use time::OffsetDateTime;
 
 /// A user as stored.
@@ -16,19 +17,6 @@ pub struct UserRow {
     pub email: String,
     /// argon2id PHC string.
     pub password_hash: String,
-}
-
-/// A live session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRow {
-    /// Whose.
-    pub user_id: String,
-    /// 1: password; 2: password and a second factor.
-    pub aal: i64,
-    /// When a second factor was last checked in this session.
-    pub mfa_verified_at: Option<OffsetDateTime>,
-    /// When it ends.
-    pub expires_at: OffsetDateTime,
 }
 
 #[derive(sqlx::FromRow)]
@@ -113,27 +101,15 @@ impl Store {
         Ok(())
     }
 
-    /// Add a member (or change their role).
-    pub async fn add_member(&self, account_id: &str, user_id: &str, role: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO memberships (user_id, account_id, role) VALUES ($1, $2, $3) \
-             ON CONFLICT (user_id, account_id) DO UPDATE SET role = excluded.role",
-        )
-        .bind(user_id)
-        .bind(account_id)
-        .bind(role)
-        .execute(&mut *self.write().await?)
-        .await?;
-        Ok(())
-    }
-
     /// A member's role in an account, if they are one.
-    pub async fn member_role(&self, account_id: &str, user_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT role FROM memberships WHERE account_id = $1 AND user_id = $2")
-            .bind(account_id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?)
+    pub async fn member_role(&self, account_id: &str, user_id: &str) -> Result<Option<Role>, StoreError> {
+        let r: Option<String> =
+            sqlx::query_scalar("SELECT role FROM memberships WHERE account_id = $1 AND user_id = $2")
+                .bind(account_id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        r.map(|r| parse_role(&r)).transpose()
     }
 
     /// Set an account's MFA policy; `false` if there is no such account.
@@ -190,161 +166,6 @@ impl Store {
         let mut c = self.write().await?;
         attempts::reset(&mut c, subject_id, kind).await
     }
-
-    /// Store a login challenge (by its token's hash).
-    pub async fn create_challenge(
-        &self,
-        token_hash: &[u8],
-        user_id: &str,
-        now: OffsetDateTime,
-        expires: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO login_challenges (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token_hash)
-        .bind(user_id)
-        .bind(to_millis(now))
-        .bind(to_millis(expires))
-        .execute(&mut *self.write().await?)
-        .await?;
-        Ok(())
-    }
-
-    /// The user of a challenge that is unused and unexpired at `now`.
-    pub async fn challenge_user(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT user_id FROM login_challenges WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
-        )
-        .bind(token_hash)
-        .bind(to_millis(now))
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    /// Use up a challenge and open a session for its user, in one transaction; `false` (and
-    /// no session) if the challenge was already used, voided or expired.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn complete_challenge(
-        &self,
-        challenge_hash: &[u8],
-        session_hash: &[u8],
-        user_id: &str,
-        aal: i64,
-        now: OffsetDateTime,
-        expires: OffsetDateTime,
-        audit: &NewAuditEvent,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE login_challenges SET used_at = $3 \
-             WHERE token_hash = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > $3",
-        )
-        .bind(challenge_hash)
-        .bind(user_id)
-        .bind(to_millis(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n != 1 {
-            return Ok(false);
-        }
-        insert_session(&mut tx, session_hash, user_id, aal, Some(now), now, expires).await?;
-        audit::insert(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Void every open challenge of a user (when they get locked).
-    pub async fn void_challenges(&self, user_id: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
-        Ok(sqlx::query("UPDATE login_challenges SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
-            .bind(user_id)
-            .bind(to_millis(now))
-            .execute(&mut *self.write().await?)
-            .await?
-            .rows_affected())
-    }
-
-    /// Open a session and append `audit`, in one transaction.
-    pub async fn create_session(
-        &self,
-        token_hash: &[u8],
-        user_id: &str,
-        aal: i64,
-        now: OffsetDateTime,
-        expires: OffsetDateTime,
-        audit: &NewAuditEvent,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let mfa = (aal == 2).then_some(now);
-        insert_session(&mut tx, token_hash, user_id, aal, mfa, now, expires).await?;
-        audit::insert(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// A session that is neither revoked nor expired at `now`.
-    pub async fn session(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<Option<SessionRow>, StoreError> {
-        let r: Option<(String, i64, Option<i64>, i64)> = sqlx::query_as(
-            "SELECT user_id, aal, mfa_verified_at, expires_at FROM sessions \
-             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
-        )
-        .bind(token_hash)
-        .bind(to_millis(now))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(r.map(|(user_id, aal, mfa, exp)| SessionRow {
-            user_id,
-            aal,
-            mfa_verified_at: mfa.map(from_millis),
-            expires_at: from_millis(exp),
-        }))
-    }
-
-    /// Revoke one session; `false` if it was not live.
-    pub async fn revoke_session(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<bool, StoreError> {
-        let n = sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL")
-            .bind(token_hash)
-            .bind(to_millis(now))
-            .execute(&mut *self.write().await?)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
-    }
-
-    /// Revoke every live session of a user; returns how many.
-    pub async fn revoke_sessions_of(&self, user_id: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
-        Ok(sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
-            .bind(user_id)
-            .bind(to_millis(now))
-            .execute(&mut *self.write().await?)
-            .await?
-            .rows_affected())
-    }
-}
-
-async fn insert_session(
-    conn: &mut sqlx::AnyConnection,
-    token_hash: &[u8],
-    user_id: &str,
-    aal: i64,
-    mfa_verified_at: Option<OffsetDateTime>,
-    now: OffsetDateTime,
-    expires: OffsetDateTime,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO sessions (token_hash, user_id, aal, mfa_verified_at, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(token_hash)
-    .bind(user_id)
-    .bind(aal)
-    .bind(mfa_verified_at.map(to_millis))
-    .bind(to_millis(now))
-    .bind(to_millis(expires))
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// What a support reset removed.
@@ -373,7 +194,35 @@ pub struct NewNotification {
     pub detail: String,
 }
 
+/// Queue a notification (in the caller's transaction).
+pub(crate) async fn insert_notification(
+    conn: &mut sqlx::AnyConnection,
+    n: &NewNotification,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO outbox (id, user_id, email, kind, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&n.id)
+        .bind(&n.user_id)
+        .bind(&n.email)
+        .bind(&n.kind)
+        .bind(&n.detail)
+        .bind(to_millis(now))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub(crate) fn parse_role(r: &str) -> Result<Role, StoreError> {
+    Role::parse(r).ok_or_else(|| StoreError::Corrupt(format!("role {r:?}")))
+}
+
 impl Store {
+    /// Queue a notification on its own.
+    pub async fn queue_notification(&self, n: &NewNotification, now: OffsetDateTime) -> Result<(), StoreError> {
+        let mut c = self.write().await?;
+        insert_notification(&mut c, n, now).await
+    }
+
     /// Support reset, in one transaction: remove every factor (and secret) and recovery code
     /// of the user, revoke their sessions, void their login challenges, clear their
     /// second-factor counters, queue `notice` and append `audit`.
@@ -412,17 +261,7 @@ impl Store {
             .bind(to_millis(now))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO outbox (id, user_id, email, kind, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&notice.id)
-        .bind(&notice.user_id)
-        .bind(&notice.email)
-        .bind(&notice.kind)
-        .bind(&notice.detail)
-        .bind(to_millis(now))
-        .execute(&mut *tx)
-        .await?;
+        insert_notification(&mut tx, notice, now).await?;
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(ResetReport { factors, recovery_codes, sessions })
@@ -467,8 +306,8 @@ pub struct MembershipRow {
     pub policy: AccountPolicy,
     /// The account's name.
     pub name: String,
-    /// The user's role in it: owner, admin or member.
-    pub role: String,
+    /// The user's role in it.
+    pub role: Role,
 }
 
 /// A member of an account, as its settings page lists them.
@@ -478,8 +317,8 @@ pub struct MemberRow {
     pub user_id: String,
     /// Email as given.
     pub email: String,
-    /// owner, admin or member.
-    pub role: String,
+    /// Their role.
+    pub role: Role,
     /// Whether they have an active second factor.
     pub has_mfa: bool,
 }
@@ -499,14 +338,15 @@ impl Store {
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name, req, grace, role)| MembershipRow {
-                policy: PolicyRow { id, require_mfa: req, grace_until: grace }.into(),
-                name,
-                role,
+        rows.into_iter()
+            .map(|(id, name, req, grace, role)| {
+                Ok(MembershipRow {
+                    policy: PolicyRow { id, require_mfa: req, grace_until: grace }.into(),
+                    name,
+                    role: parse_role(&role)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// An account's members with whether each has an active factor, by email.
@@ -519,42 +359,8 @@ impl Store {
         .bind(account_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user_id, email, role, n)| MemberRow { user_id, email, role, has_mfa: n > 0 })
-            .collect())
-    }
-
-    /// Raise a live session to "password and a second factor" (the user just proved a
-    /// factor in it, e.g. by confirming their first device); `false` if it was not live.
-    pub async fn step_up_session(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE sessions SET aal = 2, mfa_verified_at = $2 \
-             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
-        )
-        .bind(token_hash)
-        .bind(to_millis(now))
-        .execute(&mut *self.write().await?)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    /// Revoke every live session of a user but one; returns how many.
-    pub async fn revoke_other_sessions(
-        &self,
-        user_id: &str,
-        keep_token_hash: &[u8],
-        now: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL AND token_hash <> $3",
-        )
-        .bind(user_id)
-        .bind(to_millis(now))
-        .bind(keep_token_hash)
-        .execute(&mut *self.write().await?)
-        .await?
-        .rows_affected())
+        rows.into_iter()
+            .map(|(user_id, email, role, n)| Ok(MemberRow { user_id, email, role: parse_role(&role)?, has_mfa: n > 0 }))
+            .collect()
     }
 }

@@ -12,6 +12,7 @@
 //! Timestamps are stored as Unix milliseconds (`BIGINT`), ids as text, blobs as
 //! `BLOB`/`BYTEA`: the types both backends share through `Any`.
 
+mod accounts;
 mod attempts;
 mod audit;
 mod batch;
@@ -21,14 +22,17 @@ mod factors;
 mod identity;
 mod keys;
 mod recovery;
+mod sessions;
 
+pub use accounts::{Acceptance as InvitationAcceptance, InvitationRow, MemberChangeError, NewInvitation};
 pub use attempts::{Acceptance, CheckError, DeviceCheck, GateAccept, GateResult, PASSWORD, SECOND_FACTOR};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
-pub use factors::{ConfirmOutcome, NewTotpFactor, SealedSecret, TotpDevice};
-pub use identity::{MemberRow, MembershipRow, NewNotification, ResetReport, SessionRow, UserRow};
+pub use factors::{ConfirmOutcome, Confirmation, NewTotpFactor, SealedSecret, TotpDevice};
+pub use identity::{MemberRow, MembershipRow, NewNotification, ResetReport, UserRow};
 pub use keys::{KeyUsage, SealedRow};
 pub use recovery::NewRecoveryCode;
+pub use sessions::{NewSession, Rotation, SessionRow};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Executor};

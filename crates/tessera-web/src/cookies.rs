@@ -11,6 +11,11 @@ pub(crate) const SESSION: &str = "__Host-tessera_session";
 pub(crate) const CHALLENGE: &str = "__Host-tessera_login";
 /// The CSRF token that every form must echo.
 pub(crate) const CSRF: &str = "__Host-tessera_csrf";
+/// This browser's known-browser token (only its hash is stored, per user it signed in): lets
+/// it sign its users in while password sign-in is suspended for failures from elsewhere.
+pub(crate) const BROWSER: &str = "__Host-tessera_browser";
+/// How long the known-browser cookie lives (400 days: the longest browsers keep a cookie).
+pub(crate) const BROWSER_MAX_AGE: i64 = 400 * 24 * 3600;
 
 /// The value of cookie `name` in the request, if present and non-empty.
 pub(crate) fn get(headers: &HeaderMap, name: &str) -> Option<String> {

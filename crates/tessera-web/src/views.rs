@@ -112,6 +112,7 @@ pub(crate) fn app_error(chrome: Chrome, e: AppError) -> Response {
         AppError::NotFound(what) => (StatusCode::NOT_FOUND, format!("That {what} was not found.")),
         AppError::FailedPrecondition(m) => (StatusCode::CONFLICT, m.clone()),
         AppError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+        AppError::ReauthRequired(_) => (StatusCode::FORBIDDEN, e.to_string()),
         AppError::Keys(_) | AppError::Store(_) => {
             let id = uuid_like();
             tracing::error!(error_id = %id, error = %e, "page failed");
@@ -178,8 +179,23 @@ pub(crate) struct DeviceView {
     pub(crate) id: String,
     pub(crate) label: String,
     pub(crate) pending: bool,
+    /// A pending setup this session started (only it may continue it).
+    pub(crate) mine: bool,
+    /// Taken out of use after too many wrong codes.
+    pub(crate) disabled: bool,
     pub(crate) added: String,
     pub(crate) last_used: String,
+}
+
+/// One session as the security page lists it.
+pub(crate) struct SessionView {
+    pub(crate) id: String,
+    pub(crate) current: bool,
+    pub(crate) browser: String,
+    pub(crate) ip: String,
+    pub(crate) signed_in: String,
+    pub(crate) last_seen: String,
+    pub(crate) two_factor: bool,
 }
 
 #[derive(Template)]
@@ -189,9 +205,58 @@ pub(crate) struct Security {
     pub(crate) mfa_on: bool,
     pub(crate) session_mfa: bool,
     pub(crate) devices: Vec<DeviceView>,
+    pub(crate) sessions: Vec<SessionView>,
     pub(crate) codes_left: u32,
     pub(crate) notice: Option<String>,
     pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "reauth.html")]
+pub(crate) struct Reauth {
+    pub(crate) chrome: Chrome,
+    /// Where to return (a local path).
+    pub(crate) next: String,
+    /// The user has no factor: ask for the password.
+    pub(crate) password: bool,
+    pub(crate) minutes: i64,
+    pub(crate) error: Option<String>,
+}
+
+/// "Firefox on Linux" from a User-Agent header, for the sessions list (a hint, not a fact: the
+/// header is the client's to choose).
+pub(crate) fn describe_agent(ua: Option<&str>) -> String {
+    let Some(ua) = ua.filter(|u| !u.is_empty()) else { return "Unknown browser".into() };
+    let browser = [
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("Chromium/", "Chromium"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+    ]
+    .iter()
+    .find(|(k, _)| ua.contains(k))
+    .map(|(_, v)| *v);
+    let os = [
+        ("Android", "Android"),
+        ("iPhone", "iPhone"),
+        ("iPad", "iPad"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "macOS"),
+        ("CrOS", "ChromeOS"),
+        ("Linux", "Linux"),
+    ]
+    .iter()
+    .find(|(k, _)| ua.contains(k))
+    .map(|(_, v)| *v);
+    match (browser, os) {
+        (Some(b), Some(o)) => format!("{b} on {o}"),
+        (Some(b), None) => b.to_owned(),
+        (None, Some(o)) => format!("A browser on {o}"),
+        (None, None) => ua.chars().take(40).collect(),
+    }
 }
 
 #[derive(Template)]
@@ -214,6 +279,8 @@ pub(crate) struct RecoveryCodes {
     pub(crate) codes: Vec<String>,
     pub(crate) download_href: String,
     pub(crate) first: bool,
+    /// Other sessions signed out when this first factor was confirmed.
+    pub(crate) signed_out: u64,
 }
 
 /// One event as the activity page lists it.
@@ -242,11 +309,22 @@ pub(crate) struct AccountView {
     pub(crate) require_mfa: bool,
 }
 
+/// An open invitation (to the user, or of an account).
+pub(crate) struct InvitationView {
+    pub(crate) id: String,
+    pub(crate) account_name: String,
+    pub(crate) email: String,
+    pub(crate) role: String,
+    pub(crate) expires: String,
+}
+
 #[derive(Template)]
 #[template(path = "accounts.html")]
 pub(crate) struct Accounts {
     pub(crate) chrome: Chrome,
     pub(crate) accounts: Vec<AccountView>,
+    pub(crate) invitations: Vec<InvitationView>,
+    pub(crate) notice: Option<String>,
     pub(crate) error: Option<String>,
 }
 
@@ -271,9 +349,11 @@ pub(crate) struct AccountClosed {
 
 /// One member as the account settings page lists them.
 pub(crate) struct MemberView {
+    pub(crate) user_id: String,
     pub(crate) email: String,
     pub(crate) role: String,
     pub(crate) has_mfa: bool,
+    pub(crate) is_me: bool,
 }
 
 #[derive(Template)]
@@ -282,10 +362,25 @@ pub(crate) struct AccountSettings {
     pub(crate) chrome: Chrome,
     pub(crate) id: String,
     pub(crate) name: String,
+    pub(crate) is_owner: bool,
     pub(crate) require_mfa: bool,
     pub(crate) grace_until: Option<String>,
     pub(crate) members: Vec<MemberView>,
+    pub(crate) invited: Vec<InvitationView>,
     pub(crate) without_mfa: usize,
     pub(crate) notice: Option<String>,
     pub(crate) error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn agents() {
+        let ff = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0";
+        assert_eq!(super::describe_agent(Some(ff)), "Firefox on Linux");
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+        assert_eq!(super::describe_agent(Some(chrome)), "Chrome on Windows");
+        assert_eq!(super::describe_agent(None), "Unknown browser");
+        assert_eq!(super::describe_agent(Some("pages-test")), "pages-test");
+    }
 }

@@ -106,6 +106,10 @@ impl Browser {
         }
         Resp { status, headers, body }
     }
+    /// The known-browser cookie this browser holds.
+    fn set_browser_cookie(&self) -> String {
+        self.jar.get("__Host-tessera_browser").cloned().expect("a known-browser cookie")
+    }
     async fn get(&mut self, h: &H, path: &str) -> Resp {
         self.send(h, Method::GET, path, &[], &[]).await
     }
@@ -192,6 +196,10 @@ async fn every_post_needs_the_csrf_token_and_every_page_the_headers() {
         assert!(session.contains(attr), "{session}");
     }
     assert!(!session.contains("Domain"));
+    let known = r.set_cookies().into_iter().find(|c| c.starts_with("__Host-tessera_browser=")).unwrap();
+    for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=34560000"] {
+        assert!(known.contains(attr), "{known}");
+    }
     let r = b.get(&h, "/settings/security").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("ada@example.com") && r.body.contains("is <strong>off</strong>"));
@@ -329,24 +337,25 @@ async fn the_secret_is_shown_only_while_the_device_is_pending() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(!r.body.contains(&secret));
 
+    let old_session = b.jar["__Host-tessera_session"].clone();
     let confirm = format!("{setup}/confirm");
     let r = b.post(&h, &confirm, &[("code", &code_at(&secret, T0))]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["cache-control"], "no-store");
     assert_eq!(r.body.matches("<li><code>").count(), 10, "ten recovery codes, once");
+    assert_ne!(b.jar["__Host-tessera_session"], old_session, "a new session token at the level change");
     let r = b.get(&h, &setup).await;
-    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/settings/security"));
+    assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(!r.body.contains(&secret));
     let r = b.get(&h, "/settings/security").await;
     assert!(!r.body.contains(&secret));
-    assert!(r.body.contains("This session was verified with a second factor."), "confirming steps the session up");
+    assert!(
+        r.body.contains("This session was verified with a second factor."),
+        "confirming the first factor raises it"
+    );
 
-    // New recovery codes need a current code; they replace the old ones.
-    let r = b.post(&h, "/settings/security/recovery-codes", &[("code", "000000")]).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(r.body.contains("4 attempts left."), "{}", r.body);
-    h.clock.advance(time::Duration::seconds(30));
-    let r = b.post(&h, "/settings/security/recovery-codes", &[("code", &code_at(&secret, T0 + 30))]).await;
+    // Within the re-authentication window, new recovery codes come at once; they replace the old.
+    let r = b.post(&h, "/settings/security/recovery-codes", &[]).await;
     assert_eq!((r.status, r.body.matches("<li><code>").count()), (StatusCode::OK, 10));
     assert!(r.body.contains("download=\"tessera-recovery-codes.txt\""));
 
@@ -355,7 +364,7 @@ async fn the_secret_is_shown_only_while_the_device_is_pending() {
     let r = phone.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
     assert_eq!(r.location(), "/login/code");
     h.clock.advance(time::Duration::seconds(30));
-    let r = phone.post(&h, "/login/code", &[("code", &code_at(&secret, T0 + 60))]).await;
+    let r = phone.post(&h, "/login/code", &[("code", &code_at(&secret, T0 + 30))]).await;
     assert_eq!(r.location(), "/accounts");
     assert_eq!(phone.get(&h, "/settings/security").await.status, StatusCode::OK);
     let r = b.post(&h, "/settings/security/sessions/revoke-others", &[]).await;
@@ -363,31 +372,52 @@ async fn the_secret_is_shown_only_while_the_device_is_pending() {
     assert_eq!(phone.get(&h, "/settings/security").await.location(), "/login", "the other session is over");
     assert_eq!(b.get(&h, "/settings/security").await.status, StatusCode::OK, "this one is not");
 
-    // Removing the active device needs a current code.
+    // Removing the active device (within the window) takes one click.
     let id = setup.rsplit('/').next().unwrap();
-    let remove = format!("/settings/security/devices/{id}/remove");
-    let r = b.post(&h, &remove, &[("code", "")]).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.body.contains("Enter the current 6-digit code"));
-    h.clock.advance(time::Duration::seconds(30));
-    let r = b.post(&h, &remove, &[("code", &code_at(&secret, T0 + 90))]).await;
+    let r = b.post(&h, &format!("/settings/security/devices/{id}/remove"), &[]).await;
     assert_eq!(r.location(), "/settings/security?done=removed");
     let r = b.get(&h, "/settings/security?done=removed").await;
     assert!(r.body.contains("Device removed.") && r.body.contains("No devices yet."));
+}
+
+/// Sign a browser in with the password and a code at `unix` (the clock must be there).
+async fn login_2fa(h: &H, b: &mut Browser, email: &str, secret: &str, unix: i64) {
+    let r = b.post(h, "/login", &[("email", email), ("password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/login/code");
+    let r = b.post(h, "/login/code", &[("code", &code_at(secret, unix))]).await;
+    assert_eq!(r.location(), "/accounts", "{}", r.body);
+}
+
+/// The session token a browser's signed-in cookie holds, resolved in the app.
+async fn session_of(h: &H, b: &Browser) -> tessera_app::Session {
+    h.app.session(&b.jar["__Host-tessera_session"]).await.unwrap().expect("signed in")
 }
 
 #[tokio::test]
 async fn account_pages_follow_roles_and_policy() {
     let h = harness(WebConfig::default()).await;
     let ctx = ClientContext::default();
-    let (owner, _) = user_with_totp(&h, "owner@example.com").await;
-    let member = h.app.create_user("member@example.com", PASSWORD, &ctx).await.unwrap();
+    let (_, secret) = user_with_totp(&h, "owner@example.com").await;
+    h.app.create_user("member@example.com", PASSWORD, &ctx).await.unwrap();
     h.app.create_user("stranger@example.com", PASSWORD, &ctx).await.unwrap();
-    let acme = h.app.create_account("Acme", &owner, &ctx).await.unwrap();
-    h.app.add_member(&acme, &member, "member", &ctx).await.unwrap();
+    let mut o = Browser::new("10.0.0.1");
+    h.clock.advance(time::Duration::seconds(30));
+    login_2fa(&h, &mut o, "owner@example.com", &secret, T0 + 30).await;
+    let r = o.post(&h, "/accounts", &[("name", "Acme")]).await;
+    let acme = r.location().trim_start_matches("/accounts/").to_owned();
 
+    // The owner invites the member; the member accepts on the accounts page.
+    let r = o
+        .post(&h, &format!("/accounts/{acme}/invitations"), &[("email", "member@example.com"), ("role", "member")])
+        .await;
+    assert_eq!(r.location(), format!("/accounts/{acme}/settings?done=invited"));
     let mut m = Browser::new("10.0.0.2");
     m.post(&h, "/login", &[("email", "member@example.com"), ("password", PASSWORD)]).await;
+    let r = m.get(&h, "/accounts").await;
+    assert!(r.body.contains("Invitations for you") && r.body.contains("Acme"), "{}", r.body);
+    let inv = r.body.split("/accounts/invitations/").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let r = m.post(&h, &format!("/accounts/invitations/{inv}/accept"), &[]).await;
+    assert_eq!(r.location(), format!("/accounts/{acme}"));
     let r = m.get(&h, &format!("/accounts/{acme}")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("id=\"account-content\""));
@@ -401,21 +431,198 @@ async fn account_pages_follow_roles_and_policy() {
     );
     let r = m.post(&h, &format!("/accounts/{acme}/settings"), &[("require_mfa", "on"), ("grace_days", "0")]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(!h.app.memberships(&member).await.unwrap()[0].policy.require_mfa);
+    let member = session_of(&h, &m).await;
+    assert!(!h.app.memberships(member.user_id()).await.unwrap()[0].policy.require_mfa);
 
     let mut s = Browser::new("10.0.0.3");
     s.post(&h, "/login", &[("email", "stranger@example.com"), ("password", PASSWORD)]).await;
     assert_eq!(s.get(&h, &format!("/accounts/{acme}")).await.status, StatusCode::NOT_FOUND);
 
     // The owner requires MFA with a 7-day grace: the member is warned; without grace, shut out.
-    h.app.set_account_policy_as(&acme, &owner, true, Some(h.app.now() + time::Duration::days(7)), &ctx).await.unwrap();
+    let r = o.post(&h, &format!("/accounts/{acme}/settings"), &[("require_mfa", "on"), ("grace_days", "7")]).await;
+    assert_eq!(r.location(), format!("/accounts/{acme}/settings?done=saved"));
     let r = m.get(&h, &format!("/accounts/{acme}")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("will require two-factor authentication from 2026-01-08 00:00 UTC"), "{}", r.body);
-    h.app.set_account_policy_as(&acme, &owner, true, None, &ctx).await.unwrap();
+    let r = o.post(&h, &format!("/accounts/{acme}/settings"), &[("require_mfa", "on"), ("grace_days", "91")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    o.post(&h, &format!("/accounts/{acme}/settings"), &[("require_mfa", "on"), ("grace_days", "0")]).await;
     let r = m.get(&h, &format!("/accounts/{acme}")).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.body.contains("This account requires two-factor authentication."));
     assert!(r.body.contains("href=\"/settings/security\""));
     assert!(!r.body.contains("account-content"), "never the account's content");
+
+    // Roles: the owner makes the member an admin; nobody can demote the last owner.
+    let r = o.post(&h, &format!("/accounts/{acme}/members/{}/role", member.user_id()), &[("role", "admin")]).await;
+    assert_eq!(r.location(), format!("/accounts/{acme}/settings?done=role"));
+    let owner = session_of(&h, &o).await;
+    let r = o.post(&h, &format!("/accounts/{acme}/members/{}/role", owner.user_id()), &[("role", "admin")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("make someone else an owner first"), "{}", r.body);
+    let r = o.post(&h, &format!("/accounts/{acme}/members/{}/remove", member.user_id()), &[]).await;
+    assert_eq!(r.location(), format!("/accounts/{acme}/settings?done=removed"));
+    assert_eq!(m.get(&h, &format!("/accounts/{acme}")).await.status, StatusCode::NOT_FOUND);
+}
+
+/// Inviting answers the same whether or not the email belongs to someone, and shows no one's
+/// MFA state before they accept.
+#[tokio::test]
+async fn invitations_say_nothing_about_the_invited() {
+    let h = harness(WebConfig::default()).await;
+    let (_, secret) = user_with_totp(&h, "owner@example.com").await;
+    user_with_totp(&h, "known@example.com").await;
+    let mut o = Browser::new("10.0.0.1");
+    h.clock.advance(time::Duration::seconds(30));
+    login_2fa(&h, &mut o, "owner@example.com", &secret, T0 + 30).await;
+    let acme =
+        o.post(&h, "/accounts", &[("name", "Acme")]).await.location().trim_start_matches("/accounts/").to_owned();
+    let invite = |email: &'static str| [("email", email), ("role", "member")];
+    let known = o.post(&h, &format!("/accounts/{acme}/invitations"), &invite("known@example.com")).await;
+    let unknown = o.post(&h, &format!("/accounts/{acme}/invitations"), &invite("unknown@example.com")).await;
+    assert_eq!((known.status, known.location()), (unknown.status, unknown.location()));
+    let page = o.get(&h, &format!("/accounts/{acme}/settings?done=invited")).await.body;
+    let row = |email: &str| {
+        let start = page.find(&format!("<td>{email}</td>")).unwrap();
+        let end = start + page[start..].find("</tr>").unwrap();
+        page[start..end].replace(email, "EMAIL").split("/invitations/").next().unwrap().to_owned()
+    };
+    assert_eq!(row("known@example.com"), row("unknown@example.com"), "identical rows");
+    assert!(row("known@example.com").contains("invited") && !row("known@example.com").contains(">on<"));
+}
+
+/// A session that has not proven a factor recently is sent to re-authenticate, and back; the
+/// return address is local only; re-authenticating issues a new token.
+#[tokio::test]
+async fn sensitive_actions_need_recent_authentication() {
+    let h = harness(WebConfig { rate_limit_per_minute: 0, ..Default::default() }).await;
+    let (_, secret) = user_with_totp(&h, "ada@example.com").await;
+    let mut b = Browser::new("10.0.0.1");
+    h.clock.advance(time::Duration::seconds(30));
+    login_2fa(&h, &mut b, "ada@example.com", &secret, T0 + 30).await;
+    h.clock.advance(time::Duration::minutes(15));
+    let r = b.post(&h, "/settings/security/totp", &[("label", "Spare")]).await;
+    assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Fsecurity");
+    for path in ["/settings/security/recovery-codes", "/settings/security/sessions/revoke-others"] {
+        let r = b.post(&h, path, &[]).await;
+        assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Fsecurity", "{path}");
+    }
+    let r = b.get(&h, "/settings/reauth?next=%2Fsettings%2Fsecurity").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Confirm it") && r.body.contains("name=\"method\" value=\"totp\""), "{}", r.body);
+    assert!(!r.body.contains("type=\"password\""), "a user with a factor confirms with it");
+    let form =
+        |code: &str, next: &str| [("method", "totp".to_owned()), ("code", code.to_owned()), ("next", next.to_owned())];
+    let f = form("000000", "/settings/security");
+    let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = b.post(&h, "/settings/reauth", &f).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("4 attempts left."), "{}", r.body);
+    let old = b.jar["__Host-tessera_session"].clone();
+    h.clock.advance(time::Duration::seconds(30));
+    let code = code_at(&secret, T0 + 30 + 15 * 60 + 30);
+    let f = form(&code, "//evil.example/");
+    let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = b.post(&h, "/settings/reauth", &f).await;
+    assert_eq!(r.location(), "/settings/security", "never another origin");
+    assert_ne!(b.jar["__Host-tessera_session"], old, "a new token");
+    let mut thief = Browser::new("10.0.0.66");
+    thief.jar.insert("__Host-tessera_session".into(), old);
+    assert_eq!(thief.get(&h, "/settings/security").await.location(), "/login", "the old token is dead");
+    let r = b.post(&h, "/settings/security/totp", &[("label", "Spare")]).await;
+    assert!(r.location().starts_with("/settings/security/totp/"), "{}", r.location());
+
+    // Without a factor the password confirms.
+    let mut c = Browser::new("10.0.0.2");
+    c.post(&h, "/signup", &[("email", "bob@example.com"), ("password", PASSWORD)]).await;
+    h.clock.advance(time::Duration::minutes(15));
+    let r = c.post(&h, "/settings/security/totp", &[("label", "Phone")]).await;
+    assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Fsecurity");
+    let r = c.get(&h, "/settings/reauth?next=%2Fsettings%2Fsecurity").await;
+    assert!(r.body.contains("type=\"password\"") && r.body.contains("autocomplete=\"current-password\""));
+    let r = c
+        .post(
+            &h,
+            "/settings/reauth",
+            &[("method", "password"), ("password", "not it at all"), ("next", "/settings/security")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = c
+        .post(&h, "/settings/reauth", &[("method", "password"), ("password", PASSWORD), ("next", "/settings/security")])
+        .await;
+    assert_eq!(r.location(), "/settings/security");
+}
+
+/// The attack of issue 11 through the pages: a stale password-only browser gets no key and is
+/// signed out when the first factor is confirmed elsewhere; one browser's setup is not
+/// another's to see or finish.
+#[tokio::test]
+async fn setups_belong_to_their_session_and_a_first_factor_ends_the_others() {
+    let h = harness(WebConfig::default()).await;
+    let mut a = Browser::new("10.0.0.1");
+    a.post(&h, "/signup", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    h.clock.advance(time::Duration::minutes(20));
+    // The stale browser cannot start a setup of its own.
+    let r = a.post(&h, "/settings/security/totp", &[("label", "Mine now")]).await;
+    assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Fsecurity");
+    let mut b = Browser::new("10.0.0.2");
+    b.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    let setup = b.post(&h, "/settings/security/totp", &[("label", "Phone")]).await.location().to_owned();
+    let page = b.get(&h, &setup).await.body;
+    let secret = page.split("data-secret=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    // Browser A sees that a setup exists elsewhere, never its key, and cannot finish it.
+    let r = a.get(&h, "/settings/security").await;
+    assert!(r.body.contains("setup started in another session") && !r.body.contains(&secret), "{}", r.body);
+    assert!(!r.body.contains(&format!("href=\"{setup}\"")));
+    let r = a.get(&h, &setup).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(!r.body.contains(&secret));
+    let r = a.post(&h, &format!("{setup}/confirm"), &[("code", &code_at(&secret, T0 + 1200))]).await;
+    assert!(r.location().starts_with("/settings/reauth") || r.status == StatusCode::NOT_FOUND, "{}", r.status);
+    // B finishes it: the page says the other session was signed out, and A is.
+    let r = b.post(&h, &format!("{setup}/confirm"), &[("code", &code_at(&secret, T0 + 1200))]).await;
+    assert!(r.body.contains("We signed you out of your 1 other session"), "{}", r.body);
+    assert_eq!(a.get(&h, "/settings/security").await.location(), "/login");
+    assert_eq!(a.get(&h, "/settings/security/totp/x").await.location(), "/login");
+    // A setup another session started may be cancelled from here, never continued.
+    let mut c = Browser::new("10.0.0.3");
+    h.clock.advance(time::Duration::seconds(30));
+    login_2fa(&h, &mut c, "ada@example.com", &secret, T0 + 1230).await;
+    let other = b.post(&h, "/settings/security/totp", &[("label", "Tablet")]).await.location().to_owned();
+    let id = other.rsplit('/').next().unwrap();
+    let r = c.post(&h, &format!("/settings/security/devices/{id}/remove"), &[]).await;
+    assert_eq!(r.location(), "/settings/security?done=cancelled");
+    assert_eq!(b.get(&h, &other).await.status, StatusCode::NOT_FOUND);
+}
+
+/// Sessions are listed with their browser and address; one can be signed out; signing in
+/// again in a browser ends the session it held; an idle session ends.
+#[tokio::test]
+async fn sessions_are_listed_rotated_and_time_out() {
+    let h = harness(WebConfig::default()).await;
+    let (_, secret) = user_with_totp(&h, "ada@example.com").await;
+    let mut a = Browser::new("10.0.0.1");
+    let mut b = Browser::new("10.0.0.2");
+    h.clock.advance(time::Duration::seconds(30));
+    login_2fa(&h, &mut a, "ada@example.com", &secret, T0 + 30).await;
+    let known = a.set_browser_cookie();
+    h.clock.advance(time::Duration::seconds(30));
+    login_2fa(&h, &mut b, "ada@example.com", &secret, T0 + 60).await;
+    let r = a.get(&h, "/settings/security").await;
+    assert_eq!(r.body.matches("/revoke\"").count(), 2, "two sessions listed");
+    assert!(r.body.contains("this session") && r.body.contains("10.0.0.2"), "{}", r.body);
+    let b_id = session_of(&h, &b).await.id().to_owned();
+    let r = a.post(&h, &format!("/settings/security/sessions/{b_id}/revoke"), &[]).await;
+    assert_eq!(r.location(), "/settings/security?done=signed-out");
+    assert_eq!(b.get(&h, "/settings/security").await.location(), "/login");
+    // Signing in again in a browser ends its previous session.
+    let before = a.jar["__Host-tessera_session"].clone();
+    h.clock.advance(time::Duration::seconds(30));
+    login_2fa(&h, &mut a, "ada@example.com", &secret, T0 + 90).await;
+    assert!(h.app.session(&before).await.unwrap().is_none());
+    assert_eq!(known, a.set_browser_cookie(), "the known-browser cookie is kept");
+    // An idle session ends.
+    h.clock.advance(time::Duration::minutes(30));
+    assert_eq!(a.get(&h, "/settings/security").await.location(), "/login");
 }

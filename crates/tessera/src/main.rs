@@ -116,6 +116,16 @@ struct ServeArgs {
     /// Require gRPC clients to present a certificate signed by this PEM CA (mTLS).
     #[arg(long, env = "TESSERA_GRPC_CLIENT_CA")]
     grpc_client_ca: Option<PathBuf>,
+    /// Sensitive actions (factors, recovery codes, other sessions, account changes) need a
+    /// factor (or, without one, the password) proven this recently [default: 15m].
+    #[arg(long, env = "TESSERA_REAUTH_WINDOW")]
+    reauth_window: Option<String>,
+    /// A session unused this long ends [default: 30m].
+    #[arg(long, env = "TESSERA_SESSION_IDLE_TIMEOUT")]
+    session_idle_timeout: Option<String>,
+    /// A session ends this long after sign-in at the latest [default: 12h].
+    #[arg(long, env = "TESSERA_SESSION_LIFETIME")]
+    session_lifetime: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +213,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         grpc_tls_cert: args.grpc_tls_cert.clone(),
         grpc_tls_key: args.grpc_tls_key.clone(),
         grpc_client_ca: args.grpc_client_ca.clone(),
+        reauth_window: args.reauth_window.clone(),
+        session_idle_timeout: args.session_idle_timeout.clone(),
+        session_lifetime: args.session_lifetime.clone(),
     };
     let file = match &args.config {
         Some(p) => ConfigFile::load(p)?,
@@ -247,7 +260,7 @@ async fn main() -> Result<()> {
         Command::Keys(k) => keys(&cli, k).await?,
         Command::Support(SupportCommand::ResetMfa { user, reason, ticket, actor }) => {
             let app = cli.app().await?;
-            let ctx = tessera_app::ClientContext { ip: None, user_agent: Some("tessera-cli".into()) };
+            let ctx = tessera_app::ClientContext { ip: None, user_agent: Some("tessera-cli".into()), browser: None };
             let r = app.support_reset_mfa(user, reason, ticket, actor, &ctx).await?;
             println!(
                 "reset MFA of {user}: removed {} factors and {} recovery codes, revoked {} sessions; the user is notified",

@@ -69,7 +69,15 @@ fn web_pages_in_headless_chromium() {
         "0000000000000000000000000000000000A:0\r\n3D8395C806F1BDD0537A4F33F719CEE5283:42\r\n",
     )
     .unwrap();
-    let env = [("TESSERA_PWNED_MODE", "offline"), ("TESSERA_PWNED_DIR", ranges.to_str().unwrap())];
+    // The scenario plays several people at several addresses through one loopback socket: the
+    // server trusts the loopback proxy's X-Forwarded-For (each browser context sets its own).
+    let env = [
+        ("TESSERA_PWNED_MODE", "offline"),
+        ("TESSERA_PWNED_DIR", ranges.to_str().unwrap()),
+        ("TESSERA_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("TESSERA_TRUST_FORWARDED_FOR", "true"),
+        ("TESSERA_WEB_RATE_LIMIT_PER_MINUTE", "200"),
+    ];
     let common::Serve { mut child, http: base, .. } = common::spawn(data.path(), &[], &env);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-e2e");
     let _ = std::fs::remove_dir_all(&out);
@@ -89,6 +97,10 @@ fn web_pages_in_headless_chromium() {
         "06-login-code",
         "07-login-code-wrong",
         "10-account-requires-mfa",
+        "11-other-session-setup",
+        "12-first-factor-signs-out-others",
+        "13-reauth",
+        "15-stranger-locked",
     ] {
         assert!(out.join(format!("{page}.png")).exists(), "screenshot {page}");
     }

@@ -415,7 +415,7 @@ async fn identity_scenario(srv: &InProcess) {
     let login = |email: &str, password: &str| pb::BeginLoginRequest {
         email: email.into(),
         password: password.into(),
-        context: Some(pb::ClientContext { ip: "192.0.2.1".into(), user_agent: "e2e".into() }),
+        context: Some(pb::ClientContext { ip: "192.0.2.1".into(), user_agent: "e2e".into(), ..Default::default() }),
     };
     let complete = |challenge: &str, code: &str| pb::CompleteLoginRequest {
         challenge: challenge.into(),
@@ -492,10 +492,17 @@ async fn identity_scenario(srv: &InProcess) {
         .unwrap()
         .into_inner();
     assert_eq!(who.user_id, uid);
+    assert_eq!(who.assurance, pb::Assurance::PasswordAndSecondFactor as i32);
+    let now = srv.clock.now().unix_timestamp();
+    assert_eq!(who.second_factor_verified_at.as_ref().map(|t| t.seconds), Some(now), "when each factor was proven");
+    assert_eq!(who.password_verified_at.as_ref().map(|t| t.seconds), Some(now));
+    assert_eq!(who.expires_at.as_ref().map(|t| t.seconds), Some(now + 12 * 3600));
+    assert_eq!(who.idle_expires_at.as_ref().map(|t| t.seconds), Some(now + 30 * 60));
+    assert!(who.recently_authenticated && !who.session_id.is_empty());
 
-    // accounts: policy and access
+    // accounts: policy and access, as the session's user (never a user id the caller picks)
     let acct = id
-        .create_account(pb::CreateAccountRequest { name: "Acme".into(), owner_user_id: uid.clone(), context: None })
+        .create_account(pb::CreateAccountRequest { name: "Acme".into(), session_token: session.clone(), context: None })
         .await
         .unwrap()
         .into_inner()
@@ -503,7 +510,7 @@ async fn identity_scenario(srv: &InProcess) {
     id.set_account_policy(pb::SetAccountPolicyRequest {
         account_id: acct.clone(),
         require_mfa: true,
-        actor_user_id: uid.clone(),
+        session_token: session.clone(),
         ..Default::default()
     })
     .await
@@ -564,6 +571,213 @@ async fn identity_scenario(srv: &InProcess) {
     let reset = events.iter().find(|e| e.kind == "support_mfa_reset").unwrap();
     assert_eq!(reset.actor, "agent-ann");
     assert!(reset.detail_json.contains("SUP-77"));
+}
+
+/// Sessions and accounts over gRPC: re-authentication and its window, token rotation, and the
+/// member calls, each refusal with its status code.
+async fn accounts_over_grpc(srv: &InProcess) {
+    use tessera_client::pb::LoginStatus;
+    let c = srv.client(TOKEN).await;
+    let mut id = c.identity();
+    let pw = "correct horse battery staple";
+    let ctx = || Some(pb::ClientContext { ip: "192.0.2.1".into(), user_agent: "e2e".into(), ..Default::default() });
+    // Two users with authenticators, enrolled by the service; each signs in with a code.
+    let mut users = Vec::new();
+    for email in ["owner@example.com", "member@example.com"] {
+        let uid = id
+            .create_user(pb::CreateUserRequest { email: email.into(), password: pw.into(), context: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .user_id;
+        let e = c.enroll_totp(enroll(&uid)).await.unwrap();
+        c.confirm_totp(&uid, &e.factor_id, &srv.code(&e.secret_base32, 0)).await.unwrap();
+        users.push((uid, e.secret_base32.clone()));
+    }
+    srv.clock.advance(time::Duration::seconds(30));
+    let mut sessions = Vec::new();
+    for (email, (_, secret)) in ["owner@example.com", "member@example.com"].iter().zip(&users) {
+        let ch = id
+            .begin_login(pb::BeginLoginRequest { email: (*email).into(), password: pw.into(), context: ctx() })
+            .await
+            .unwrap()
+            .into_inner()
+            .challenge;
+        let r = id
+            .complete_login_totp(pb::CompleteLoginRequest { challenge: ch, code: srv.code(secret, 0), context: ctx() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, LoginStatus::Authenticated as i32);
+        assert!(!r.browser_token.is_empty(), "a known-browser token for the front end to keep");
+        sessions.push(r.session_token);
+    }
+    let (owner, member) = (sessions[0].clone(), sessions[1].clone());
+    let (member_id, _) = users[1].clone();
+    let acct = id
+        .create_account(pb::CreateAccountRequest { name: "Acme".into(), session_token: owner.clone(), context: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .account_id;
+    let invite = |token: &str, email: &str, role: &str| pb::InviteMemberRequest {
+        session_token: token.into(),
+        account_id: acct.clone(),
+        email: email.into(),
+        role: role.into(),
+        context: None,
+    };
+    // Bad input, no session, wrong session: each its code.
+    let code = |r: Result<tonic::Response<pb::InviteMemberResponse>, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(code(id.invite_member(invite(&owner, "member@example.com", "god")).await), Code::InvalidArgument);
+    assert_eq!(code(id.invite_member(invite("", "member@example.com", "member")).await), Code::InvalidArgument);
+    assert_eq!(code(id.invite_member(invite("forged", "member@example.com", "member")).await), Code::Unauthenticated);
+    assert_eq!(
+        code(id.invite_member(invite(&member, "x@example.com", "member")).await),
+        Code::NotFound,
+        "not a member"
+    );
+    // Invite, list, accept.
+    let inv =
+        id.invite_member(invite(&owner, "Member@Example.com", "member")).await.unwrap().into_inner().invitation_id;
+    let unknown = id.invite_member(invite(&owner, "nobody@example.com", "member")).await.unwrap().into_inner();
+    assert!(!unknown.invitation_id.is_empty(), "the same answer for an unknown email");
+    let mine = id
+        .list_invitations(pb::ListInvitationsRequest { session_token: member.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitations;
+    assert_eq!((mine.len(), mine[0].account_name.as_str(), mine[0].role.as_str()), (1, "Acme", "member"));
+    let joined = id
+        .accept_invitation(pb::AcceptInvitationRequest {
+            session_token: member.clone(),
+            invitation_id: inv.clone(),
+            context: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.account_id, acct);
+    let again = id
+        .accept_invitation(pb::AcceptInvitationRequest {
+            session_token: member.clone(),
+            invitation_id: inv,
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+    let list = id
+        .list_members(pb::ListMembersRequest { session_token: owner.clone(), account_id: acct.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.members.len(), 2);
+    assert!(list.members.iter().any(|m| m.user_id == member_id && m.role == "member" && m.has_mfa));
+    assert_eq!(list.invitations.len(), 1, "the unknown address, shown as invited");
+    let denied = id
+        .list_members(pb::ListMembersRequest { session_token: member.clone(), account_id: acct.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // Roles, and the last owner.
+    let role = |token: &str, user: &str, role: &str| pb::ChangeMemberRoleRequest {
+        session_token: token.into(),
+        account_id: acct.clone(),
+        user_id: user.into(),
+        role: role.into(),
+        context: None,
+    };
+    id.change_member_role(role(&owner, &member_id, "admin")).await.unwrap();
+    let owner_id = users[0].0.clone();
+    let last = id.change_member_role(role(&owner, &owner_id, "member")).await.unwrap_err();
+    assert_eq!(last.code(), Code::PermissionDenied);
+    assert!(last.message().contains("owner"), "{}", last.message());
+    let remove = |token: &str, user: &str| pb::RemoveMemberRequest {
+        session_token: token.into(),
+        account_id: acct.clone(),
+        user_id: user.into(),
+        context: None,
+    };
+    assert_eq!(id.remove_member(remove(&member, &owner_id)).await.unwrap_err().code(), Code::PermissionDenied);
+
+    // The re-authentication window: 15 minutes on, account changes need a fresh factor.
+    srv.clock.advance(time::Duration::minutes(15));
+    let stale = id
+        .set_account_policy(pb::SetAccountPolicyRequest {
+            account_id: acct.clone(),
+            require_mfa: true,
+            session_token: owner.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::PermissionDenied);
+    assert!(stale.message().contains("recent authentication") && stale.message().contains("Reauthenticate"));
+    assert_eq!(id.remove_member(remove(&owner, &member_id)).await.unwrap_err().code(), Code::PermissionDenied);
+    let who = id
+        .get_session(pb::GetSessionRequest { session_token: owner.clone(), account_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!who.recently_authenticated);
+    let reauth = |proof| pb::ReauthenticateRequest { session_token: owner.clone(), proof: Some(proof), context: ctx() };
+    use tessera_client::pb::reauthenticate_request::Proof;
+    let r = id.reauthenticate(reauth(Proof::Password(pw.into()))).await.unwrap_err();
+    assert_eq!(r.code(), Code::InvalidArgument, "a password is not a second factor");
+    let r = id.reauthenticate(reauth(Proof::TotpCode(srv.code(&users[0].1, 0)))).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Authenticated as i32);
+    let fresh = r.session_token;
+    assert_ne!(fresh, owner);
+    assert_eq!(
+        id.get_session(pb::GetSessionRequest { session_token: owner.clone(), account_id: String::new() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated,
+        "the old token stopped working"
+    );
+    let grace = |days: i64| {
+        Some(prost_types::Timestamp { seconds: srv.clock.now().unix_timestamp() + days * 86_400, nanos: 0 })
+    };
+    let policy = |grace_until| pb::SetAccountPolicyRequest {
+        account_id: acct.clone(),
+        require_mfa: true,
+        grace_until,
+        session_token: fresh.clone(),
+        context: None,
+    };
+    assert_eq!(id.set_account_policy(policy(grace(91))).await.unwrap_err().code(), Code::InvalidArgument);
+    id.set_account_policy(policy(grace(90))).await.unwrap();
+    id.remove_member(remove(&fresh, &member_id)).await.unwrap();
+    assert_eq!(id.remove_member(remove(&fresh, &member_id)).await.unwrap_err().code(), Code::NotFound);
+    // A service's sign-out of everyone: an unknown user is NOT_FOUND.
+    let nf = id
+        .logout_everywhere(pb::LogoutEverywhereRequest { user_id: "no-such-user".into(), context: None })
+        .await
+        .unwrap_err();
+    assert_eq!(nf.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_over_grpc_sqlite() {
+    let srv = InProcess::start(None).await;
+    accounts_over_grpc(&srv).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_over_grpc_postgres() {
+    let Some(base) = pg_url() else {
+        loud("SKIPPED (PostgreSQL): accounts over gRPC on PostgreSQL; set TESSERA_TEST_DATABASE_URL");
+        return;
+    };
+    let (url, name) = create_pg_db(&base).await;
+    let srv = InProcess::start(Some(url)).await;
+    accounts_over_grpc(&srv).await;
+    srv.stop().await;
+    drop_pg_db(&base, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,7 +130,7 @@ impl Harness {
 }
 
 pub fn ctx() -> ClientContext {
-    ClientContext { ip: Some("203.0.113.7".into()), user_agent: Some("suite/1.0".into()) }
+    ClientContext { ip: Some("203.0.113.7".into()), user_agent: Some("suite/1.0".into()), browser: None }
 }
 
 /// One test body, run against SQLite and against PostgreSQL.

@@ -1,0 +1,294 @@
+//! Accounts (organisations), for the pages and gRPC alike: creating one, the per-account access
+//! check, invitations, members and roles, and the MFA policy.
+//!
+//! Who may do what:
+//! - any member: see the account (subject to its MFA policy, checked on every request);
+//! - owners and admins: see members and invitations, invite (an owner only as owner), remove
+//!   members and change roles (only an owner touches an owner; the last owner stays), change
+//!   the MFA policy (turning it on only once they have a factor themselves); every such change
+//!   needs recent authentication;
+//! - the invited person: accept or decline, signed in with the invited email; the inviter's
+//!   role is checked again at acceptance. Inviting answers the same whether or not the email
+//!   belongs to a user, and tells nothing about that user's factors.
+
+use crate::{App, AppError, ClientContext, Session};
+use serde_json::json;
+use tessera_core::factor::AuditKind;
+use tessera_core::policy::{self, AccountAccess};
+use tessera_core::roles::{self, Role};
+use tessera_core::{CoreError, validate};
+use tessera_store::{
+    InvitationAcceptance, InvitationRow, MemberChangeError, MemberRow, MembershipRow, NewInvitation, NewNotification,
+};
+use time::{Duration, OffsetDateTime};
+
+/// How long an invitation can be accepted.
+pub const INVITATION_TTL: Duration = Duration::days(7);
+/// Longest grace period an account may give its members to set up a factor.
+pub const MAX_GRACE: Duration = Duration::days(90);
+/// Invitation mails one account may send a day (beyond it, invitations are still recorded and
+/// shown to the invitee when they sign in, but no mail goes out).
+pub const INVITATION_MAILS_PER_DAY: u32 = 20;
+
+fn member_error(e: MemberChangeError) -> AppError {
+    match e {
+        MemberChangeError::NoAccount => AppError::NotFound("account"),
+        MemberChangeError::NotAMember => AppError::NotFound("member"),
+        MemberChangeError::Refused(r) => AppError::Forbidden(r.to_string()),
+    }
+}
+
+impl App {
+    /// Create an account (organisation) owned by `s`'s user.
+    pub async fn create_account(&self, s: &Session, name: &str, ctx: &ClientContext) -> Result<String, AppError> {
+        let name = validate::display_name("name", name, validate::MAX_ACCOUNT_NAME_CHARS)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = self.clock.now();
+        self.store.create_account(&id, name, s.user_id(), now).await?;
+        let mut ev = self.event(now, s.user_id(), None, AuditKind::AccountCreated, ctx);
+        ev.detail = json!({ "account_id": id }).to_string();
+        self.store.append_audit(&ev).await?;
+        Ok(id)
+    }
+
+    /// The accounts the user belongs to, with their policy and the user's role.
+    pub async fn memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>, AppError> {
+        Ok(self.store.memberships_of(user_id).await?)
+    }
+
+    /// One of `s`'s accounts (name, role, current policy) and whether `s` may use it now,
+    /// against the account's current policy and the user's current factors. `NotFound` when
+    /// the user is not a member (a stranger learns nothing about which accounts exist).
+    pub async fn account_for(&self, s: &Session, account_id: &str) -> Result<(MembershipRow, AccountAccess), AppError> {
+        let m = self
+            .store
+            .memberships_of(s.user_id())
+            .await?
+            .into_iter()
+            .find(|m| m.policy.account_id == account_id)
+            .ok_or(AppError::NotFound("account"))?;
+        let has_factor = self.store.has_active_factor(s.user_id()).await?;
+        let access = policy::account_access(s.assurance(), has_factor, &m.policy, self.clock.now());
+        Ok((m, access))
+    }
+
+    /// The user's role in an account; `NotFound` if they are not a member.
+    pub async fn role_in(&self, account_id: &str, user_id: &str) -> Result<Role, AppError> {
+        self.store.member_role(account_id, user_id).await?.ok_or(AppError::NotFound("account"))
+    }
+
+    /// `NotFound` unless a member; `Forbidden` unless an owner or admin.
+    async fn require_admin(&self, account_id: &str, user_id: &str) -> Result<Role, AppError> {
+        let role = self.role_in(account_id, user_id).await?;
+        roles::may_manage(Some(role)).map_err(|r| AppError::Forbidden(r.to_string()))?;
+        Ok(role)
+    }
+
+    /// An account's members and whether each has MFA (owners and admins only).
+    pub async fn members(&self, s: &Session, account_id: &str) -> Result<Vec<MemberRow>, AppError> {
+        self.require_admin(account_id, s.user_id()).await?;
+        Ok(self.store.members_of(account_id).await?)
+    }
+
+    /// An account's open invitations (owners and admins only).
+    pub async fn account_invitations(&self, s: &Session, account_id: &str) -> Result<Vec<InvitationRow>, AppError> {
+        self.require_admin(account_id, s.user_id()).await?;
+        Ok(self.store.invitations_of(account_id, self.clock.now()).await?)
+    }
+
+    /// Invite `email` to an account as `role` (owners and admins; only an owner invites an
+    /// owner; needs recent authentication). Answers the same for every email: whether it
+    /// belongs to a user, and whether they have MFA, stays unknown until they accept. Inviting
+    /// an email again refreshes the open invitation. A mail goes to the address at most once a
+    /// day per account, and at most [`INVITATION_MAILS_PER_DAY`] a day per account. Returns
+    /// the invitation's id.
+    pub async fn invite_member(
+        &self,
+        s: &Session,
+        account_id: &str,
+        email: &str,
+        role: Role,
+        ctx: &ClientContext,
+    ) -> Result<String, AppError> {
+        let email_norm = crate::normalise_email(email)?;
+        self.require_admin(account_id, s.user_id()).await?;
+        self.require_recent(s).await?;
+        let now = self.clock.now();
+        let (mails_today, mailed_this_address) =
+            self.store.invitation_mails(account_id, &email_norm, now - Duration::days(1)).await?;
+        let account = self.role_and_name(s, account_id).await?;
+        let mail = (!mailed_this_address && mails_today < INVITATION_MAILS_PER_DAY).then(|| NewNotification {
+            id: uuid::Uuid::new_v4().to_string(),
+            // The mail goes to an address, not a user: which users exist stays unknown here.
+            user_id: String::new(),
+            email: email.trim().to_owned(),
+            kind: "invitation".into(),
+            detail:
+                json!({ "account": account, "role": role.as_str(), "expires": (now + INVITATION_TTL).unix_timestamp() })
+                    .to_string(),
+        });
+        let inv = NewInvitation {
+            id: uuid::Uuid::new_v4().to_string(),
+            account_id: account_id.to_owned(),
+            email: email.trim().to_owned(),
+            email_norm,
+            role,
+            invited_by: s.user_id().to_owned(),
+            now,
+            expires_at: now + INVITATION_TTL,
+        };
+        let mut ev = self.event(now, s.user_id(), None, AuditKind::MemberInvited, ctx);
+        ev.detail = json!({ "account_id": account_id, "role": role.as_str(), "email": inv.email,
+                            "mailed": mail.is_some() })
+        .to_string();
+        self.store.invite(&inv, mail.as_ref(), &ev).await?.map_err(member_error)
+    }
+
+    async fn role_and_name(&self, s: &Session, account_id: &str) -> Result<String, AppError> {
+        Ok(self
+            .store
+            .memberships_of(s.user_id())
+            .await?
+            .into_iter()
+            .find(|m| m.policy.account_id == account_id)
+            .map(|m| m.name)
+            .unwrap_or_default())
+    }
+
+    /// The open invitations addressed to `s`'s user's email.
+    pub async fn my_invitations(&self, s: &Session) -> Result<Vec<InvitationRow>, AppError> {
+        let user = self.store.user_by_id(s.user_id()).await?.ok_or(AppError::NotFound("user"))?;
+        let email_norm = crate::normalise_email(&user.email)?;
+        Ok(self.store.invitations_for(&email_norm, self.clock.now()).await?)
+    }
+
+    /// Accept an invitation addressed to `s`'s user's email; returns the account's id.
+    /// `NotFound` for an invitation that is not theirs or no longer open; `FailedPrecondition`
+    /// when the inviter no longer holds a role that may grant it.
+    pub async fn accept_invitation(&self, s: &Session, id: &str, ctx: &ClientContext) -> Result<String, AppError> {
+        let user = self.store.user_by_id(s.user_id()).await?.ok_or(AppError::NotFound("user"))?;
+        let email_norm = crate::normalise_email(&user.email)?;
+        let now = self.clock.now();
+        let ev = self.event(now, s.user_id(), None, AuditKind::InvitationAccepted, ctx);
+        match self.store.accept_invitation(id, s.user_id(), &email_norm, now, &ev).await? {
+            InvitationAcceptance::Joined(account) => Ok(account),
+            InvitationAcceptance::NotFound => Err(AppError::NotFound("invitation")),
+            InvitationAcceptance::InviterLacksRole(_) => Err(AppError::FailedPrecondition(
+                "this invitation is no longer valid: whoever sent it can no longer grant that role".into(),
+            )),
+        }
+    }
+
+    /// Decline an invitation addressed to `s`'s user's email.
+    pub async fn decline_invitation(&self, s: &Session, id: &str, ctx: &ClientContext) -> Result<(), AppError> {
+        let user = self.store.user_by_id(s.user_id()).await?.ok_or(AppError::NotFound("user"))?;
+        let email_norm = crate::normalise_email(&user.email)?;
+        let now = self.clock.now();
+        let mut ev = self.event(now, s.user_id(), None, AuditKind::InvitationClosed, ctx);
+        ev.detail = json!({ "invitation_id": id, "by": "invitee" }).to_string();
+        if self.store.close_invitation(id, None, Some(&email_norm), now, &ev).await? {
+            Ok(())
+        } else {
+            Err(AppError::NotFound("invitation"))
+        }
+    }
+
+    /// Cancel an open invitation of an account (owners and admins; needs recent authentication).
+    pub async fn cancel_invitation(
+        &self,
+        s: &Session,
+        account_id: &str,
+        id: &str,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        self.require_admin(account_id, s.user_id()).await?;
+        self.require_recent(s).await?;
+        let now = self.clock.now();
+        let mut ev = self.event(now, s.user_id(), None, AuditKind::InvitationClosed, ctx);
+        ev.detail = json!({ "invitation_id": id, "account_id": account_id, "by": "admin" }).to_string();
+        if self.store.close_invitation(id, Some(account_id), None, now, &ev).await? {
+            Ok(())
+        } else {
+            Err(AppError::NotFound("invitation"))
+        }
+    }
+
+    /// Remove a member from an account (see [`roles::may_change`]; needs recent authentication).
+    pub async fn remove_member(
+        &self,
+        s: &Session,
+        account_id: &str,
+        user_id: &str,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        self.change_member(s, account_id, user_id, None, ctx).await
+    }
+
+    /// Change a member's role (see [`roles::may_change`]; needs recent authentication).
+    pub async fn change_member_role(
+        &self,
+        s: &Session,
+        account_id: &str,
+        user_id: &str,
+        role: Role,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        self.change_member(s, account_id, user_id, Some(role), ctx).await
+    }
+
+    async fn change_member(
+        &self,
+        s: &Session,
+        account_id: &str,
+        user_id: &str,
+        new: Option<Role>,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        let target = validate::subject_id(user_id)?;
+        self.require_admin(account_id, s.user_id()).await?;
+        self.require_recent(s).await?;
+        let now = self.clock.now();
+        let kind = if new.is_some() { AuditKind::MemberRoleChanged } else { AuditKind::MemberRemoved };
+        let mut ev = self.event(now, target, None, kind, ctx);
+        ev.actor = Some(s.user_id().to_owned());
+        ev.detail = json!({ "account_id": account_id, "role": new.map(Role::as_str) }).to_string();
+        self.store.change_member(account_id, s.user_id(), target, new, &ev).await?.map_err(member_error)
+    }
+
+    /// Require MFA of an account's members (or stop), with an optional grace deadline at most
+    /// [`MAX_GRACE`] away (owners and admins; needs recent authentication). Turning the
+    /// requirement on needs the actor to have a factor first, so they cannot lock themselves
+    /// out of the account they administer.
+    pub async fn set_account_policy(
+        &self,
+        s: &Session,
+        account_id: &str,
+        require_mfa: bool,
+        grace_until: Option<OffsetDateTime>,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        let now = self.clock.now();
+        if let Some(g) = grace_until
+            && (g <= now || g > now + MAX_GRACE)
+        {
+            return Err(CoreError::invalid("grace_until", "must be in the future and at most 90 days away").into());
+        }
+        self.require_admin(account_id, s.user_id()).await?;
+        self.require_recent(s).await?;
+        if require_mfa && !self.store.has_active_factor(s.user_id()).await? {
+            return Err(AppError::FailedPrecondition(
+                "set up two-factor authentication for yourself first, so you are not locked out of this account".into(),
+            ));
+        }
+        let grace_until = grace_until.filter(|_| require_mfa);
+        if !self.store.set_account_policy(account_id, require_mfa, grace_until).await? {
+            return Err(AppError::NotFound("account"));
+        }
+        let mut ev = self.event(now, s.user_id(), None, AuditKind::AccountPolicyChanged, ctx);
+        ev.detail = json!({ "account_id": account_id, "require_mfa": require_mfa,
+                            "grace_until": grace_until.map(|t| t.unix_timestamp()) })
+        .to_string();
+        self.store.append_audit(&ev).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+-- Step-up and session integrity (SQLite).
+--
+-- Sessions get a stable id (it survives token rotation: a pending device belongs to it), when
+-- the password was last proven (mfa_verified_at already holds the second factor's), when the
+-- session was last seen (the idle timeout), and where it was opened (the sessions list).
+ALTER TABLE sessions ADD COLUMN id TEXT;
+ALTER TABLE sessions ADD COLUMN password_verified_at INTEGER;
+ALTER TABLE sessions ADD COLUMN last_seen_at INTEGER;
+ALTER TABLE sessions ADD COLUMN ip TEXT;
+ALTER TABLE sessions ADD COLUMN user_agent TEXT;
+UPDATE sessions SET id = lower(hex(randomblob(16))), password_verified_at = created_at, last_seen_at = created_at;
+-- Sessions raised to the second-factor level through the old back door (a device confirmed in a
+-- password-only session) cannot be told apart from honest ones: everyone signs in once more.
+UPDATE sessions SET revoked_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000 WHERE revoked_at IS NULL;
+CREATE UNIQUE INDEX sessions_by_id ON sessions (id);
+
+-- A pending device belongs to the session that started it (NULL: enrolled over gRPC by a
+-- service). Pending devices from before have no owner: they expire here.
+ALTER TABLE factors ADD COLUMN session_id TEXT;
+-- A TOTP device taken out of use after 100 consecutive second-factor failures (it still counts
+-- as the user's factor, so sign-in still asks for one; recovery codes still work).
+ALTER TABLE factors ADD COLUMN disabled_at INTEGER;
+DELETE FROM totp_secrets WHERE factor_id IN (SELECT id FROM factors WHERE status = 'pending');
+DELETE FROM factors WHERE status = 'pending';
+
+-- Failures since the last success, across locks (a lock resets consecutive_failures, not this).
+ALTER TABLE attempts ADD COLUMN total_failures INTEGER NOT NULL DEFAULT 0;
+UPDATE attempts SET total_failures = consecutive_failures;
+
+-- The accept trigger (0005) resets the total too.
+DROP TRIGGER totp_secrets_accepted;
+CREATE TRIGGER totp_secrets_accepted AFTER UPDATE OF last_used_at ON totp_secrets
+BEGIN
+    UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL, total_failures = 0
+    WHERE kind = 'second_factor'
+      AND subject_id = (SELECT subject_id FROM factors WHERE id = NEW.factor_id)
+      AND (consecutive_failures <> 0 OR lock_count <> 0 OR locked_until IS NOT NULL OR total_failures <> 0);
+END;
+
+-- Browsers that completed a sign-in of a user (a random __Host- cookie; only its hash here).
+CREATE TABLE known_browsers (
+    user_id       TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    token_hash    BLOB NOT NULL,
+    created_at    INTEGER NOT NULL,
+    last_seen_at  INTEGER NOT NULL,
+    PRIMARY KEY (user_id, token_hash)
+);
+
+-- Invitations to an account, bound to a normalised email; accepted by that user, signed in.
+CREATE TABLE invitations (
+    id           TEXT PRIMARY KEY,
+    account_id   TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    email        TEXT NOT NULL,
+    email_norm   TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    invited_by   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    mailed_at    INTEGER,
+    accepted_at  INTEGER,
+    closed_at    INTEGER
+);
+CREATE INDEX invitations_by_email ON invitations (email_norm);
+CREATE INDEX invitations_by_account ON invitations (account_id);

@@ -1,0 +1,379 @@
+//! Membership changes and invitations. Each change runs in one transaction that first locks
+//! the account (PostgreSQL: its row `FOR UPDATE`; SQLite: `BEGIN IMMEDIATE` already serialises
+//! writers), reads the roles it depends on, and applies `tessera_core::roles`' rule to them, so
+//! no concurrent change slips between the check and the write.
+
+use crate::audit::{self, NewAuditEvent};
+use crate::identity::{NewNotification, insert_notification};
+use crate::{Backend, Store, StoreError};
+use sqlx::AnyConnection;
+use tessera_core::clock::{from_millis, to_millis};
+use tessera_core::roles::{self, Refusal, Role};
+use time::OffsetDateTime;
+
+/// An invitation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationRow {
+    /// Invitation id.
+    pub id: String,
+    /// To which account.
+    pub account_id: String,
+    /// The account's name.
+    pub account_name: String,
+    /// The address as the inviter typed it.
+    pub email: String,
+    /// The role on acceptance.
+    pub role: Role,
+    /// Who invited.
+    pub invited_by: String,
+    /// When.
+    pub created_at: OffsetDateTime,
+    /// Until when it can be accepted.
+    pub expires_at: OffsetDateTime,
+}
+
+/// An invitation to create (or to refresh, when one is open for the same account and email).
+#[derive(Debug, Clone)]
+pub struct NewInvitation {
+    /// Id for a new row.
+    pub id: String,
+    /// Account.
+    pub account_id: String,
+    /// Address as typed.
+    pub email: String,
+    /// Normalised address (the binding).
+    pub email_norm: String,
+    /// Role on acceptance.
+    pub role: Role,
+    /// Inviter.
+    pub invited_by: String,
+    /// Now.
+    pub now: OffsetDateTime,
+    /// Expiry.
+    pub expires_at: OffsetDateTime,
+}
+
+/// What accepting an invitation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acceptance {
+    /// The user is a member now (or already was); the account id.
+    Joined(String),
+    /// No open invitation with this id for this email (unknown, someone else's, expired,
+    /// accepted, declined or cancelled).
+    NotFound,
+    /// The inviter no longer holds a role that may grant this one.
+    InviterLacksRole(Refusal),
+}
+
+/// Lock the account for a membership change; `false` if there is no such account.
+async fn lock_account(conn: &mut AnyConnection, backend: Backend, account_id: &str) -> Result<bool, StoreError> {
+    let sql = match backend {
+        Backend::Postgres => "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
+        Backend::Sqlite => "SELECT id FROM accounts WHERE id = $1",
+    };
+    Ok(sqlx::query_scalar::<_, String>(sql).bind(account_id).fetch_optional(conn).await?.is_some())
+}
+
+async fn role_of(conn: &mut AnyConnection, account_id: &str, user_id: &str) -> Result<Option<Role>, StoreError> {
+    let r: Option<String> = sqlx::query_scalar("SELECT role FROM memberships WHERE account_id = $1 AND user_id = $2")
+        .bind(account_id)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?;
+    r.map(|r| Role::parse(&r).ok_or_else(|| StoreError::Corrupt(format!("role {r:?}")))).transpose()
+}
+
+const INVITATION_COLUMNS: &str =
+    "i.id, i.account_id, a.name, i.email, i.role, i.invited_by, i.created_at, i.expires_at";
+
+type InvitationTuple = (String, String, String, String, String, String, i64, i64);
+
+fn invitation(t: InvitationTuple) -> Result<InvitationRow, StoreError> {
+    let (id, account_id, account_name, email, role, invited_by, created_at, expires_at) = t;
+    Ok(InvitationRow {
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+        id,
+        account_id,
+        account_name,
+        email,
+        invited_by,
+        created_at: from_millis(created_at),
+        expires_at: from_millis(expires_at),
+    })
+}
+
+impl Store {
+    /// Change member `target`'s role to `new` (`None`: remove them from the account) on behalf
+    /// of `actor`, if [`roles::may_change`] allows it with the roles as they are inside this
+    /// transaction. `Ok(Err(refusal))` changes nothing; `NotFound`-like cases (no such account,
+    /// target not a member) are `Ok(Err(..))` too — see the return type.
+    pub async fn change_member(
+        &self,
+        account_id: &str,
+        actor: &str,
+        target: &str,
+        new: Option<Role>,
+        audit: &NewAuditEvent,
+    ) -> Result<Result<(), MemberChangeError>, StoreError> {
+        let mut tx = self.begin().await?;
+        if !lock_account(&mut tx, self.backend, account_id).await? {
+            return Ok(Err(MemberChangeError::NoAccount));
+        }
+        let actor_role = role_of(&mut tx, account_id, actor).await?;
+        if actor_role.is_none() {
+            return Ok(Err(MemberChangeError::NoAccount));
+        }
+        let Some(target_role) = role_of(&mut tx, account_id, target).await? else {
+            return Ok(Err(MemberChangeError::NotAMember));
+        };
+        let owners: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE account_id = $1 AND role = 'owner'")
+                .bind(account_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Err(r) = roles::may_change(actor_role, target_role, new, u32::try_from(owners).unwrap_or(u32::MAX)) {
+            return Ok(Err(MemberChangeError::Refused(r)));
+        }
+        let q = match new {
+            Some(role) => sqlx::query("UPDATE memberships SET role = $3 WHERE account_id = $1 AND user_id = $2")
+                .bind(account_id)
+                .bind(target)
+                .bind(role.as_str()),
+            None => sqlx::query("DELETE FROM memberships WHERE account_id = $1 AND user_id = $2")
+                .bind(account_id)
+                .bind(target),
+        };
+        q.execute(&mut *tx).await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Create an invitation, or refresh the open one for the same account and email (new role,
+    /// inviter and expiry), queueing `mail` if given; checks [`roles::may_invite`] for the
+    /// inviter inside the transaction. Returns the invitation's id.
+    pub async fn invite(
+        &self,
+        inv: &NewInvitation,
+        mail: Option<&NewNotification>,
+        audit: &NewAuditEvent,
+    ) -> Result<Result<String, MemberChangeError>, StoreError> {
+        let mut tx = self.begin().await?;
+        if !lock_account(&mut tx, self.backend, &inv.account_id).await? {
+            return Ok(Err(MemberChangeError::NoAccount));
+        }
+        let inviter = role_of(&mut tx, &inv.account_id, &inv.invited_by).await?;
+        if inviter.is_none() {
+            return Ok(Err(MemberChangeError::NoAccount));
+        }
+        if let Err(r) = roles::may_invite(inviter, inv.role) {
+            return Ok(Err(MemberChangeError::Refused(r)));
+        }
+        let now = to_millis(inv.now);
+        let mailed = mail.map(|_| now);
+        let open: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM invitations WHERE account_id = $1 AND email_norm = $2 \
+             AND accepted_at IS NULL AND closed_at IS NULL AND expires_at > $3",
+        )
+        .bind(&inv.account_id)
+        .bind(&inv.email_norm)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let id = match open {
+            Some(id) => {
+                sqlx::query(
+                    "UPDATE invitations SET role = $2, invited_by = $3, expires_at = $4, email = $5, \
+                     mailed_at = COALESCE($6, mailed_at) WHERE id = $1",
+                )
+                .bind(&id)
+                .bind(inv.role.as_str())
+                .bind(&inv.invited_by)
+                .bind(to_millis(inv.expires_at))
+                .bind(&inv.email)
+                .bind(mailed)
+                .execute(&mut *tx)
+                .await?;
+                id
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO invitations (id, account_id, email, email_norm, role, invited_by, created_at, \
+                     expires_at, mailed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&inv.id)
+                .bind(&inv.account_id)
+                .bind(&inv.email)
+                .bind(&inv.email_norm)
+                .bind(inv.role.as_str())
+                .bind(&inv.invited_by)
+                .bind(now)
+                .bind(to_millis(inv.expires_at))
+                .bind(mailed)
+                .execute(&mut *tx)
+                .await?;
+                inv.id.clone()
+            }
+        };
+        if let Some(n) = mail {
+            insert_notification(&mut tx, n, inv.now).await?;
+        }
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Ok(id))
+    }
+
+    /// Invitation mails sent for an account since `since`, and whether one went to `email_norm`
+    /// (for the app's rate limit on invitation mail).
+    pub async fn invitation_mails(
+        &self,
+        account_id: &str,
+        email_norm: &str,
+        since: OffsetDateTime,
+    ) -> Result<(u32, bool), StoreError> {
+        let (all, to_this): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN email_norm = $2 THEN 1 ELSE 0 END), 0) \
+             FROM invitations WHERE account_id = $1 AND mailed_at > $3",
+        )
+        .bind(account_id)
+        .bind(email_norm)
+        .bind(to_millis(since))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((u32::try_from(all).unwrap_or(u32::MAX), to_this > 0))
+    }
+
+    /// Open invitations for an email (the invitee's view), newest first.
+    pub async fn invitations_for(
+        &self,
+        email_norm: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<InvitationRow>, StoreError> {
+        let rows: Vec<InvitationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INVITATION_COLUMNS} FROM invitations i JOIN accounts a ON a.id = i.account_id \
+             WHERE i.email_norm = $1 AND i.accepted_at IS NULL AND i.closed_at IS NULL AND i.expires_at > $2 \
+             ORDER BY i.created_at DESC, i.id"
+        )))
+        .bind(email_norm)
+        .bind(to_millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(invitation).collect()
+    }
+
+    /// Open invitations of an account (the admins' view), by email.
+    pub async fn invitations_of(
+        &self,
+        account_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<InvitationRow>, StoreError> {
+        let rows: Vec<InvitationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INVITATION_COLUMNS} FROM invitations i JOIN accounts a ON a.id = i.account_id \
+             WHERE i.account_id = $1 AND i.accepted_at IS NULL AND i.closed_at IS NULL AND i.expires_at > $2 \
+             ORDER BY i.email_norm, i.id"
+        )))
+        .bind(account_id)
+        .bind(to_millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(invitation).collect()
+    }
+
+    /// Accept the open invitation `id` addressed to `email_norm` as `user_id`: with the account
+    /// locked, check the inviter still may grant the role ([`roles::may_invite`]), add the
+    /// membership (a member already keeps their role: a role change is its own action), mark
+    /// the invitation accepted and append `audit`.
+    pub async fn accept_invitation(
+        &self,
+        id: &str,
+        user_id: &str,
+        email_norm: &str,
+        now: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<Acceptance, StoreError> {
+        let mut tx = self.begin().await?;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT account_id, role, invited_by FROM invitations WHERE id = $1 AND email_norm = $2 \
+             AND accepted_at IS NULL AND closed_at IS NULL AND expires_at > $3",
+        )
+        .bind(id)
+        .bind(email_norm)
+        .bind(to_millis(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((account_id, role, inviter)) = row else { return Ok(Acceptance::NotFound) };
+        if !lock_account(&mut tx, self.backend, &account_id).await? {
+            return Ok(Acceptance::NotFound);
+        }
+        let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?;
+        if let Err(r) = roles::may_invite(role_of(&mut tx, &account_id, &inviter).await?, role) {
+            return Ok(Acceptance::InviterLacksRole(r));
+        }
+        sqlx::query(
+            "INSERT INTO memberships (user_id, account_id, role) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, account_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(&account_id)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND accepted_at IS NULL")
+            .bind(id)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            return Ok(Acceptance::NotFound);
+        }
+        let mut audit = audit.clone();
+        audit.detail =
+            serde_json::json!({ "account_id": account_id, "role": role.as_str(), "invitation_id": id }).to_string();
+        audit::insert(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Acceptance::Joined(account_id))
+    }
+
+    /// Close an open invitation without accepting it: declined by the invitee (`email_norm`
+    /// given) or cancelled by an admin of its account (`account_id` given; the caller checked
+    /// the role). `false` if there was no such open invitation.
+    pub async fn close_invitation(
+        &self,
+        id: &str,
+        account_id: Option<&str>,
+        email_norm: Option<&str>,
+        now: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE invitations SET closed_at = $2 WHERE id = $1 AND accepted_at IS NULL AND closed_at IS NULL \
+             AND ($3 IS NULL OR account_id = $3) AND ($4 IS NULL OR email_norm = $4)",
+        )
+        .bind(id)
+        .bind(to_millis(now))
+        .bind(account_id)
+        .bind(email_norm)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// Why a membership change or an invitation was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChangeError {
+    /// No such account, or the actor is not a member of it (indistinguishable on purpose).
+    NoAccount,
+    /// The target is not a member.
+    NotAMember,
+    /// The roles refuse it.
+    Refused(Refusal),
+}

@@ -1,0 +1,425 @@
+//! Sessions and login challenges. Tokens are stored only as hashes; a session also has a
+//! stable id that survives token rotation (a pending device belongs to it, the sessions list
+//! names it). Consuming a challenge and rotating a token are each one atomic statement.
+
+use crate::audit::{self, NewAuditEvent};
+use crate::{Store, StoreError};
+use sqlx::AnyConnection;
+use tessera_core::clock::{from_millis, to_millis};
+use time::OffsetDateTime;
+
+/// A live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Stable id (not a secret; the token is).
+    pub id: String,
+    /// Whose.
+    pub user_id: String,
+    /// 1: password; 2: password and a second factor.
+    pub aal: i64,
+    /// When the password was last proven in this session.
+    pub password_verified_at: Option<OffsetDateTime>,
+    /// When a second factor was last proven in this session.
+    pub mfa_verified_at: Option<OffsetDateTime>,
+    /// When it was opened.
+    pub created_at: OffsetDateTime,
+    /// When it was last used (written at most once a minute).
+    pub last_seen_at: OffsetDateTime,
+    /// When it ends at the latest.
+    pub expires_at: OffsetDateTime,
+    /// Where it was opened (client address), if known.
+    pub ip: Option<String>,
+    /// The browser it was opened in, if known.
+    pub user_agent: Option<String>,
+}
+
+/// A session to open.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Stable id.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub token_hash: Vec<u8>,
+    /// Whose.
+    pub user_id: String,
+    /// 1 or 2.
+    pub aal: i64,
+    /// When the password was proven (now, for a sign-in).
+    pub password_verified_at: Option<OffsetDateTime>,
+    /// When a second factor was proven, if one was.
+    pub mfa_verified_at: Option<OffsetDateTime>,
+    /// Now.
+    pub created_at: OffsetDateTime,
+    /// Absolute end.
+    pub expires_at: OffsetDateTime,
+    /// Client address.
+    pub ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+}
+
+/// A token rotation: the session's new token and what was just proven in it.
+#[derive(Debug, Clone)]
+pub struct Rotation<'a> {
+    /// The session's stable id.
+    pub session_id: &'a str,
+    /// Its owner (a rotation never moves a session to another user).
+    pub user_id: &'a str,
+    /// SHA-256 of the new token (the old one stops working in the same statement).
+    pub new_token_hash: &'a [u8],
+    /// The level afterwards.
+    pub aal: i64,
+    /// Set when the password was just proven.
+    pub password_verified_at: Option<OffsetDateTime>,
+    /// Set when a second factor was just proven.
+    pub mfa_verified_at: Option<OffsetDateTime>,
+}
+
+const SESSION_COLUMNS: &str = "id, user_id, aal, password_verified_at, mfa_verified_at, created_at, last_seen_at, \
+     expires_at, ip, user_agent";
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    user_id: String,
+    aal: i64,
+    password_verified_at: Option<i64>,
+    mfa_verified_at: Option<i64>,
+    created_at: i64,
+    last_seen_at: Option<i64>,
+    expires_at: i64,
+    ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl From<Row> for SessionRow {
+    fn from(r: Row) -> Self {
+        SessionRow {
+            id: r.id,
+            user_id: r.user_id,
+            aal: r.aal,
+            password_verified_at: r.password_verified_at.map(from_millis),
+            mfa_verified_at: r.mfa_verified_at.map(from_millis),
+            created_at: from_millis(r.created_at),
+            last_seen_at: from_millis(r.last_seen_at.unwrap_or(r.created_at)),
+            expires_at: from_millis(r.expires_at),
+            ip: r.ip,
+            user_agent: r.user_agent,
+        }
+    }
+}
+
+pub(crate) async fn insert_session(conn: &mut AnyConnection, s: &NewSession) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, id, user_id, aal, password_verified_at, mfa_verified_at, created_at, \
+         last_seen_at, expires_at, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)",
+    )
+    .bind(&s.token_hash)
+    .bind(&s.id)
+    .bind(&s.user_id)
+    .bind(s.aal)
+    .bind(s.password_verified_at.map(to_millis))
+    .bind(s.mfa_verified_at.map(to_millis))
+    .bind(to_millis(s.created_at))
+    .bind(to_millis(s.expires_at))
+    .bind(&s.ip)
+    .bind(&s.user_agent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Give a live session a new token and the level and proof times of what was just proven; the
+/// old token stops working in the same statement. `false` if the session is not live.
+pub(crate) async fn rotate(
+    conn: &mut AnyConnection,
+    r: &Rotation<'_>,
+    now: OffsetDateTime,
+    idle_cutoff: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let n = sqlx::query(
+        "UPDATE sessions SET token_hash = $3, aal = $4, \
+         password_verified_at = COALESCE($5, password_verified_at), \
+         mfa_verified_at = COALESCE($6, mfa_verified_at), last_seen_at = $7 \
+         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $7 AND last_seen_at > $8",
+    )
+    .bind(r.session_id)
+    .bind(r.user_id)
+    .bind(r.new_token_hash)
+    .bind(r.aal)
+    .bind(r.password_verified_at.map(to_millis))
+    .bind(r.mfa_verified_at.map(to_millis))
+    .bind(to_millis(now))
+    .bind(to_millis(idle_cutoff))
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Revoke every live session of `user_id` except `keep` (if given); returns how many.
+pub(crate) async fn revoke_others(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    keep: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET revoked_at = $2 \
+         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND ($3 IS NULL OR id <> $3)",
+    )
+    .bind(user_id)
+    .bind(to_millis(now))
+    .bind(keep)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+impl Store {
+    /// Store a login challenge (by its token's hash).
+    pub async fn create_challenge(
+        &self,
+        token_hash: &[u8],
+        user_id: &str,
+        now: OffsetDateTime,
+        expires: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_challenges (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(to_millis(now))
+        .bind(to_millis(expires))
+        .execute(&mut *self.write().await?)
+        .await?;
+        Ok(())
+    }
+
+    /// The user of a challenge that is unused and unexpired at `now`.
+    pub async fn challenge_user(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM login_challenges WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(to_millis(now))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Use up a challenge and open `session` for its user, in one transaction; `false` (and
+    /// no session) if the challenge was already used, voided or expired.
+    pub async fn complete_challenge(
+        &self,
+        challenge_hash: &[u8],
+        session: &NewSession,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE login_challenges SET used_at = $3 \
+             WHERE token_hash = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > $3",
+        )
+        .bind(challenge_hash)
+        .bind(&session.user_id)
+        .bind(to_millis(session.created_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        insert_session(&mut tx, session).await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Void every open challenge of a user (when they get locked).
+    pub async fn void_challenges(&self, user_id: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(sqlx::query("UPDATE login_challenges SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            .bind(user_id)
+            .bind(to_millis(now))
+            .execute(&mut *self.write().await?)
+            .await?
+            .rows_affected())
+    }
+
+    /// Open a session and append `audit`, in one transaction.
+    pub async fn create_session(&self, session: &NewSession, audit: &NewAuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        insert_session(&mut tx, session).await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The session of a token, if it is live at `now`: not revoked, not past its absolute end,
+    /// and seen after `idle_cutoff`.
+    pub async fn session(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+        idle_cutoff: OffsetDateTime,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at > $3"
+        )))
+        .bind(token_hash)
+        .bind(to_millis(now))
+        .bind(to_millis(idle_cutoff))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(SessionRow::from))
+    }
+
+    /// Record that a session was used at `now`, if its last-seen time is older than
+    /// `older_than` (so a busy session costs one write a minute, not one per request).
+    pub async fn touch_session(
+        &self,
+        session_id: &str,
+        now: OffsetDateTime,
+        older_than: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at <= $3 AND revoked_at IS NULL",
+        )
+        .bind(session_id)
+        .bind(to_millis(now))
+        .bind(to_millis(older_than))
+        .execute(&mut *self.write().await?)
+        .await?;
+        Ok(())
+    }
+
+    /// Rotate a live session's token (see [`Rotation`]) and append `audit`, in one transaction;
+    /// `false` (nothing written) if the session is not live.
+    pub async fn rotate_session(
+        &self,
+        r: &Rotation<'_>,
+        now: OffsetDateTime,
+        idle_cutoff: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        if !rotate(&mut tx, r, now, idle_cutoff).await? {
+            return Ok(false);
+        }
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The user's live sessions, most recently used first.
+    pub async fn sessions_of(
+        &self,
+        user_id: &str,
+        now: OffsetDateTime,
+        idle_cutoff: OffsetDateTime,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at > $3 \
+             ORDER BY last_seen_at DESC, id"
+        )))
+        .bind(user_id)
+        .bind(to_millis(now))
+        .bind(to_millis(idle_cutoff))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(SessionRow::from)
+        .collect())
+    }
+
+    /// Revoke one session by its token; `false` if it was not live.
+    pub async fn revoke_session(&self, token_hash: &[u8], now: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL")
+            .bind(token_hash)
+            .bind(to_millis(now))
+            .execute(&mut *self.write().await?)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Revoke one session of `user_id` by its id and append `audit`; `false` if there is no
+    /// such live session of that user.
+    pub async fn revoke_session_id(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        now: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let n =
+            sqlx::query("UPDATE sessions SET revoked_at = $3 WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL")
+                .bind(user_id)
+                .bind(session_id)
+                .bind(to_millis(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Revoke every live session of a user; returns how many.
+    pub async fn revoke_sessions_of(&self, user_id: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut c = self.write().await?;
+        revoke_others(&mut c, user_id, None, now).await
+    }
+
+    /// Revoke every live session of a user but `keep` (a session id) and append `audit`;
+    /// returns how many.
+    pub async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &str,
+        now: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = revoke_others(&mut tx, user_id, Some(keep), now).await?;
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Remember that a browser (the hash of its known-browser cookie) completed a sign-in of
+    /// `user_id`.
+    pub async fn remember_browser(
+        &self,
+        user_id: &str,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO known_browsers (user_id, token_hash, created_at, last_seen_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (user_id, token_hash) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+        )
+        .bind(user_id)
+        .bind(token_hash)
+        .bind(to_millis(now))
+        .execute(&mut *self.write().await?)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a browser has completed a sign-in of `user_id` before.
+    pub async fn is_known_browser(&self, user_id: &str, token_hash: &[u8]) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM known_browsers WHERE user_id = $1 AND token_hash = $2")
+            .bind(user_id)
+            .bind(token_hash)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,250 @@
+//! The security page: authenticator apps (add, finish setting up, remove), recovery codes, and
+//! the user's sessions.
+//!
+//! Who may do what (decided in the app; the page only routes): viewing needs a live session;
+//! adding or removing an authenticator, new recovery codes and signing out other sessions need
+//! recent authentication (else a redirect to `/settings/reauth`); a pending setup is shown and
+//! finished only in the session that started it; any session may cancel one or sign itself out.
+
+use super::{Page, User, attempts_left, compact, flatten, locked, sentence, session_cookie, with_cookies};
+use crate::views;
+use crate::{Web, views::DeviceView};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use tessera_app::{AppError, ConfirmOutcome};
+use tessera_core::factor::FactorStatus;
+use tessera_core::policy::Assurance;
+
+const BACK: &str = "/settings/security";
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct Done {
+    done: Option<String>,
+}
+
+pub(crate) async fn page(user: User, State(web): State<Web>, Query(q): Query<Done>) -> Response {
+    let notice = match q.done.as_deref() {
+        Some("removed") => Some("Device removed."),
+        Some("cancelled") => Some("Setup cancelled."),
+        Some("revoked") => Some("All your other sessions are signed out."),
+        Some("signed-out") => Some("That session is signed out."),
+        Some("added") => Some("Authenticator app added."),
+        _ => None,
+    };
+    flatten(security_page(&web, &user, StatusCode::OK, notice.map(str::to_owned), None).await)
+}
+
+async fn security_page(
+    web: &Web,
+    user: &User,
+    status: StatusCode,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Page {
+    let fail = |e| user.fail(e, BACK);
+    let factors = web.app.devices(&user.session).await.map_err(fail)?;
+    let codes_left = web.app.recovery_codes_remaining(user.id()).await.map_err(fail)?;
+    let sessions = web.app.sessions_of(&user.session).await.map_err(fail)?;
+    let mfa_on = factors.iter().any(|f| f.status == FactorStatus::Active);
+    let now = web.app.now();
+    let devices = factors
+        .into_iter()
+        .map(|f| DeviceView {
+            pending: f.status == FactorStatus::Pending,
+            mine: f.started_in.as_deref() == Some(user.session.id()),
+            disabled: f.disabled_at.is_some(),
+            added: views::timestamp(f.created_at),
+            last_used: f.last_used_at.map_or_else(|| "never".to_owned(), views::timestamp),
+            id: f.id,
+            label: f.label,
+        })
+        .collect();
+    let sessions = sessions
+        .into_iter()
+        .map(|(s, current)| views::SessionView {
+            id: s.id().to_owned(),
+            current,
+            browser: views::describe_agent(s.user_agent()),
+            ip: s.ip().unwrap_or("unknown").to_owned(),
+            signed_in: views::clock_time(s.created_at(), now),
+            last_seen: views::clock_time(s.last_seen_at(), now),
+            two_factor: s.assurance() == Assurance::PasswordAndSecondFactor,
+        })
+        .collect();
+    Ok(views::page(
+        status,
+        &views::Security {
+            chrome: user.chrome("Security"),
+            mfa_on,
+            session_mfa: user.session.assurance() == Assurance::PasswordAndSecondFactor,
+            devices,
+            sessions,
+            codes_left,
+            notice,
+            error,
+        },
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct LabelForm {
+    label: String,
+}
+
+pub(crate) async fn enroll(user: User, State(web): State<Web>, axum::Form(f): axum::Form<LabelForm>) -> Response {
+    let label = if f.label.trim().is_empty() { "Authenticator app".to_owned() } else { f.label };
+    match web.app.add_totp_device(&user.session, &label, user.ctx()).await {
+        Ok(e) => Redirect::to(&format!("/settings/security/totp/{}", e.factor_id)).into_response(),
+        Err(AppError::Invalid(e)) => {
+            flatten(security_page(&web, &user, StatusCode::BAD_REQUEST, None, Some(sentence(&e.to_string()))).await)
+        }
+        Err(AppError::FailedPrecondition(m)) => {
+            flatten(security_page(&web, &user, StatusCode::CONFLICT, None, Some(sentence(&m))).await)
+        }
+        Err(e) => user.fail(e, BACK),
+    }
+}
+
+pub(crate) async fn setup(user: User, State(web): State<Web>, Path(id): Path<String>) -> Response {
+    setup_page(&web, &user, &id, StatusCode::OK, None).await
+}
+
+async fn setup_page(web: &Web, user: &User, id: &str, status: StatusCode, error: Option<String>) -> Response {
+    match web.app.pending_totp_device(&user.session, id).await {
+        Ok(e) => {
+            let svg = e.qr_svg.find("<svg").and_then(|i| e.qr_svg.get(i..)).unwrap_or_default().to_owned();
+            let secret = e.secret_base32.to_string();
+            let groups = secret
+                .as_bytes()
+                .chunks(4)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            views::page(
+                status,
+                &views::Setup {
+                    chrome: user.chrome("Set up two-factor authentication"),
+                    factor_id: e.factor_id,
+                    qr_svg: svg,
+                    secret,
+                    secret_groups: groups,
+                    account: user.email.clone(),
+                    issuer: web.app.config().issuer.clone(),
+                    error,
+                },
+            )
+        }
+        Err(AppError::FailedPrecondition(m)) => {
+            flatten(security_page(web, user, StatusCode::CONFLICT, None, Some(sentence(&m))).await)
+        }
+        Err(e) => user.fail(e, BACK),
+    }
+}
+
+fn codes_page(user: &User, codes: Vec<zeroize::Zeroizing<String>>, first: bool, signed_out: u64) -> Response {
+    let codes: Vec<String> = codes.iter().map(|c| c.to_string()).collect();
+    let text = format!(
+        "Tessera recovery codes for {}\nEach code works once. Keep them somewhere safe.\n\n{}\n",
+        user.email,
+        codes.join("\n")
+    );
+    let download_href = format!(
+        "data:text/plain;charset=utf-8,{}",
+        percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC)
+    );
+    views::page(
+        StatusCode::OK,
+        &views::RecoveryCodes {
+            chrome: user.chrome("Save your recovery codes"),
+            codes,
+            download_href,
+            first,
+            signed_out,
+        },
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct CodeForm {
+    code: String,
+}
+
+pub(crate) async fn confirm(
+    user: User,
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<CodeForm>,
+) -> Response {
+    let now = web.app.now();
+    let back = format!("/settings/security/totp/{id}");
+    match web.app.confirm_totp_device(&user.session, &id, &compact(&f.code), user.ctx()).await {
+        Ok(ConfirmOutcome::Confirmed { recovery_codes, sessions_revoked, session_token, .. }) => {
+            // A first factor raised this session under a new token: the browser takes it.
+            let cookies: Vec<String> = session_token.iter().map(|t| session_cookie(&web, t)).collect();
+            let page = if recovery_codes.is_empty() {
+                Redirect::to("/settings/security?done=added").into_response()
+            } else {
+                codes_page(&user, recovery_codes, true, sessions_revoked)
+            };
+            with_cookies(page, &cookies)
+        }
+        Ok(ConfirmOutcome::Rejected { attempts_remaining }) => {
+            setup_page(&web, &user, &id, StatusCode::UNAUTHORIZED, Some(attempts_left(attempts_remaining))).await
+        }
+        Ok(ConfirmOutcome::Locked { until }) => {
+            setup_page(&web, &user, &id, StatusCode::TOO_MANY_REQUESTS, Some(locked(until, now))).await
+        }
+        Err(AppError::Invalid(_)) => {
+            let msg = "Enter the 6-digit code from your authenticator app.".to_owned();
+            setup_page(&web, &user, &id, StatusCode::BAD_REQUEST, Some(msg)).await
+        }
+        Err(AppError::FailedPrecondition(m)) => {
+            flatten(security_page(&web, &user, StatusCode::CONFLICT, None, Some(sentence(&m))).await)
+        }
+        Err(e) => user.fail(e, &back),
+    }
+}
+
+pub(crate) async fn regenerate(user: User, State(web): State<Web>) -> Response {
+    match web.app.new_recovery_codes(&user.session, user.ctx()).await {
+        Ok(codes) => codes_page(&user, codes, false, 0),
+        Err(e) => user.fail(e, BACK),
+    }
+}
+
+pub(crate) async fn remove_device(user: User, State(web): State<Web>, Path(id): Path<String>) -> Response {
+    let pending = web
+        .app
+        .devices(&user.session)
+        .await
+        .map(|d| d.iter().any(|f| f.id == id && f.status == FactorStatus::Pending))
+        .unwrap_or(false);
+    match web.app.remove_device(&user.session, &id, user.ctx()).await {
+        Ok(()) if pending => Redirect::to("/settings/security?done=cancelled").into_response(),
+        Ok(()) => Redirect::to("/settings/security?done=removed").into_response(),
+        Err(e) => user.fail(e, BACK),
+    }
+}
+
+pub(crate) async fn revoke_others(user: User, State(web): State<Web>) -> Response {
+    match web.app.logout_others(&user.session, user.ctx()).await {
+        Ok(_) => Redirect::to("/settings/security?done=revoked").into_response(),
+        Err(e) => user.fail(e, BACK),
+    }
+}
+
+pub(crate) async fn revoke_session(user: User, State(web): State<Web>, Path(id): Path<String>) -> Response {
+    let own = id == user.session.id();
+    match web.app.revoke_session(&user.session, &id, user.ctx()).await {
+        Ok(()) if own => {
+            with_cookies(Redirect::to("/login").into_response(), &[crate::cookies::clear(crate::cookies::SESSION)])
+        }
+        Ok(()) => Redirect::to("/settings/security?done=signed-out").into_response(),
+        Err(e) => user.fail(e, BACK),
+    }
+}
