@@ -138,6 +138,11 @@ mod tests {
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
         assert_eq!(verify(&p, &h), Verified { ok: true, needs_rehash: false });
         assert!(!verify(&Password::normalise("wrong horse battery"), &h).ok);
+        // verified exactly as typed: no case folding, no trimming, no truncation (ASVS 6.2.8)
+        for near in ["Correct horse battery", "CORRECT HORSE BATTERY", "correct horse battery ", "correct horse batter"]
+        {
+            assert!(!verify(&Password::normalise(near), &h).ok, "{near:?}");
+        }
         assert_ne!(hash(&p).unwrap(), h, "fresh salt each time");
         // the decomposed spelling of the same password verifies
         let accented = hash(&Password::normalise("caf\u{e9} au lait")).unwrap();

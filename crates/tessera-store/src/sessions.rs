@@ -377,6 +377,15 @@ impl Store {
         revoke_others(&mut c, user_id, None, now).await
     }
 
+    /// Revoke every live session of every user; returns how many.
+    pub async fn revoke_all_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE revoked_at IS NULL AND expires_at > $1")
+            .bind(to_millis(now))
+            .execute(&mut *self.write().await?)
+            .await?
+            .rows_affected())
+    }
+
     /// Revoke every live session of a user but `keep` (a session id) and append `audit`;
     /// returns how many.
     pub async fn revoke_other_sessions(

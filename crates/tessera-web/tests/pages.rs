@@ -166,6 +166,11 @@ async fn every_post_needs_the_csrf_token_and_every_page_the_headers() {
     }
     let token = b.csrf();
     assert!(r.body.contains(&format!("name=\"csrf\" value=\"{token}\"")), "the form carries the token");
+    // Password fields are masked and left to password managers (ASVS 6.2.6, 6.2.7).
+    assert!(r.body.contains("type=\"password\" autocomplete=\"new-password\""), "{}", r.body);
+    let login = b.get(&h, "/login").await.body;
+    assert!(login.contains("type=\"password\" autocomplete=\"current-password\""), "{login}");
+    assert!(!login.contains("onpaste"), "pasting is never blocked");
 
     let form = [("email", "ada@example.com"), ("password", PASSWORD)];
     // No token, a wrong token, the right token from another site: all 403, nothing created.

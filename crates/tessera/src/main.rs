@@ -60,6 +60,22 @@ enum SupportCommand {
         #[arg(long)]
         actor: String,
     },
+    /// Sign a user out everywhere (`--user`), or every user (`--all`), e.g. after a leak;
+    /// audited. Their factors and passwords are untouched.
+    SignOut {
+        /// The user's email.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        user: Option<String>,
+        /// Every session of every user.
+        #[arg(long)]
+        all: bool,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+        /// Who is doing it.
+        #[arg(long)]
+        actor: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -266,6 +282,13 @@ async fn main() -> Result<()> {
                 "reset MFA of {user}: removed {} factors and {} recovery codes, revoked {} sessions; the user is notified",
                 r.factors, r.recovery_codes, r.sessions
             );
+        }
+        Command::Support(SupportCommand::SignOut { user, all: _, reason, actor }) => {
+            let app = cli.app().await?;
+            let ctx = tessera_app::ClientContext { ip: None, user_agent: Some("tessera-cli".into()), browser: None };
+            let n = app.support_sign_out(user.as_deref(), reason, actor, &ctx).await?;
+            let whom = user.as_deref().unwrap_or("every user");
+            println!("signed out {whom}: {n} sessions revoked");
         }
     }
     Ok(())

@@ -190,3 +190,39 @@ async fn support_reset_mfa_from_the_command_line() {
     let (events, _) = a.list_audit_events(&uid, 10, "").await.unwrap();
     assert!(events.iter().any(|e| e.kind == "support_mfa_reset" && e.actor.as_deref() == Some("sam")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn support_signs_users_out_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    ok(tessera(&data, &["keys", "generate"]));
+    let a = app(&data).await;
+    let ctx = ClientContext::default();
+    let mut tokens = Vec::new();
+    for email in ["zoe@example.com", "yan@example.com"] {
+        a.create_user(email, "a long enough password", &ctx).await.unwrap();
+        for _ in 0..2 {
+            match a.begin_login(email, "a long enough password", &ctx).await.unwrap() {
+                tessera_app::LoginOutcome::Authenticated { token, .. } => tokens.push(token.to_string()),
+                o => panic!("{o:?}"),
+            }
+        }
+    }
+    let err = fails(tessera(&data, &["support", "sign-out", "--reason", "leak", "--actor", "sam"]));
+    assert!(err.contains("--user") || err.contains("--all"), "{err}");
+    let out = ok(tessera(
+        &data,
+        &["support", "sign-out", "--user", "ZOE@example.com", "--reason", "laptop stolen", "--actor", "sam"],
+    ));
+    assert!(out.contains("signed out ZOE@example.com: 2 sessions revoked"), "{out}");
+    assert!(a.session(&tokens[0]).await.unwrap().is_none() && a.session(&tokens[1]).await.unwrap().is_none());
+    assert!(a.session(&tokens[2]).await.unwrap().is_some(), "another user's sessions stay");
+    let out = ok(tessera(&data, &["support", "sign-out", "--all", "--reason", "key leak", "--actor", "sam"]));
+    assert!(out.contains("signed out every user: 2 sessions revoked"), "{out}");
+    assert!(a.session(&tokens[3]).await.unwrap().is_none());
+    let zoe = a.store().user_by_email("zoe@example.com").await.unwrap().unwrap().id;
+    let (events, _) = a.list_audit_events(&zoe, 10, "").await.unwrap();
+    let ev = events.iter().find(|e| e.kind == "sessions_revoked").unwrap();
+    assert_eq!(ev.actor.as_deref(), Some("sam"));
+    assert!(ev.detail.contains("laptop stolen"), "{}", ev.detail);
+}
