@@ -142,11 +142,15 @@ impl App {
         self.password_verifications.load(Ordering::Relaxed)
     }
 
-    /// Sign up. The password must meet the rules (length, after NFKC); the email must be
-    /// new (case-insensitively). Returns the user id.
+    /// Sign up. The email must be new (case-insensitively) and usable as the account name
+    /// authenticator apps show; the password must meet the rules (length, after NFKC; none of
+    /// the email's or the service's name; not breached). Returns the user id.
     pub async fn create_user(&self, email: &str, password: &str, ctx: &ClientContext) -> Result<String, AppError> {
         let email_norm = normalise_email(email)?;
+        // The email becomes the account name at enrolment: refuse here what enrolment would.
+        tessera_core::validate::display_name("email", email, tessera_core::validate::MAX_ACCOUNT_NAME_CHARS)?;
         let p = Password::new_checked(password, self.config.min_password_chars)?;
+        password::check_context_words(&p, email, &self.config.issuer)?;
         self.pwned.check(&p).await?;
         let hash = self.hash_password_blocking(p).await?;
         let id = uuid::Uuid::new_v4().to_string();

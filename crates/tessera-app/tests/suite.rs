@@ -817,3 +817,84 @@ async fn a_matched_code_counts_only_when_the_gate_admits_it(h: &Harness) {
     assert_eq!(try_accept(step + 1).await.unwrap(), GateAccept::Accepted);
 }
 both!(a_matched_code_counts_only_when_the_gate_admits_it);
+
+// ---- sign-up: context-specific words in passwords, emails that cannot be account names ----
+
+fn is_context_word_refusal(r: &Result<String, AppError>) -> bool {
+    matches!(r, Err(AppError::Invalid(CoreError::Invalid { field: "password", reason }))
+        if reason == "must not contain your email's name or the service's name")
+}
+
+/// NIST 800-63B context-specific words: a new password may not contain a word of 4 or more
+/// characters from the email's local part or from the service's name (the issuer, "Tessera" by
+/// default), in any case; shorter words do not count. A refused sign-up creates nothing.
+async fn sign_up_refuses_the_emails_and_the_services_name_in_passwords(h: &Harness) {
+    let email = "ada.lovelace+x@example.com";
+    for pw in ["Lovelace forever 1815", "I am ADA LOVELACE", "my tessera password", "tEsSeRa-tEsSeRa"] {
+        assert!(is_context_word_refusal(&h.app.create_user(email, pw, &ctx()).await), "{pw}");
+    }
+    // sign-up through the pages runs the same rule
+    assert!(matches!(
+        h.app.sign_up(email, "lovelace's own password", &ctx()).await,
+        Err(AppError::Invalid(CoreError::Invalid { field: "password", .. }))
+    ));
+    // nothing was created: the email is still free; "ada" and "x" are too short to count
+    let pw = "ada x marks the spot";
+    let uid = h.app.create_user(email, pw, &ctx()).await.unwrap();
+    assert!(matches!(
+        h.app.begin_login(email, pw, &ctx()).await.unwrap(),
+        LoginOutcome::Authenticated { user_id, .. } if user_id == uid
+    ));
+}
+both!(sign_up_refuses_the_emails_and_the_services_name_in_passwords);
+
+/// The service's name is the configured issuer, each of its words, not a fixed "Tessera".
+async fn sign_up_refuses_the_configured_issuers_name_in_passwords(h: &Harness) {
+    for pw in ["cloud nine is my home", "ACME rockets for ever"] {
+        assert!(is_context_word_refusal(&h.app.create_user("zoe@example.com", pw, &ctx()).await), "{pw}");
+    }
+    h.app.create_user("zoe@example.com", "tessera is just a word here", &ctx()).await.unwrap();
+}
+both!(
+    sign_up_refuses_the_configured_issuers_name_in_passwords,
+    tessera_app::AppConfig { issuer: "Acme Cloud".into(), ..Default::default() }
+);
+
+/// The email becomes the account name authenticator apps show, so sign-up refuses an email
+/// that enrolment would refuse as one: longer than 128 characters, or holding invisible or
+/// text-direction characters (which would also let "ada\u{200B}@example.com" pass for
+/// "ada@example.com"). The error names `email`; nothing is created.
+async fn sign_up_refuses_emails_that_cannot_be_account_names(h: &Harness) {
+    let invalid_email = |r: &Result<String, AppError>, why: &str| matches!(r, Err(AppError::Invalid(CoreError::Invalid { field: "email", reason })) if reason == why);
+    let at_limit = format!("{}@example.com", "a".repeat(128 - "@example.com".len()));
+    assert_eq!(at_limit.chars().count(), tessera_core::validate::MAX_ACCOUNT_NAME_CHARS);
+    let over = format!("b{at_limit}");
+    let r = h.app.create_user(&over, PW, &ctx()).await;
+    assert!(invalid_email(&r, "is 129 characters; at most 128 are allowed"), "{r:?}");
+    assert!(matches!(h.app.begin_login(&over, PW, &ctx()).await.unwrap(), LoginOutcome::Failed), "not created");
+    for spoof in ["ada\u{200B}@example.com", "\u{202E}moc.elpmaxe@ada", "ada@exam\u{2066}ple.com"] {
+        let r = h.app.create_user(spoof, PW, &ctx()).await;
+        assert!(invalid_email(&r, "must not contain invisible or text-direction characters"), "{spoof:?}: {r:?}");
+    }
+    // 128 characters sign up, and that email enrols as the account name
+    let uid = h.app.create_user(&at_limit, PW, &ctx()).await.unwrap();
+    let enrol =
+        EnrollRequest { subject_id: uid, label: "Phone".into(), account_name: at_limit.clone(), ..Default::default() };
+    let e = h.app.enroll_totp(&enrol, &ctx()).await.unwrap();
+    assert!(e.otpauth_uri.contains(&"a".repeat(116)), "{}", e.otpauth_uri.as_str());
+}
+both!(sign_up_refuses_emails_that_cannot_be_account_names);
+
+/// The context rule runs before the breached-password check: a password it refuses is never
+/// sent, not even as a 5-character prefix of its hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_word_password_is_refused_before_the_range_api_is_asked() {
+    let (url, seen) = range_server(vec![], vec![]).await;
+    let h = Harness::sqlite(online(&url, FailureMode::Closed, 1)).await;
+    let r = h.app.create_user("ada.lovelace@example.com", "lovelace and lace", &ctx()).await;
+    assert!(is_context_word_refusal(&r), "{r:?}");
+    assert!(seen.lock().unwrap().is_empty(), "the range API was asked");
+    h.app.create_user("ada.lovelace@example.com", PW, &ctx()).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1, "an acceptable password is checked as before");
+    h.cleanup().await;
+}

@@ -1,17 +1,44 @@
 //! The auth-middleware use of Tessera: a `tower` layer for any HTTP service (axum, hyper,
 //! tonic) that lets a request through only when Tessera accepts the one-time code it
-//! carries for its subject. The subject that passed is put in the request's extensions as
-//! [`VerifiedSubject`].
+//! carries for the subject the service has already signed in. The subject that passed is
+//! put in the request's extensions as [`VerifiedSubject`].
+//!
+//! # Whose code
+//!
+//! The subject is never read from what the client sent: whoever sends a request could name
+//! any user, spend that user's attempts with wrong codes and lock them out. It comes from
+//! [`AuthenticatedSubject`], which the protected service's own password or session layer,
+//! placed before this one, puts in the request's extensions once it has checked who is
+//! calling. Without it the request is refused (401, `x-tessera-reason: not signed in`) and
+//! Tessera is not asked, so no one's attempts are spent.
 
 use crate::{Client, Verification};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Header naming the subject (the user id the caller already authenticated by password).
-pub const SUBJECT_HEADER: &str = "x-tessera-subject";
-/// Header carrying the one-time code.
+/// Header carrying the one-time code (the user's own input; the subject never comes from a
+/// header: see [`AuthenticatedSubject`]).
 pub const CODE_HEADER: &str = "x-tessera-otp";
+
+/// The subject (user id) the protected service has authenticated by its own first factor
+/// (a password, a session cookie), for [`RequireTotpLayer`] to check the code against.
+///
+/// The service's password or session layer, which must run before [`RequireTotpLayer`],
+/// inserts it into the request's extensions (`req.extensions_mut().insert(..)`) after it
+/// has verified the caller; it must never be built from a value the client sent unverified
+/// (a header, a query parameter, a form field), or anyone could spend another user's
+/// attempts and lock them out.
+///
+/// ```
+/// use tessera_client::AuthenticatedSubject;
+/// // in the service's own password/session middleware, once the session is checked:
+/// let mut req = http::Request::new(());
+/// let user_id_from_the_session = "user-42".to_owned();
+/// req.extensions_mut().insert(AuthenticatedSubject(user_id_from_the_session));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedSubject(pub String);
 
 /// Put in the request's extensions when the code was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +64,10 @@ impl<S> tower::Layer<S> for RequireTotpLayer {
     }
 }
 
-/// The middleware: 401 without headers or with a wrong code, 429 while the subject is
-/// locked, 503 when Tessera cannot answer; otherwise the inner service runs.
+/// The middleware: 401 without an [`AuthenticatedSubject`] (`not signed in`, and Tessera is
+/// not asked), without a code or with a wrong one; 429 while the subject is locked; 400 for
+/// a malformed code; 503 when Tessera cannot answer. Otherwise the inner service runs, with
+/// [`VerifiedSubject`] in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct RequireTotp<S> {
     inner: S,
@@ -72,10 +101,15 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let client = self.client.clone();
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let (subject, code) = (header(SUBJECT_HEADER), header(CODE_HEADER));
+        // The subject is what the service's own first-factor layer authenticated, never
+        // something the client sent: see `AuthenticatedSubject`.
+        let subject = req.extensions().get::<AuthenticatedSubject>().map(|s| s.0.clone());
+        let code = req.headers().get(CODE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Box::pin(async move {
-            let (Some(subject), Some(code)) = (subject, code) else {
+            let Some(subject) = subject else {
+                return Ok(refuse(http::StatusCode::UNAUTHORIZED, "not signed in"));
+            };
+            let Some(code) = code else {
                 return Ok(refuse(http::StatusCode::UNAUTHORIZED, "second factor required"));
             };
             match client.verify_totp(&subject, &code, None).await {

@@ -3,7 +3,9 @@
 //! `ListAuditEvents`) are retried, on `UNAVAILABLE`, with backoff.
 //!
 //! [`RequireTotpLayer`] is the "auth middleware" use: a `tower` layer that lets a request
-//! through only when Tessera accepts the one-time code it carries for its subject.
+//! through only when Tessera accepts the one-time code it carries (`x-tessera-otp`) for the
+//! subject the service's own password or session layer authenticated and put in the
+//! request's extensions as [`AuthenticatedSubject`] (never a subject named by the client).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tessera_client::ClientError> {
@@ -18,7 +20,7 @@
 
 mod layer;
 
-pub use layer::{CODE_HEADER, RequireTotp, RequireTotpLayer, SUBJECT_HEADER, VerifiedSubject};
+pub use layer::{AuthenticatedSubject, CODE_HEADER, RequireTotp, RequireTotpLayer, VerifiedSubject};
 pub use tessera_proto::v1 as pb;
 
 use std::time::{Duration, SystemTime};

@@ -55,6 +55,37 @@ impl Password {
     }
 }
 
+/// Shortest word of the context ([`check_context_words`]) a password may not contain, in
+/// characters: shorter ones ("ada", "bob") are in too many good passwords.
+pub const MIN_CONTEXT_WORD_CHARS: usize = 4;
+
+/// Text as the context rule compares it: NFKC (as passwords are normalised), then case folded
+/// (each character upper-cased, then lower-cased, without context: "ß" and "SS" both give
+/// "ss", "Σ" and "ς" both "σ"), then NFKC again. Zeroized, as it may be a password.
+fn fold(s: &str) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(s.len()));
+    out.extend(s.nfkc().flat_map(char::to_uppercase).flat_map(char::to_lowercase).nfkc());
+    out
+}
+
+/// NIST SP 800-63B's context-specific words: refuse a new password that contains (or is),
+/// case folded, a word of at least [`MIN_CONTEXT_WORD_CHARS`] characters from the local part
+/// of the user's `email` or from the `service`'s name (the issuer shown in authenticator
+/// apps). Words are the runs of letters and digits: "ada.lovelace+x@example.com" gives
+/// "lovelace" ("ada" and "x" are too short), "Tessera" gives "tessera". The message names the
+/// field and never the word (it would echo part of the password).
+pub fn check_context_words(p: &Password, email: &str, service: &str) -> Result<(), CoreError> {
+    let local = email.rsplit_once('@').map_or(email, |(local, _)| local);
+    let password = fold(&p.0);
+    for source in [fold(local), fold(service)] {
+        let mut words = source.split(|c: char| !c.is_alphanumeric());
+        if words.any(|w| w.chars().count() >= MIN_CONTEXT_WORD_CHARS && password.contains(w)) {
+            return Err(CoreError::invalid("password", "must not contain your email's name or the service's name"));
+        }
+    }
+    Ok(())
+}
+
 /// The argon2id parameters new hashes use.
 pub fn current_params() -> Params {
     Params::default() // m = 19456 KiB, t = 2, p = 1: OWASP's first recommendation
@@ -157,5 +188,48 @@ mod tests {
         assert!(!verify(&p, "not a phc string").ok);
         assert!(!verify(&p, "").ok);
         assert!(verify(&p, dummy_hash()) == Verified { ok: false, needs_rehash: false });
+    }
+
+    #[test]
+    fn context_words_are_refused() {
+        let refused = |pw: &str, email: &str, service: &str| {
+            let p = Password::new_checked(pw, 1).unwrap();
+            match check_context_words(&p, email, service) {
+                Err(e) => {
+                    let e = e.to_string();
+                    assert_eq!(e, "invalid password: must not contain your email's name or the service's name");
+                    true
+                }
+                Ok(()) => false,
+            }
+        };
+        let ada = "ada.lovelace+x@example.com";
+        // a word of the email's local part, equal or contained, in any case
+        assert!(refused("lovelace", ada, "Tessera"));
+        assert!(refused("I am LoveLace, 1815!", ada, "Tessera"));
+        assert!(refused("xlovelacex", ada, "Tessera"));
+        // the service's name, and each word of a longer one
+        assert!(refused("my tessera password", ada, "Tessera"));
+        assert!(refused("TESSERA2026!", ada, "Tessera"));
+        assert!(refused("the cloud is mine", ada, "Acme Cloud"));
+        assert!(refused("acme-acme-acme", ada, "Acme Cloud"));
+        // words shorter than 4 characters, and the domain, do not count
+        assert!(!refused("ada is my name, x marks it", ada, "Tessera"));
+        assert!(!refused("example passwords are long", ada, "Tessera"));
+        assert!(!refused("correct horse battery staple", ada, "Tessera"));
+        assert!(!refused("my app is great", ada, "My App"));
+        // digits are word characters; an email without '@' is all local part
+        assert!(refused("bob1984 forever", "bob1984@example.com", "Tessera"));
+        assert!(!refused("bob forever and ever", "bob1984@example.com", "Tessera"));
+        assert!(refused("grace hopper", "grace", "Tessera"));
+        // NFKC and case folding as for the password itself: full-width letters, ß and SS,
+        // final and medial sigma, a ligature
+        assert!(refused("ｌｏｖｅｌａｃｅ ｒｕｌｅｓ", ada, "Tessera"));
+        assert!(refused("STRAUSS waltzes", "johann.strauß@example.at", "Tessera"));
+        assert!(refused("strauß waltzes", "JOHANN.STRAUSS@example.at", "Tessera"));
+        assert!(refused("ΣΟΦΙΑΣ κωδικός", "σοφιας@example.gr", "Tessera"));
+        assert!(refused("σοφιαςxyz", "ΣΟΦΙΑΣ@example.gr", "Tessera"));
+        assert!(refused("my ﬂute password", "flute.player@example.com", "Tessera"));
+        assert!(refused("caf\u{e9} lover", "cafe\u{301}@example.com", "Tessera"));
     }
 }

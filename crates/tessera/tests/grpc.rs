@@ -371,38 +371,140 @@ async fn two_replicas_accept_a_code_once() {
     drop_pg_db(&base, &name).await;
 }
 
-/// The middleware use: a handler behind `RequireTotpLayer` runs only for an accepted code.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn require_totp_layer_guards_a_handler() {
-    use tessera_client::{CODE_HEADER, RequireTotpLayer, SUBJECT_HEADER, VerifiedSubject};
-    use tower::{Service, ServiceExt};
-    let srv = InProcess::start(None).await;
-    let c = srv.client(TOKEN).await;
-    let e = c.enroll_totp(enroll("erin")).await.unwrap();
-    c.confirm_totp("erin", &e.factor_id, &srv.code(&e.secret_base32, 0)).await.unwrap();
+/// The protected service's own first factor, as `RequireTotpLayer` expects it: a tiny password
+/// layer that puts `AuthenticatedSubject` in the request's extensions when `x-demo-user` is a
+/// known user and `x-demo-password` is their password. Nothing else sets the extension.
+fn demo_password_layer(mut req: http::Request<()>) -> http::Request<()> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let signed_in = match (header("x-demo-user"), header("x-demo-password")) {
+        (Some(user), Some(password))
+            if ["erin", "finn"].contains(&user.as_str()) && password == format!("{user}'s password") =>
+        {
+            Some(user)
+        }
+        _ => None,
+    };
+    if let Some(user) = signed_in {
+        req.extensions_mut().insert(tessera_client::AuthenticatedSubject(user));
+    }
+    req
+}
 
+/// A handler behind the demo password layer and `RequireTotpLayer`; it greets the verified subject.
+fn guarded_service(
+    c: &Client,
+) -> impl tower::Service<http::Request<()>, Response = http::Response<String>, Error = std::convert::Infallible> {
+    use tessera_client::{RequireTotpLayer, VerifiedSubject};
     let handler = tower::service_fn(|req: http::Request<()>| async move {
         let who = req.extensions().get::<VerifiedSubject>().map(|s| s.0.clone()).unwrap_or_default();
         Ok::<_, std::convert::Infallible>(http::Response::new(format!("hello {who}")))
     });
-    let mut svc = tower::ServiceBuilder::new().layer(RequireTotpLayer::new(c.clone())).service(handler);
-    let mut call = async |subject: Option<&str>, code: Option<&str>| {
-        let mut b = http::Request::builder();
-        if let Some(s) = subject {
-            b = b.header(SUBJECT_HEADER, s);
-        }
-        if let Some(c) = code {
-            b = b.header(CODE_HEADER, c);
-        }
-        let resp = svc.ready().await.unwrap().call(b.body(()).unwrap()).await.unwrap();
-        (resp.status().as_u16(), resp.into_body())
-    };
-    assert_eq!(call(None, None).await.0, 401);
-    assert_eq!(call(Some("erin"), Some("000000")).await.0, 401);
-    assert_eq!(call(Some("erin"), Some("12")).await.0, 400);
+    tower::ServiceBuilder::new()
+        .map_request(demo_password_layer)
+        .layer(RequireTotpLayer::new(c.clone()))
+        .service(handler)
+}
+
+/// One request to `guarded_service`: signed in as `user` (with their password) or not, with any
+/// extra headers; returns the status, `x-tessera-reason` and the body.
+async fn send<S>(svc: &mut S, user: Option<&str>, headers: &[(&str, &str)]) -> (u16, String, String)
+where
+    S: tower::Service<http::Request<()>, Response = http::Response<String>, Error = std::convert::Infallible>,
+{
+    use tower::ServiceExt;
+    let mut b = http::Request::builder();
+    if let Some(u) = user {
+        b = b.header("x-demo-user", u).header("x-demo-password", format!("{u}'s password"));
+    }
+    for (name, value) in headers {
+        b = b.header(*name, *value);
+    }
+    let resp = svc.ready().await.unwrap().call(b.body(()).unwrap()).await.unwrap();
+    let reason = resp.headers().get("x-tessera-reason").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (resp.status().as_u16(), reason, resp.into_body())
+}
+
+/// A code that the device of `secret` does not show anywhere in the verification window.
+fn wrong_code(srv: &InProcess, secret: &str) -> String {
+    let window = [-1, 0, 1].map(|s| srv.code(secret, s));
+    ["000000", "111111", "222222", "333333"].into_iter().find(|c| !window.iter().any(|w| w == c)).unwrap().to_owned()
+}
+
+/// The middleware use: a handler behind `RequireTotpLayer` runs only for a signed-in subject
+/// (`AuthenticatedSubject`, set by the service's own password layer) and an accepted code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_totp_layer_guards_a_handler() {
+    use tessera_client::CODE_HEADER;
+    let srv = InProcess::start(None).await;
+    let c = srv.client(TOKEN).await;
+    let e = c.enroll_totp(enroll("erin")).await.unwrap();
+    c.confirm_totp("erin", &e.factor_id, &srv.code(&e.secret_base32, 0)).await.unwrap();
+    let mut svc = guarded_service(&c);
     let good = srv.code(&e.secret_base32, 1);
-    assert_eq!(call(Some("erin"), Some(&good)).await, (200, "hello erin".to_owned()));
-    assert_eq!(call(Some("erin"), Some(&good)).await.0, 401, "a replayed code does not get through");
+    let wrong = wrong_code(&srv, &e.secret_base32);
+
+    let (status, reason, _) = send(&mut svc, None, &[(CODE_HEADER, &good)]).await;
+    assert_eq!((status, reason.as_str()), (401, "not signed in"));
+    let (status, reason, _) = send(&mut svc, Some("erin"), &[]).await;
+    assert_eq!((status, reason.as_str()), (401, "second factor required"));
+    let (status, reason, _) = send(&mut svc, Some("erin"), &[(CODE_HEADER, &wrong)]).await;
+    assert_eq!((status, reason.as_str()), (401, "code rejected"));
+    assert_eq!(send(&mut svc, Some("erin"), &[(CODE_HEADER, "12")]).await.0, 400);
+    let (status, _, body) = send(&mut svc, Some("erin"), &[(CODE_HEADER, &good)]).await;
+    assert_eq!((status, body.as_str()), (200, "hello erin"));
+    assert_eq!(
+        send(&mut svc, Some("erin"), &[(CODE_HEADER, &good)]).await.0,
+        401,
+        "a replayed code does not get through"
+    );
+    srv.stop().await;
+}
+
+/// The subject comes from the service's own sign-in, never from the client: a forged
+/// `x-tessera-subject` naming another user neither gets in nor spends that user's attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_totp_layer_ignores_a_forged_subject_header() {
+    use tessera_client::CODE_HEADER;
+    let srv = InProcess::start(None).await;
+    let c = srv.client(TOKEN).await;
+    let mut secrets = Vec::new();
+    for who in ["erin", "finn"] {
+        let e = c.enroll_totp(enroll(who)).await.unwrap();
+        c.confirm_totp(who, &e.factor_id, &srv.code(&e.secret_base32, 0)).await.unwrap();
+        secrets.push(e.secret_base32);
+    }
+    let (erin, finn) = (&secrets[0], &secrets[1]);
+    let mut svc = guarded_service(&c);
+    let finn_wrong = wrong_code(&srv, finn);
+
+    // Not signed in, naming finn: refused before Tessera is asked, however often (more than the
+    // 5 attempts that would lock finn out), and even with a good code of finn's (the
+    // confirmation used the current step's; this is the next step's).
+    for _ in 0..8 {
+        let (status, reason, _) =
+            send(&mut svc, None, &[("x-tessera-subject", "finn"), (CODE_HEADER, &finn_wrong)]).await;
+        assert_eq!((status, reason.as_str()), (401, "not signed in"));
+    }
+    let finn_next = srv.code(finn, 1);
+    let (status, reason, _) = send(&mut svc, None, &[("x-tessera-subject", "finn"), (CODE_HEADER, &finn_next)]).await;
+    assert_eq!((status, reason.as_str()), (401, "not signed in"));
+    // Signed in as erin, naming finn: the code is checked for erin (a wrong one costs erin,
+    // and erin's good one lets erin in, as erin).
+    let erin_wrong = wrong_code(&srv, erin);
+    let (status, reason, _) =
+        send(&mut svc, Some("erin"), &[("x-tessera-subject", "finn"), (CODE_HEADER, &erin_wrong)]).await;
+    assert_eq!((status, reason.as_str()), (401, "code rejected"));
+    let erin_next = srv.code(erin, 1);
+    let (status, _, body) =
+        send(&mut svc, Some("erin"), &[("x-tessera-subject", "finn"), (CODE_HEADER, &erin_next)]).await;
+    assert_eq!((status, body.as_str()), (200, "hello erin"));
+
+    // finn lost nothing: a wrong code now is finn's first failure, and the good code is unused.
+    assert_eq!(
+        c.verify_totp("finn", &finn_wrong, None).await.unwrap(),
+        Verification::Rejected { attempts_remaining: 4 }
+    );
+    assert!(c.verify_totp("finn", &finn_next, None).await.unwrap().is_accepted());
     srv.stop().await;
 }
 
