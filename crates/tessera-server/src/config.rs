@@ -2,6 +2,7 @@
 //! TOML file over secure defaults.
 
 use crate::ServerError;
+use crate::listen::HttpLimits;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ pub struct ConfigFile {
     pub keyring_file: Option<PathBuf>,
     /// HTTP listen address.
     pub http_addr: Option<SocketAddr>,
+    /// Open HTTP connections at most (default 1024); more wait until one closes.
+    pub http_max_connections: Option<u32>,
     /// gRPC listen address.
     pub grpc_addr: Option<SocketAddr>,
     /// Issuer shown in authenticator apps.
@@ -73,6 +76,7 @@ impl ConfigFile {
             database_url: self.database_url.or(other.database_url),
             keyring_file: self.keyring_file.or(other.keyring_file),
             http_addr: self.http_addr.or(other.http_addr),
+            http_max_connections: self.http_max_connections.or(other.http_max_connections),
             grpc_addr: self.grpc_addr.or(other.grpc_addr),
             issuer: self.issuer.or(other.issuer),
             service_token_hashes: self.service_token_hashes.or(other.service_token_hashes),
@@ -127,6 +131,8 @@ pub struct ServerConfig {
     pub keyring_file: PathBuf,
     /// HTTP listen address.
     pub http_addr: SocketAddr,
+    /// The HTTP listener's connection cap and header-read timeout (10 s; tests shorten it).
+    pub http: HttpLimits,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
     /// Issuer in otpauth URIs.
@@ -241,7 +247,16 @@ impl ServerConfig {
             }
             _ => return Err(ServerError::Config("grpc_tls_cert and grpc_tls_key go together".into())),
         };
+        let http = HttpLimits {
+            max_connections: match given.http_max_connections {
+                None => HttpLimits::default().max_connections,
+                Some(0) => return Err(ServerError::Config("http_max_connections must be at least 1".into())),
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            },
+            ..HttpLimits::default()
+        };
         Ok(Self {
+            http,
             grpc_tls,
             web,
             smtp,
@@ -379,6 +394,8 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://./tessera-data/tessera.db");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.header_read_timeout, std::time::Duration::from_secs(10));
         assert!(matches!(c.tokens, TokenSource::File(ref p) if p.ends_with("service-token")));
         let file: ConfigFile = toml::from_str(
             "http_addr = \"127.0.0.1:9000\"\nissuer = \"ACME\"\nservice_token_hashes = [\"8d969eef6ecad3c29a3a629280e686cf0c3f5d5a86aff3ca12020c923adc6c92\"]",
@@ -394,6 +411,10 @@ mod tests {
         assert!(!format!("{c:?}").contains("a-long-enough-token"));
         assert!(ServerConfig::resolve(ConfigFile::default(), Some("short".into())).is_err());
         assert!(toml::from_str::<ConfigFile>("unknown_key = 1").is_err());
+        let file: ConfigFile = toml::from_str("http_max_connections = 2").unwrap();
+        assert_eq!(ServerConfig::resolve(file, None).unwrap().http.max_connections, 2);
+        let zero = ConfigFile { http_max_connections: Some(0), ..Default::default() };
+        assert!(ServerConfig::resolve(zero, None).is_err());
         let bad = ConfigFile { service_token_hashes: Some(vec!["xyz".into()]), ..Default::default() };
         assert!(ServerConfig::resolve(bad, None).is_err());
     }

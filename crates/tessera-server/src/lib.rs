@@ -6,9 +6,11 @@
 
 mod config;
 mod http;
+mod listen;
 
 use config::redact as redact_url;
 pub use config::{ConfigFile, GrpcTls, ServerConfig, TokenSource, redact};
+pub use listen::HttpLimits;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub struct Prepared {
     pub web: tessera_web::WebConfig,
     /// gRPC TLS (and mTLS), when configured.
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The HTTP listener's limits.
+    pub http: HttpLimits,
 }
 
 /// Open the database (running migrations), the keyring (created on first start, 0600) and
@@ -122,6 +126,7 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         summary,
         mailer,
         web: cfg.web.clone(),
+        http: cfg.http,
     })
 }
 
@@ -153,7 +158,7 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let Prepared { app, auth, mailer, web, grpc_tls, .. } = prepared;
+    let Prepared { app, auth, mailer, web, grpc_tls, http: http_limits, .. } = prepared;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -189,8 +194,7 @@ pub async fn run(
             wait(stop_rx.clone()),
         );
     let router = http::router(app.clone()).merge(tessera_web::router(app.clone(), web));
-    let http = axum::serve(listeners.http, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(wait(stop_rx.clone()));
+    let http = listen::serve(listeners.http, router, http_limits, wait(stop_rx.clone()));
 
     let outbox = mailer.map(|m| {
         let app = app.clone();
@@ -208,20 +212,19 @@ pub async fn run(
         })
     });
     let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+    let http = tokio::spawn(http);
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing in-flight calls");
     health.set_not_serving::<FactorServiceServer<FactorSvc>>().await;
     health.set_not_serving::<IdentityServiceServer<IdentitySvc>>().await;
     let _ = stop_tx.send(true);
     let g = grpc.await.map_err(|e| ServerError::Config(format!("gRPC task: {e}")))?;
-    let h = http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
+    http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
     if let Some(o) = outbox {
         let _ = o.await;
     }
     app.store().close().await;
     g?;
-    h?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -67,6 +67,9 @@ struct ServeArgs {
     /// HTTP address for the web pages, /healthz, /readyz, /metrics [default: 127.0.0.1:8080].
     #[arg(long, env = "TESSERA_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
+    /// Open HTTP connections at most; more wait to be accepted until one closes [default: 1024].
+    #[arg(long, env = "TESSERA_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: Option<u32>,
     /// gRPC address [default: 127.0.0.1:50051].
     #[arg(long, env = "TESSERA_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
@@ -185,6 +188,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         database_url: cli.database_url.clone(),
         keyring_file: cli.keyring.clone(),
         http_addr: args.http_addr,
+        http_max_connections: args.http_max_connections,
         grpc_addr: args.grpc_addr,
         issuer: args.issuer.clone(),
         service_token_hashes: None,
