@@ -23,6 +23,8 @@ pub struct ConfigFile {
     pub http_max_connections: Option<u32>,
     /// gRPC listen address.
     pub grpc_addr: Option<SocketAddr>,
+    /// Admin HTTP listen address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: Option<SocketAddr>,
     /// Issuer shown in authenticator apps.
     pub issuer: Option<String>,
     /// SHA-256 (hex) of each accepted service token.
@@ -78,6 +80,7 @@ impl ConfigFile {
             http_addr: self.http_addr.or(other.http_addr),
             http_max_connections: self.http_max_connections.or(other.http_max_connections),
             grpc_addr: self.grpc_addr.or(other.grpc_addr),
+            admin_addr: self.admin_addr.or(other.admin_addr),
             issuer: self.issuer.or(other.issuer),
             service_token_hashes: self.service_token_hashes.or(other.service_token_hashes),
             support_token_hashes: self.support_token_hashes.or(other.support_token_hashes),
@@ -135,6 +138,8 @@ pub struct ServerConfig {
     pub http: HttpLimits,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address.
+    pub admin_addr: SocketAddr,
     /// Issuer in otpauth URIs.
     pub issuer: String,
     /// Service tokens.
@@ -267,6 +272,7 @@ impl ServerConfig {
             keyring_file: given.keyring_file.unwrap_or_else(|| data_dir.join("keyring")),
             http_addr: given.http_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
             grpc_addr: given.grpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            admin_addr: given.admin_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
             issuer: given.issuer.unwrap_or_else(|| "Tessera".into()),
             db_max_connections: given.db_max_connections.unwrap_or(16).clamp(1, 1000),
             tokens,
@@ -394,6 +400,7 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://./tessera-data/tessera.db");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9090");
         assert_eq!(c.http.max_connections, 1024);
         assert_eq!(c.http.header_read_timeout, std::time::Duration::from_secs(10));
         assert!(matches!(c.tokens, TokenSource::File(ref p) if p.ends_with("service-token")));

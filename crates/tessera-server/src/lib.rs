@@ -142,13 +142,18 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     b.create(dir)
 }
 
+/// Open connections at most on the admin listener (a scraper and a health checker need few).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// The sockets to serve on (bound by the caller, so tests can use port 0).
 #[derive(Debug)]
 pub struct Listeners {
     /// gRPC.
     pub grpc: TcpListener,
-    /// HTTP: the web pages, health, readiness, metrics.
+    /// HTTP: the web pages, health, readiness.
     pub http: TcpListener,
+    /// Admin HTTP: metrics, health, readiness (keep it off the public network).
+    pub admin: TcpListener,
 }
 
 /// Serve until `shutdown` resolves; then stop accepting, let in-flight calls finish, and
@@ -193,8 +198,11 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
             wait(stop_rx.clone()),
         );
-    let router = http::router(app.clone()).merge(tessera_web::router(app.clone(), web));
+    let router = http::health(app.clone()).merge(tessera_web::router(app.clone(), web));
     let http = listen::serve(listeners.http, router, http_limits, wait(stop_rx.clone()));
+    // Its own permits, so a flood of the public listener cannot starve the metrics scrape.
+    let admin_limits = HttpLimits { max_connections: ADMIN_MAX_CONNECTIONS, ..http_limits };
+    let admin = listen::serve(listeners.admin, http::admin(app.clone()), admin_limits, wait(stop_rx.clone()));
 
     let outbox = mailer.map(|m| {
         let app = app.clone();
@@ -213,6 +221,7 @@ pub async fn run(
     });
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
+    let admin = tokio::spawn(admin);
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing in-flight calls");
     health.set_not_serving::<FactorServiceServer<FactorSvc>>().await;
@@ -220,6 +229,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let g = grpc.await.map_err(|e| ServerError::Config(format!("gRPC task: {e}")))?;
     http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
+    admin.await.map_err(|e| ServerError::Config(format!("admin HTTP task: {e}")))?;
     if let Some(o) = outbox {
         let _ = o.await;
     }

@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the web pages, the gRPC services and the HTTP endpoints (health, readiness, metrics).
+    /// Run the web pages, the gRPC services and the admin endpoints (metrics, health, readiness).
     Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
@@ -64,7 +64,7 @@ enum SupportCommand {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// HTTP address for the web pages, /healthz, /readyz, /metrics [default: 127.0.0.1:8080].
+    /// HTTP address for the web pages, /healthz, /readyz [default: 127.0.0.1:8080].
     #[arg(long, env = "TESSERA_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
     /// Open HTTP connections at most; more wait to be accepted until one closes [default: 1024].
@@ -73,6 +73,10 @@ struct ServeArgs {
     /// gRPC address [default: 127.0.0.1:50051].
     #[arg(long, env = "TESSERA_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz; keep it off the public network
+    /// [default: 127.0.0.1:9090].
+    #[arg(long, env = "TESSERA_ADMIN_ADDR")]
+    admin_addr: Option<std::net::SocketAddr>,
     /// TOML configuration file (flags and TESSERA_* variables override its keys).
     #[arg(long, env = "TESSERA_CONFIG")]
     config: Option<PathBuf>,
@@ -190,6 +194,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         http_addr: args.http_addr,
         http_max_connections: args.http_max_connections,
         grpc_addr: args.grpc_addr,
+        admin_addr: args.admin_addr,
         issuer: args.issuer.clone(),
         service_token_hashes: None,
         support_token_hashes: None,
@@ -223,15 +228,19 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     let http = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("cannot listen on {} (HTTP)", cfg.http_addr))?;
+    let admin = tokio::net::TcpListener::bind(cfg.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin HTTP)", cfg.admin_addr))?;
     println!("tessera {} serving", env!("CARGO_PKG_VERSION"));
     println!("  gRPC: {} (tessera.v1.FactorService, grpc.health.v1, reflection)", grpc.local_addr()?);
-    println!("  HTTP: http://{} (web pages, /healthz, /readyz, /metrics)", http.local_addr()?);
+    println!("  HTTP: http://{} (web pages, /healthz, /readyz)", http.local_addr()?);
+    println!("  admin: http://{} (/metrics, /healthz, /readyz)", admin.local_addr()?);
     for line in &prepared.summary {
         println!("  {line}");
     }
     use std::io::Write;
     std::io::stdout().flush()?;
-    tessera_server::run(Listeners { grpc, http }, prepared, tessera_server::shutdown_signal()).await?;
+    tessera_server::run(Listeners { grpc, http, admin }, prepared, tessera_server::shutdown_signal()).await?;
     Ok(())
 }
 

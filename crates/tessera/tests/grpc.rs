@@ -51,6 +51,7 @@ async fn drop_pg_db(base: &str, name: &str) {
 struct InProcess {
     grpc: SocketAddr,
     http: SocketAddr,
+    admin: SocketAddr,
     clock: ManualClock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -78,16 +79,17 @@ impl InProcess {
         let prepared = tessera_server::prepare(&cfg, Some(Arc::new(clock.clone()))).await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (ga, ha) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ga, ha, aa) = (grpc.local_addr().unwrap(), http.local_addr().unwrap(), admin.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            tessera_server::run(Listeners { grpc, http }, prepared, async {
+            tessera_server::run(Listeners { grpc, http, admin }, prepared, async {
                 let _ = rx.await;
             })
             .await
             .unwrap();
         });
-        Self { grpc: ga, http: ha, clock, stop: Some(tx), task, _dir: dir }
+        Self { grpc: ga, http: ha, admin: aa, clock, stop: Some(tx), task, _dir: dir }
     }
 
     async fn client(&self, token: &str) -> Client {
@@ -199,10 +201,15 @@ async fn full_flow(srv: &InProcess) {
     assert!(c.list_factors("alice").await.unwrap().is_empty());
     assert_eq!(code_of(c.remove_factor("alice", &e.factor_id).await.unwrap_err()).0, Code::NotFound);
 
-    // HTTP endpoints
-    assert_eq!(http_get(srv.http, "/healthz").0, 200);
-    assert_eq!(http_get(srv.http, "/readyz").0, 200);
-    let (st, metrics) = http_get(srv.http, "/metrics");
+    // HTTP endpoints: health on both listeners, metrics only on the admin one
+    for addr in [srv.http, srv.admin] {
+        assert_eq!(http_get(addr, "/healthz").0, 200);
+        assert_eq!(http_get(addr, "/readyz").0, 200);
+    }
+    let (st, public) = http_get(srv.http, "/metrics");
+    assert_eq!(st, 404, "metrics on the public listener: {public}");
+    assert!(!public.contains("# TYPE"), "{public}");
+    let (st, metrics) = http_get(srv.admin, "/metrics");
     assert_eq!(st, 200);
     assert!(metrics.contains("tessera_verifications_total"), "{metrics}");
     assert!(metrics.contains("tessera_grpc_request_seconds_bucket"));
@@ -329,6 +336,12 @@ async fn binary_serves_and_stops_on_sigterm() {
     let c = Client::connect(&format!("http://{}", p.grpc), TOKEN, Default::default()).await.unwrap();
     let e = c.enroll_totp(enroll("carol")).await.unwrap();
     assert_eq!(c.list_factors("carol").await.unwrap()[0].id, e.factor_id);
+    // the printed admin address serves the metrics; the public one does not
+    let addr = |url: &str| url.trim_start_matches("http://").parse::<SocketAddr>().unwrap();
+    let (st, metrics) = http_get(addr(&p.admin), "/metrics");
+    assert_eq!(st, 200);
+    assert!(metrics.contains("tessera_enrolments_total"), "{metrics}");
+    assert_eq!(http_get(addr(&p.http), "/metrics").0, 404);
     let status = sigterm(&mut p);
     assert!(status.success(), "exit status {status:?}");
     // the keyring was created 0600 on first start, the service token came from the environment
