@@ -51,9 +51,9 @@ pub struct ConfigFile {
     pub smtp_from: Option<String>,
     /// POSTs to the sign-up, login and code pages per client IP per minute (default 20; 0: off).
     pub web_rate_limit_per_minute: Option<u32>,
-    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a proxy that sets
-    /// it; default false).
-    pub trust_forwarded_for: Option<bool>,
+    /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed; default none:
+    /// the client address is the socket's peer.
+    pub trusted_proxies: Option<Vec<String>>,
     /// PEM certificate chain for gRPC over TLS (with `grpc_tls_key`).
     pub grpc_tls_cert: Option<PathBuf>,
     /// PEM private key for gRPC over TLS.
@@ -94,7 +94,7 @@ impl ConfigFile {
             smtp_url: self.smtp_url.or(other.smtp_url),
             smtp_from: self.smtp_from.or(other.smtp_from),
             web_rate_limit_per_minute: self.web_rate_limit_per_minute.or(other.web_rate_limit_per_minute),
-            trust_forwarded_for: self.trust_forwarded_for.or(other.trust_forwarded_for),
+            trusted_proxies: self.trusted_proxies.or(other.trusted_proxies),
             grpc_tls_cert: self.grpc_tls_cert.or(other.grpc_tls_cert),
             grpc_tls_key: self.grpc_tls_key.or(other.grpc_tls_key),
             grpc_client_ca: self.grpc_client_ca.or(other.grpc_client_ca),
@@ -239,7 +239,8 @@ impl ServerConfig {
             .map(|u| (u, given.smtp_from.clone().unwrap_or_else(|| "Tessera <no-reply@localhost>".into())));
         let web = tessera_web::WebConfig {
             rate_limit_per_minute: given.web_rate_limit_per_minute.unwrap_or(20),
-            trust_forwarded_for: given.trust_forwarded_for.unwrap_or(false),
+            trusted_proxies: tessera_web::TrustedProxies::parse(given.trusted_proxies.as_deref().unwrap_or_default())
+                .map_err(|e| ServerError::Config(format!("trusted_proxies: {e}")))?,
         };
         let grpc_tls = match (given.grpc_tls_cert.clone(), given.grpc_tls_key.clone(), given.grpc_client_ca.clone()) {
             (Some(cert), Some(key), client_ca) => Some(GrpcTls { cert, key, client_ca }),
@@ -422,6 +423,13 @@ mod tests {
         assert_eq!(ServerConfig::resolve(file, None).unwrap().http.max_connections, 2);
         let zero = ConfigFile { http_max_connections: Some(0), ..Default::default() };
         assert!(ServerConfig::resolve(zero, None).is_err());
+        assert!(c.web.trusted_proxies.nets().is_empty(), "no proxy is trusted by default");
+        let file: ConfigFile = toml::from_str("trusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]").unwrap();
+        let nets = ServerConfig::resolve(file, None).unwrap().web.trusted_proxies.nets().len();
+        assert_eq!(nets, 2);
+        let bad = ConfigFile { trusted_proxies: Some(vec!["10.0.0.0/40".into()]), ..Default::default() };
+        assert!(ServerConfig::resolve(bad, None).unwrap_err().to_string().contains("trusted_proxies"));
+        assert!(toml::from_str::<ConfigFile>("trust_forwarded_for = true").is_err(), "the old key is gone");
         let bad = ConfigFile { service_token_hashes: Some(vec!["xyz".into()]), ..Default::default() };
         assert!(ServerConfig::resolve(bad, None).is_err());
     }

@@ -88,6 +88,10 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
     if !cfg.support_tokens.is_empty() {
         summary.push(format!("support tokens: {}", cfg.support_tokens.len()));
     }
+    if !cfg.web.trusted_proxies.nets().is_empty() {
+        let nets: Vec<String> = cfg.web.trusted_proxies.nets().iter().map(ToString::to_string).collect();
+        summary.push(format!("trusted proxies (X-Forwarded-For believed from): {}", nets.join(", ")));
+    }
     let app_cfg = AppConfig { issuer: cfg.issuer.clone(), pwned: cfg.pwned.clone(), ..AppConfig::default() };
     summary
         .push(format!("breached-password check: {:?}, fail-{:?}", cfg.pwned.source, cfg.pwned.failure).to_lowercase());

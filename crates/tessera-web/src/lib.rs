@@ -21,6 +21,7 @@ mod views;
 use std::sync::Arc;
 use tessera_app::App;
 
+pub use guard::TrustedProxies;
 pub use limit::RateLimiter;
 
 /// Settings of the pages.
@@ -29,14 +30,15 @@ pub struct WebConfig {
     /// POSTs to the sign-up, login and code forms allowed per client IP per minute (a burst
     /// of this many, refilled evenly over the minute). 0 turns the limit off.
     pub rate_limit_per_minute: u32,
-    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a proxy that
-    /// sets it); otherwise the socket's peer address is used.
-    pub trust_forwarded_for: bool,
+    /// Reverse proxies in front of the pages: a request from one of them has its client
+    /// address taken from `X-Forwarded-For` (walked from the right, past trusted proxies).
+    /// Empty (the default): the client address is always the socket's peer.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { rate_limit_per_minute: 20, trust_forwarded_for: false }
+        Self { rate_limit_per_minute: 20, trusted_proxies: TrustedProxies::default() }
     }
 }
 

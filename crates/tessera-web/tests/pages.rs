@@ -419,3 +419,42 @@ async fn account_pages_follow_roles_and_policy() {
     assert!(r.body.contains("href=\"/settings/security\""));
     assert!(!r.body.contains("account-content"), "never the account's content");
 }
+
+/// A sign-in POST carrying `X-Forwarded-For: xff`, with a fresh email each time (so no
+/// password counter locks); true when the per-address limit refused it.
+async fn limited_login_via(b: &mut Browser, h: &H, xff: &str) -> bool {
+    if !b.jar.contains_key("__Host-tessera_csrf") {
+        b.get(h, "/login").await;
+    }
+    let (token, email) = (b.csrf(), fresh_email());
+    let form = [("email", email.as_str()), ("password", "not the password"), ("csrf", &token)];
+    let r = b.send(h, Method::POST, "/login", &form, &[("x-forwarded-for", xff)]).await;
+    match r.status {
+        StatusCode::UNAUTHORIZED => false,
+        StatusCode::TOO_MANY_REQUESTS if r.body.contains("from your network") => true,
+        s => panic!("{s}: {}", r.body),
+    }
+}
+
+fn fresh_email() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("someone-{}@example.com", N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let trusted = tessera_web::TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
+    let h = harness(WebConfig { rate_limit_per_minute: 1, trusted_proxies: trusted }).await;
+    // Behind our proxy, each client has its own budget, whatever it forged on the left.
+    let mut proxy = Browser::new("10.0.0.1");
+    assert!(!limited_login_via(&mut proxy, &h, "203.0.113.1").await);
+    assert!(limited_login_via(&mut proxy, &h, "203.0.113.1").await);
+    assert!(limited_login_via(&mut proxy, &h, "198.18.0.1, 203.0.113.1").await, "a forged entry changes nothing");
+    assert!(!limited_login_via(&mut proxy, &h, "203.0.113.2").await, "another client behind the proxy");
+    assert!(limited_login_via(&mut proxy, &h, "203.0.113.2, 10.0.0.7").await, "through a second proxy of ours");
+    // A peer that is not a proxy of ours is the client, whatever it sends.
+    let mut direct = Browser::new("198.51.100.1");
+    assert!(!limited_login_via(&mut direct, &h, "203.0.113.3").await);
+    assert!(limited_login_via(&mut direct, &h, "203.0.113.4").await, "its X-Forwarded-For is not read");
+}

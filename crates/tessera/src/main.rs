@@ -111,9 +111,11 @@ struct ServeArgs {
     /// [default: 20].
     #[arg(long, env = "TESSERA_WEB_RATE_LIMIT_PER_MINUTE")]
     web_rate_limit_per_minute: Option<u32>,
-    /// Take the client IP from X-Forwarded-For (only behind a proxy that sets it).
-    #[arg(long, env = "TESSERA_TRUST_FORWARDED_FOR")]
-    trust_forwarded_for: bool,
+    /// Reverse proxies in front of the pages, as CIDRs or addresses (comma-separated): a request
+    /// from one has its client address taken from X-Forwarded-For, walked from the right past
+    /// trusted proxies [default: none; the client address is the socket's peer].
+    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
     /// Serve gRPC over TLS with this PEM certificate chain (with --grpc-tls-key).
     #[arg(long, env = "TESSERA_GRPC_TLS_CERT")]
     grpc_tls_cert: Option<PathBuf>,
@@ -187,6 +189,12 @@ fn init_logs(json: bool) {
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    if std::env::var_os("TESSERA_TRUST_FORWARDED_FOR").is_some() {
+        bail!(
+            "TESSERA_TRUST_FORWARDED_FOR was removed: name the proxies whose X-Forwarded-For to believe \
+             with --trusted-proxies / TESSERA_TRUSTED_PROXIES (CIDRs, comma-separated)"
+        );
+    }
     let given = ConfigFile {
         data_dir: cli.data_dir.clone(),
         database_url: cli.database_url.clone(),
@@ -208,7 +216,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         smtp_url: args.smtp_url.clone(),
         smtp_from: args.smtp_from.clone(),
         web_rate_limit_per_minute: args.web_rate_limit_per_minute,
-        trust_forwarded_for: args.trust_forwarded_for.then_some(true),
+        trusted_proxies: (!args.trusted_proxies.is_empty()).then(|| args.trusted_proxies.clone()),
         grpc_tls_cert: args.grpc_tls_cert.clone(),
         grpc_tls_key: args.grpc_tls_key.clone(),
         grpc_client_ca: args.grpc_client_ca.clone(),
