@@ -420,15 +420,16 @@ async fn account_pages_follow_roles_and_policy() {
     assert!(!r.body.contains("account-content"), "never the account's content");
 }
 
-/// A sign-in POST carrying `X-Forwarded-For: xff`, with a fresh email each time (so no
-/// password counter locks); true when the per-address limit refused it.
-async fn limited_login_via(b: &mut Browser, h: &H, xff: &str) -> bool {
+/// A sign-in POST (carrying `X-Forwarded-For: xff` if given), with a fresh email each time (so
+/// no password counter locks); true when the per-address limit refused it.
+async fn limited_login_via(b: &mut Browser, h: &H, xff: Option<&str>) -> bool {
     if !b.jar.contains_key("__Host-tessera_csrf") {
         b.get(h, "/login").await;
     }
     let (token, email) = (b.csrf(), fresh_email());
     let form = [("email", email.as_str()), ("password", "not the password"), ("csrf", &token)];
-    let r = b.send(h, Method::POST, "/login", &form, &[("x-forwarded-for", xff)]).await;
+    let extra: Vec<(&str, &str)> = xff.map(|v| ("x-forwarded-for", v)).into_iter().collect();
+    let r = b.send(h, Method::POST, "/login", &form, &extra).await;
     match r.status {
         StatusCode::UNAUTHORIZED => false,
         StatusCode::TOO_MANY_REQUESTS if r.body.contains("from your network") => true,
@@ -448,13 +449,24 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let h = harness(WebConfig { rate_limit_per_minute: 1, trusted_proxies: trusted }).await;
     // Behind our proxy, each client has its own budget, whatever it forged on the left.
     let mut proxy = Browser::new("10.0.0.1");
-    assert!(!limited_login_via(&mut proxy, &h, "203.0.113.1").await);
-    assert!(limited_login_via(&mut proxy, &h, "203.0.113.1").await);
-    assert!(limited_login_via(&mut proxy, &h, "198.18.0.1, 203.0.113.1").await, "a forged entry changes nothing");
-    assert!(!limited_login_via(&mut proxy, &h, "203.0.113.2").await, "another client behind the proxy");
-    assert!(limited_login_via(&mut proxy, &h, "203.0.113.2, 10.0.0.7").await, "through a second proxy of ours");
+    assert!(!limited_login_via(&mut proxy, &h, Some("203.0.113.1")).await);
+    assert!(limited_login_via(&mut proxy, &h, Some("203.0.113.1")).await);
+    assert!(limited_login_via(&mut proxy, &h, Some("198.18.0.1, 203.0.113.1")).await, "a forged entry changes nothing");
+    assert!(!limited_login_via(&mut proxy, &h, Some("203.0.113.2")).await, "another client behind the proxy");
+    assert!(limited_login_via(&mut proxy, &h, Some("203.0.113.2, 10.0.0.7")).await, "through a second proxy of ours");
     // A peer that is not a proxy of ours is the client, whatever it sends.
     let mut direct = Browser::new("198.51.100.1");
-    assert!(!limited_login_via(&mut direct, &h, "203.0.113.3").await);
-    assert!(limited_login_via(&mut direct, &h, "203.0.113.4").await, "its X-Forwarded-For is not read");
+    assert!(!limited_login_via(&mut direct, &h, Some("203.0.113.3")).await);
+    assert!(limited_login_via(&mut direct, &h, Some("203.0.113.4")).await, "its X-Forwarded-For is not read");
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_64() {
+    let h = harness(WebConfig { rate_limit_per_minute: 1, ..Default::default() }).await;
+    let mut a = Browser::new("[2001:db8:1:2::1]");
+    assert!(!limited_login_via(&mut a, &h, None).await);
+    let mut b = Browser::new("[2001:db8:1:2:dead:beef:0:2]");
+    assert!(limited_login_via(&mut b, &h, None).await, "another address of the same /64");
+    let mut c = Browser::new("[2001:db8:1:3::1]");
+    assert!(!limited_login_via(&mut c, &h, None).await, "the next /64");
 }
