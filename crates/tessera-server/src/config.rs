@@ -49,8 +49,11 @@ pub struct ConfigFile {
     pub smtp_url: Option<String>,
     /// Sender address of notifications.
     pub smtp_from: Option<String>,
-    /// POSTs to the sign-up, login and code pages per client IP per minute (default 20; 0: off).
+    /// POSTs to the sign-up, login, code and re-authentication pages per client per minute
+    /// (default 20; 0: off).
     pub web_rate_limit_per_minute: Option<u32>,
+    /// Every other POST of the pages, per client per minute (default 60; 0: off).
+    pub web_post_rate_limit_per_minute: Option<u32>,
     /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed; default none:
     /// the client address is the socket's peer.
     pub trusted_proxies: Option<Vec<String>>,
@@ -94,6 +97,9 @@ impl ConfigFile {
             smtp_url: self.smtp_url.or(other.smtp_url),
             smtp_from: self.smtp_from.or(other.smtp_from),
             web_rate_limit_per_minute: self.web_rate_limit_per_minute.or(other.web_rate_limit_per_minute),
+            web_post_rate_limit_per_minute: self
+                .web_post_rate_limit_per_minute
+                .or(other.web_post_rate_limit_per_minute),
             trusted_proxies: self.trusted_proxies.or(other.trusted_proxies),
             grpc_tls_cert: self.grpc_tls_cert.or(other.grpc_tls_cert),
             grpc_tls_key: self.grpc_tls_key.or(other.grpc_tls_key),
@@ -239,6 +245,7 @@ impl ServerConfig {
             .map(|u| (u, given.smtp_from.clone().unwrap_or_else(|| "Tessera <no-reply@localhost>".into())));
         let web = tessera_web::WebConfig {
             rate_limit_per_minute: given.web_rate_limit_per_minute.unwrap_or(20),
+            post_rate_limit_per_minute: given.web_post_rate_limit_per_minute.unwrap_or(60),
             trusted_proxies: tessera_web::TrustedProxies::parse(given.trusted_proxies.as_deref().unwrap_or_default())
                 .map_err(|e| ServerError::Config(format!("trusted_proxies: {e}")))?,
         };
@@ -424,6 +431,7 @@ mod tests {
         let zero = ConfigFile { http_max_connections: Some(0), ..Default::default() };
         assert!(ServerConfig::resolve(zero, None).is_err());
         assert!(c.web.trusted_proxies.nets().is_empty(), "no proxy is trusted by default");
+        assert_eq!((c.web.rate_limit_per_minute, c.web.post_rate_limit_per_minute), (20, 60));
         let file: ConfigFile = toml::from_str("trusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]").unwrap();
         let nets = ServerConfig::resolve(file, None).unwrap().web.trusted_proxies.nets().len();
         assert_eq!(nets, 2);

@@ -14,8 +14,10 @@ use subtle::ConstantTimeEq;
 /// Largest form body accepted (the biggest form is a few hundred bytes).
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
-/// Forms whose POSTs are rate-limited per client address.
-const LIMITED: [&str; 4] = ["/signup", "/login", "/login/code", "/login/recovery"];
+/// Forms that try a password or a code: their POSTs share the tight per-client budget
+/// (`WebConfig::rate_limit_per_minute`); every other POST draws on the generous one
+/// (`WebConfig::post_rate_limit_per_minute`).
+const SIGN_IN: [&str; 5] = ["/signup", "/login", "/login/code", "/login/recovery", "/settings/reauth"];
 
 /// The client's address, as the audit trail and the rate limit see it.
 #[derive(Debug, Clone)]
@@ -127,8 +129,8 @@ fn security_headers(h: &mut HeaderMap) {
     }
 }
 
-/// Client address, CSRF check on every POST, rate limit on the login forms, and security
-/// headers on every response.
+/// Client address, CSRF check and then the rate limit on every POST, and security headers on
+/// every response.
 pub(crate) async fn guard(State(web): State<Web>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let ip = peer.map(|p| client_ip(p, req.headers(), &web.config.trusted_proxies));
@@ -144,17 +146,6 @@ pub(crate) async fn guard(State(web): State<Web>, mut req: Request, next: Next) 
 
     if req.method() != Method::POST {
         return finish(in_words(next.run(req).await, &token), set_cookie);
-    }
-    if LIMITED.contains(&req.uri().path())
-        // Without a peer address (never when served by tessera-server) all share one bucket.
-        && let Err(wait) = web.limiter.check(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), web.app.now())
-    {
-        tracing::info!(ip = ip_text, path = req.uri().path(), "rate limit reached");
-        let mut r = views::too_many_requests(&token, wait);
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return finish(r, set_cookie);
     }
     if req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
         return finish(views::forbidden_csrf(&token), set_cookie);
@@ -181,6 +172,18 @@ pub(crate) async fn guard(State(web): State<Web>, mut req: Request, next: Next) 
     if !ok {
         tracing::info!(ip = ip_text, path = parts.uri.path(), "POST without a valid CSRF token refused");
         return finish(views::forbidden_csrf(&token), set_cookie);
+    }
+    // Charged only now: a forged POST (cross-site, or without this browser's token) was refused
+    // above without spending the budget of the address it came from, often the victim's own.
+    let limiter = if SIGN_IN.contains(&parts.uri.path()) { &web.sign_in_limit } else { &web.post_limit };
+    // Without a peer address (never when served by tessera-server) all share one bucket.
+    if let Err(wait) = limiter.check(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), web.app.now()) {
+        tracing::info!(ip = ip_text, path = parts.uri.path(), "rate limit reached");
+        let mut r = views::too_many_requests(&token, wait);
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return finish(r, set_cookie);
     }
     let req = Request::from_parts(parts, Body::from(bytes));
     finish(in_words(next.run(req).await, &token), set_cookie)

@@ -107,10 +107,14 @@ struct ServeArgs {
     /// Sender of notifications.
     #[arg(long, env = "TESSERA_SMTP_FROM")]
     smtp_from: Option<String>,
-    /// POSTs to the sign-up, login and code pages per client IP per minute; 0 turns it off
-    /// [default: 20].
+    /// POSTs to the sign-up, login, code and re-authentication pages per client per minute;
+    /// 0 turns it off [default: 20].
     #[arg(long, env = "TESSERA_WEB_RATE_LIMIT_PER_MINUTE")]
     web_rate_limit_per_minute: Option<u32>,
+    /// Every other POST of the pages per client per minute, a budget of its own; 0 turns it
+    /// off [default: 60].
+    #[arg(long, env = "TESSERA_WEB_POST_RATE_LIMIT_PER_MINUTE")]
+    web_post_rate_limit_per_minute: Option<u32>,
     /// Reverse proxies in front of the pages, as CIDRs or addresses (comma-separated): a request
     /// from one has its client address taken from X-Forwarded-For, walked from the right past
     /// trusted proxies [default: none; the client address is the socket's peer].
@@ -216,6 +220,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         smtp_url: args.smtp_url.clone(),
         smtp_from: args.smtp_from.clone(),
         web_rate_limit_per_minute: args.web_rate_limit_per_minute,
+        web_post_rate_limit_per_minute: args.web_post_rate_limit_per_minute,
         trusted_proxies: (!args.trusted_proxies.is_empty()).then(|| args.trusted_proxies.clone()),
         grpc_tls_cert: args.grpc_tls_cert.clone(),
         grpc_tls_key: args.grpc_tls_key.clone(),
