@@ -188,9 +188,10 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
     let direct = args.direct;
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", grpc.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tessera_server::run(Listeners { grpc, http }, prepared, async {
+    let server = tokio::spawn(tessera_server::run(Listeners { grpc, http, admin }, prepared, async {
         let _ = stop_rx.await;
     }));
 

@@ -2,6 +2,7 @@
 //! TOML file over secure defaults.
 
 use crate::ServerError;
+use crate::listen::HttpLimits;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,8 +19,12 @@ pub struct ConfigFile {
     pub keyring_file: Option<PathBuf>,
     /// HTTP listen address.
     pub http_addr: Option<SocketAddr>,
+    /// Open HTTP connections at most (default 1024); more wait until one closes.
+    pub http_max_connections: Option<u32>,
     /// gRPC listen address.
     pub grpc_addr: Option<SocketAddr>,
+    /// Admin HTTP listen address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: Option<SocketAddr>,
     /// Issuer shown in authenticator apps.
     pub issuer: Option<String>,
     /// SHA-256 (hex) of each accepted service token.
@@ -44,11 +49,14 @@ pub struct ConfigFile {
     pub smtp_url: Option<String>,
     /// Sender address of notifications.
     pub smtp_from: Option<String>,
-    /// POSTs to the sign-up, login and code pages per client IP per minute (default 20; 0: off).
+    /// POSTs to the sign-up, login, code and re-authentication pages per client per minute
+    /// (default 20; 0: off).
     pub web_rate_limit_per_minute: Option<u32>,
-    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a proxy that sets
-    /// it; default false).
-    pub trust_forwarded_for: Option<bool>,
+    /// Every other POST of the pages, per client per minute (default 60; 0: off).
+    pub web_post_rate_limit_per_minute: Option<u32>,
+    /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed; default none:
+    /// the client address is the socket's peer.
+    pub trusted_proxies: Option<Vec<String>>,
     /// PEM certificate chain for gRPC over TLS (with `grpc_tls_key`).
     pub grpc_tls_cert: Option<PathBuf>,
     /// PEM private key for gRPC over TLS.
@@ -79,7 +87,9 @@ impl ConfigFile {
             database_url: self.database_url.or(other.database_url),
             keyring_file: self.keyring_file.or(other.keyring_file),
             http_addr: self.http_addr.or(other.http_addr),
+            http_max_connections: self.http_max_connections.or(other.http_max_connections),
             grpc_addr: self.grpc_addr.or(other.grpc_addr),
+            admin_addr: self.admin_addr.or(other.admin_addr),
             issuer: self.issuer.or(other.issuer),
             service_token_hashes: self.service_token_hashes.or(other.service_token_hashes),
             support_token_hashes: self.support_token_hashes.or(other.support_token_hashes),
@@ -93,7 +103,10 @@ impl ConfigFile {
             smtp_url: self.smtp_url.or(other.smtp_url),
             smtp_from: self.smtp_from.or(other.smtp_from),
             web_rate_limit_per_minute: self.web_rate_limit_per_minute.or(other.web_rate_limit_per_minute),
-            trust_forwarded_for: self.trust_forwarded_for.or(other.trust_forwarded_for),
+            web_post_rate_limit_per_minute: self
+                .web_post_rate_limit_per_minute
+                .or(other.web_post_rate_limit_per_minute),
+            trusted_proxies: self.trusted_proxies.or(other.trusted_proxies),
             grpc_tls_cert: self.grpc_tls_cert.or(other.grpc_tls_cert),
             grpc_tls_key: self.grpc_tls_key.or(other.grpc_tls_key),
             grpc_client_ca: self.grpc_client_ca.or(other.grpc_client_ca),
@@ -136,8 +149,12 @@ pub struct ServerConfig {
     pub keyring_file: PathBuf,
     /// HTTP listen address.
     pub http_addr: SocketAddr,
+    /// The HTTP listener's connection cap and header-read timeout (10 s; tests shorten it).
+    pub http: HttpLimits,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address.
+    pub admin_addr: SocketAddr,
     /// Issuer in otpauth URIs.
     pub issuer: String,
     /// Service tokens.
@@ -239,7 +256,9 @@ impl ServerConfig {
             .map(|u| (u, given.smtp_from.clone().unwrap_or_else(|| "Tessera <no-reply@localhost>".into())));
         let web = tessera_web::WebConfig {
             rate_limit_per_minute: given.web_rate_limit_per_minute.unwrap_or(20),
-            trust_forwarded_for: given.trust_forwarded_for.unwrap_or(false),
+            post_rate_limit_per_minute: given.web_post_rate_limit_per_minute.unwrap_or(60),
+            trusted_proxies: tessera_web::TrustedProxies::parse(given.trusted_proxies.as_deref().unwrap_or_default())
+                .map_err(|e| ServerError::Config(format!("trusted_proxies: {e}")))?,
         };
         let grpc_tls = match (given.grpc_tls_cert.clone(), given.grpc_tls_key.clone(), given.grpc_client_ca.clone()) {
             (Some(cert), Some(key), client_ca) => Some(GrpcTls { cert, key, client_ca }),
@@ -270,8 +289,17 @@ impl ServerConfig {
         if sessions.reauth_window < time::Duration::minutes(1) || sessions.reauth_window > time::Duration::hours(12) {
             return Err(ServerError::Config("reauth_window must be between 1m and 12h".into()));
         }
+        let http = HttpLimits {
+            max_connections: match given.http_max_connections {
+                None => HttpLimits::default().max_connections,
+                Some(0) => return Err(ServerError::Config("http_max_connections must be at least 1".into())),
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            },
+            ..HttpLimits::default()
+        };
         Ok(Self {
             sessions,
+            http,
             grpc_tls,
             web,
             smtp,
@@ -282,6 +310,7 @@ impl ServerConfig {
             keyring_file: given.keyring_file.unwrap_or_else(|| data_dir.join("keyring")),
             http_addr: given.http_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
             grpc_addr: given.grpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            admin_addr: given.admin_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
             issuer: given.issuer.unwrap_or_else(|| "Tessera".into()),
             db_max_connections: given.db_max_connections.unwrap_or(16).clamp(1, 1000),
             tokens,
@@ -424,6 +453,9 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://./tessera-data/tessera.db");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.header_read_timeout, std::time::Duration::from_secs(10));
         assert!(matches!(c.tokens, TokenSource::File(ref p) if p.ends_with("service-token")));
         let file: ConfigFile = toml::from_str(
             "http_addr = \"127.0.0.1:9000\"\nissuer = \"ACME\"\nservice_token_hashes = [\"8d969eef6ecad3c29a3a629280e686cf0c3f5d5a86aff3ca12020c923adc6c92\"]",
@@ -439,6 +471,18 @@ mod tests {
         assert!(!format!("{c:?}").contains("a-long-enough-token"));
         assert!(ServerConfig::resolve(ConfigFile::default(), Some("short".into())).is_err());
         assert!(toml::from_str::<ConfigFile>("unknown_key = 1").is_err());
+        let file: ConfigFile = toml::from_str("http_max_connections = 2").unwrap();
+        assert_eq!(ServerConfig::resolve(file, None).unwrap().http.max_connections, 2);
+        let zero = ConfigFile { http_max_connections: Some(0), ..Default::default() };
+        assert!(ServerConfig::resolve(zero, None).is_err());
+        assert!(c.web.trusted_proxies.nets().is_empty(), "no proxy is trusted by default");
+        assert_eq!((c.web.rate_limit_per_minute, c.web.post_rate_limit_per_minute), (20, 60));
+        let file: ConfigFile = toml::from_str("trusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]").unwrap();
+        let nets = ServerConfig::resolve(file, None).unwrap().web.trusted_proxies.nets().len();
+        assert_eq!(nets, 2);
+        let bad = ConfigFile { trusted_proxies: Some(vec!["10.0.0.0/40".into()]), ..Default::default() };
+        assert!(ServerConfig::resolve(bad, None).unwrap_err().to_string().contains("trusted_proxies"));
+        assert!(toml::from_str::<ConfigFile>("trust_forwarded_for = true").is_err(), "the old key is gone");
         let bad = ConfigFile { service_token_hashes: Some(vec!["xyz".into()]), ..Default::default() };
         assert!(ServerConfig::resolve(bad, None).is_err());
     }

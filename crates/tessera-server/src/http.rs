@@ -1,5 +1,6 @@
-//! The HTTP side: `/healthz` (process up), `/readyz` (database reachable), `/metrics`
-//! (Prometheus text).
+//! The HTTP endpoints that are not pages: `/healthz` (process up) and `/readyz` (database
+//! reachable) on both HTTP listeners, and `/metrics` (Prometheus text) only on the admin
+//! listener, which should stay off the public network (it names internals and costs a render).
 
 use axum::Router;
 use axum::extract::State;
@@ -33,13 +34,15 @@ pub(crate) fn metrics_handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-pub(crate) fn router(app: App) -> Router {
+/// `/healthz` and `/readyz`, merged with the pages on the public listener.
+pub(crate) fn health(app: App) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).with_state(app)
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+pub(crate) fn admin(app: App) -> Router {
     let _ = metrics_handle();
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(app)
+    Router::new().route("/metrics", get(metrics)).with_state(app.clone()).merge(health(app))
 }
 
 async fn readyz(State(app): State<App>) -> impl IntoResponse {

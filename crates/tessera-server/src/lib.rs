@@ -6,9 +6,11 @@
 
 mod config;
 mod http;
+mod listen;
 
 use config::redact as redact_url;
 pub use config::{ConfigFile, GrpcTls, ServerConfig, TokenSource, redact};
+pub use listen::HttpLimits;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub struct Prepared {
     pub web: tessera_web::WebConfig,
     /// gRPC TLS (and mTLS), when configured.
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The HTTP listener's limits.
+    pub http: HttpLimits,
 }
 
 /// Open the database (running migrations), the keyring (created on first start, 0600) and
@@ -83,6 +87,10 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
     summary.push(token_summary);
     if !cfg.support_tokens.is_empty() {
         summary.push(format!("support tokens: {}", cfg.support_tokens.len()));
+    }
+    if !cfg.web.trusted_proxies.nets().is_empty() {
+        let nets: Vec<String> = cfg.web.trusted_proxies.nets().iter().map(ToString::to_string).collect();
+        summary.push(format!("trusted proxies (X-Forwarded-For believed from): {}", nets.join(", ")));
     }
     let app_cfg = AppConfig {
         issuer: cfg.issuer.clone(),
@@ -131,6 +139,7 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         summary,
         mailer,
         web: cfg.web.clone(),
+        http: cfg.http,
     })
 }
 
@@ -146,13 +155,18 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     b.create(dir)
 }
 
+/// Open connections at most on the admin listener (a scraper and a health checker need few).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// The sockets to serve on (bound by the caller, so tests can use port 0).
 #[derive(Debug)]
 pub struct Listeners {
     /// gRPC.
     pub grpc: TcpListener,
-    /// HTTP: the web pages, health, readiness, metrics.
+    /// HTTP: the web pages, health, readiness.
     pub http: TcpListener,
+    /// Admin HTTP: metrics, health, readiness (keep it off the public network).
+    pub admin: TcpListener,
 }
 
 /// Serve until `shutdown` resolves; then stop accepting, let in-flight calls finish, and
@@ -162,7 +176,7 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let Prepared { app, auth, mailer, web, grpc_tls, .. } = prepared;
+    let Prepared { app, auth, mailer, web, grpc_tls, http: http_limits, .. } = prepared;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -197,9 +211,11 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
             wait(stop_rx.clone()),
         );
-    let router = http::router(app.clone()).merge(tessera_web::router(app.clone(), web));
-    let http = axum::serve(listeners.http, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(wait(stop_rx.clone()));
+    let router = http::health(app.clone()).merge(tessera_web::router(app.clone(), web));
+    let http = listen::serve(listeners.http, router, http_limits, wait(stop_rx.clone()));
+    // Its own permits, so a flood of the public listener cannot starve the metrics scrape.
+    let admin_limits = HttpLimits { max_connections: ADMIN_MAX_CONNECTIONS, ..http_limits };
+    let admin = listen::serve(listeners.admin, http::admin(app.clone()), admin_limits, wait(stop_rx.clone()));
 
     let outbox = mailer.map(|m| {
         let app = app.clone();
@@ -217,20 +233,21 @@ pub async fn run(
         })
     });
     let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+    let http = tokio::spawn(http);
+    let admin = tokio::spawn(admin);
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing in-flight calls");
     health.set_not_serving::<FactorServiceServer<FactorSvc>>().await;
     health.set_not_serving::<IdentityServiceServer<IdentitySvc>>().await;
     let _ = stop_tx.send(true);
     let g = grpc.await.map_err(|e| ServerError::Config(format!("gRPC task: {e}")))?;
-    let h = http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
+    http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
+    admin.await.map_err(|e| ServerError::Config(format!("admin HTTP task: {e}")))?;
     if let Some(o) = outbox {
         let _ = o.await;
     }
     app.store().close().await;
     g?;
-    h?;
     tracing::info!("stopped");
     Ok(())
 }

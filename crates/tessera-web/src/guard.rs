@@ -7,14 +7,17 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use std::net::SocketAddr;
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use subtle::ConstantTimeEq;
 
 /// Largest form body accepted (the biggest form is a few hundred bytes).
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
-/// Forms whose POSTs are rate-limited per client address.
-const LIMITED: [&str; 4] = ["/signup", "/login", "/login/code", "/login/recovery"];
+/// Forms that try a password or a code: their POSTs share the tight per-client budget
+/// (`WebConfig::rate_limit_per_minute`); every other POST draws on the generous one
+/// (`WebConfig::post_rate_limit_per_minute`).
+const SIGN_IN: [&str; 5] = ["/signup", "/login", "/login/code", "/login/recovery", "/settings/reauth"];
 
 /// The client's address, as the audit trail and the rate limit see it.
 #[derive(Debug, Clone)]
@@ -27,20 +30,74 @@ pub(crate) struct CsrfToken(pub(crate) String);
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-fn client_ip(req: &Request, trust_forwarded_for: bool) -> String {
-    if trust_forwarded_for
-        && let Some(last) = req
-            .headers()
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|s| !s.is_empty())
-    {
-        return last.chars().take(64).collect();
+/// Proxies whose `X-Forwarded-For` is believed: the pages' reverse proxies and load balancers.
+/// IPv4-mapped IPv6 addresses are matched as the IPv4 address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// These networks.
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self(nets.into_iter().map(|n| n.trunc()).collect())
     }
-    req.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "unknown".into(), |c| c.0.ip().to_string())
+
+    /// Parse CIDRs (`10.0.0.0/8`, `::1/128`) or single addresses (`192.0.2.7`).
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, String> {
+        let net = |s: &str| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{s:?} is not a CIDR (like 10.0.0.0/8) or an IP address"))
+        };
+        items
+            .iter()
+            .map(|s| s.as_ref().trim())
+            .filter(|s| !s.is_empty())
+            .map(net)
+            .collect::<Result<_, _>>()
+            .map(Self::new)
+    }
+
+    /// The networks.
+    pub fn nets(&self) -> &[IpNet] {
+        &self.0
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The client's address, as the audit trail and the rate limits see it: the socket's peer,
+/// unless the peer is a trusted proxy. Then `X-Forwarded-For` (every instance, in order, each
+/// a comma-separated list that each proxy appended its own peer to) is walked from the right,
+/// past the entries that are trusted proxies too: the first untrusted entry is the client.
+/// Entries further left were written by the client or by proxies we do not know, so they are
+/// never believed. An entry that is not an address stops the walk at the last trusted hop
+/// seen; if every entry is trusted, the leftmost is the client. An untrusted peer's header
+/// is never read.
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let mut hop = peer.to_canonical();
+    if !trusted.contains(hop) {
+        return hop;
+    }
+    let values: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
+    for value in values.into_iter().rev() {
+        let Ok(list) = value.to_str() else { return hop };
+        for entry in list.rsplit(',') {
+            let Some(ip) = forwarded_entry(entry.trim()) else { return hop };
+            hop = ip;
+            if !trusted.contains(ip) {
+                return ip;
+            }
+        }
+    }
+    hop
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port (some proxies add it).
+fn forwarded_entry(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>().or_else(|_| s.parse::<SocketAddr>().map(|a| a.ip())).ok().map(|ip| ip.to_canonical())
 }
 
 fn fresh_token() -> Option<String> {
@@ -72,11 +129,13 @@ fn security_headers(h: &mut HeaderMap) {
     }
 }
 
-/// Client address, CSRF check on every POST, rate limit on the login forms, and security
-/// headers on every response.
+/// Client address, CSRF check and then the rate limit on every POST, and security headers on
+/// every response.
 pub(crate) async fn guard(State(web): State<Web>, mut req: Request, next: Next) -> Response {
-    let ip = client_ip(&req, web.config.trust_forwarded_for);
-    req.extensions_mut().insert(ClientIp(ip.clone()));
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let ip = peer.map(|p| client_ip(p, req.headers(), &web.config.trusted_proxies));
+    let ip_text = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    req.extensions_mut().insert(ClientIp(ip_text.clone()));
     let cookie_token = cookies::get(req.headers(), cookies::CSRF).filter(|t| t.len() == 43);
     let (token, is_new) = match cookie_token.clone().or_else(fresh_token) {
         Some(t) => (t, cookie_token.is_none()),
@@ -87,16 +146,6 @@ pub(crate) async fn guard(State(web): State<Web>, mut req: Request, next: Next) 
 
     if req.method() != Method::POST {
         return finish(in_words(next.run(req).await, &token), set_cookie);
-    }
-    if LIMITED.contains(&req.uri().path())
-        && let Err(wait) = web.limiter.check(&ip, web.app.now())
-    {
-        tracing::info!(ip, path = req.uri().path(), "rate limit reached");
-        let mut r = views::too_many_requests(&token, wait);
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return finish(r, set_cookie);
     }
     if req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
         return finish(views::forbidden_csrf(&token), set_cookie);
@@ -121,8 +170,20 @@ pub(crate) async fn guard(State(web): State<Web>, mut req: Request, next: Next) 
         _ => false,
     };
     if !ok {
-        tracing::info!(ip, path = parts.uri.path(), "POST without a valid CSRF token refused");
+        tracing::info!(ip = ip_text, path = parts.uri.path(), "POST without a valid CSRF token refused");
         return finish(views::forbidden_csrf(&token), set_cookie);
+    }
+    // Charged only now: a forged POST (cross-site, or without this browser's token) was refused
+    // above without spending the budget of the address it came from, often the victim's own.
+    let limiter = if SIGN_IN.contains(&parts.uri.path()) { &web.sign_in_limit } else { &web.post_limit };
+    // Without a peer address (never when served by tessera-server) all share one bucket.
+    if let Err(wait) = limiter.check(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), web.app.now()) {
+        tracing::info!(ip = ip_text, path = parts.uri.path(), "rate limit reached");
+        let mut r = views::too_many_requests(&token, wait);
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return finish(r, set_cookie);
     }
     let req = Request::from_parts(parts, Body::from(bytes));
     finish(in_words(next.run(req).await, &token), set_cookie)
@@ -155,10 +216,86 @@ fn finish(mut r: Response, set_cookie: Option<String>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{TrustedProxies, client_ip};
+    use axum::http::{HeaderMap, HeaderValue};
+    use std::net::IpAddr;
+
     #[test]
     fn finds_the_csrf_field() {
         assert_eq!(super::form_csrf(b"a=1&csrf=abc%2Dd&b=2").as_deref(), Some("abc-d"));
         assert_eq!(super::form_csrf(b"a=1&csrfx=abc"), None);
         assert_eq!(super::form_csrf(b""), None);
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The client address for a request from `peer` carrying these `X-Forwarded-For` lines.
+    fn walk(trusted: &[&str], peer: &str, xff: &[&[u8]]) -> IpAddr {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", HeaderValue::from_bytes(v).unwrap());
+        }
+        client_ip(ip(peer), &h, &TrustedProxies::parse(trusted).unwrap())
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
+        assert_eq!(walk(&[], "198.51.100.7", &[b"203.0.113.1"]), ip("198.51.100.7"));
+        assert_eq!(walk(&["10.0.0.0/8"], "198.51.100.7", &[b"10.0.0.5, 203.0.113.1"]), ip("198.51.100.7"));
+        assert_eq!(walk(&["10.0.0.0/8"], "10.1.2.3", &[]), ip("10.1.2.3"), "a trusted peer that forwards nothing");
+    }
+
+    #[test]
+    fn the_walk_stops_at_the_first_untrusted_entry_from_the_right() {
+        let t = ["10.0.0.0/8"];
+        // The client forged the leftmost entries; our proxy appended the real peer.
+        assert_eq!(walk(&t, "10.0.0.1", &[b"1.1.1.1, 2.2.2.2, 203.0.113.9"]), ip("203.0.113.9"));
+        // Several trusted hops (an edge proxy, then an internal load balancer).
+        assert_eq!(walk(&t, "10.0.0.1", &[b"1.1.1.1, 203.0.113.9, 10.9.9.9, 10.0.0.2"]), ip("203.0.113.9"));
+        // Several header lines are one list, in order.
+        assert_eq!(walk(&t, "10.0.0.1", &[b"1.1.1.1", b"203.0.113.9, 10.0.0.2"]), ip("203.0.113.9"));
+        assert_eq!(walk(&t, "10.0.0.1", &[b"1.1.1.1, 203.0.113.9", b"10.0.0.2"]), ip("203.0.113.9"));
+        // A forged trusted-looking entry left of the client is never reached.
+        assert_eq!(walk(&t, "10.0.0.1", &[b"10.6.6.6, 203.0.113.9"]), ip("203.0.113.9"));
+        // Every entry trusted: the leftmost.
+        assert_eq!(walk(&t, "10.0.0.1", &[b"10.0.0.3, 10.0.0.2"]), ip("10.0.0.3"));
+        // A single trusted address, and entries with ports.
+        assert_eq!(walk(&["192.0.2.10"], "192.0.2.10", &[b"203.0.113.9:4711"]), ip("203.0.113.9"));
+        assert_eq!(walk(&["192.0.2.10"], "192.0.2.11", &[b"203.0.113.9"]), ip("192.0.2.11"));
+    }
+
+    #[test]
+    fn ipv6_and_mapped_addresses() {
+        let t = ["::1/128", "2001:db8:aa::/48", "10.0.0.0/8"];
+        assert_eq!(walk(&t, "::1", &[b"2001:db8:1::7"]), ip("2001:db8:1::7"));
+        assert_eq!(walk(&t, "2001:db8:aa::1", &[b"2001:db8:1::7, 2001:db8:aa:1::2"]), ip("2001:db8:1::7"));
+        assert_eq!(walk(&t, "::1", &[b"[2001:db8:1::7]:443"]), ip("2001:db8:1::7"));
+        // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d: matched as IPv4.
+        assert_eq!(walk(&t, "::ffff:10.0.0.1", &[b"203.0.113.9"]), ip("203.0.113.9"));
+        assert_eq!(walk(&t, "::ffff:198.51.100.7", &[b"203.0.113.9"]), ip("198.51.100.7"));
+        assert_eq!(walk(&t, "10.0.0.1", &[b"::ffff:203.0.113.9"]), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn garbage_stops_the_walk_at_the_last_trusted_hop() {
+        let t = ["10.0.0.0/8"];
+        assert_eq!(walk(&t, "10.0.0.1", &[b"203.0.113.9, garbage"]), ip("10.0.0.1"));
+        assert_eq!(walk(&t, "10.0.0.1", &[b"203.0.113.9, unknown, 10.0.0.2"]), ip("10.0.0.2"));
+        assert_eq!(walk(&t, "10.0.0.1", &[b"203.0.113.9,,10.0.0.2"]), ip("10.0.0.2"));
+        assert_eq!(walk(&t, "10.0.0.1", &[b""]), ip("10.0.0.1"));
+        assert_eq!(walk(&t, "10.0.0.1", &[b"203.0.113.9", b"\xff\xfe"]), ip("10.0.0.1"), "not text");
+    }
+
+    #[test]
+    fn trusted_proxies_parse() {
+        let p = TrustedProxies::parse(&["10.1.2.3/8", " ::1/128 ", "192.0.2.7", ""]).unwrap();
+        let nets: Vec<String> = p.nets().iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+        assert!(TrustedProxies::parse(&["10.0.0.0/33"]).is_err());
+        assert!(TrustedProxies::parse(&["proxy.internal"]).unwrap_err().contains("proxy.internal"));
     }
 }

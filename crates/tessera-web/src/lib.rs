@@ -5,8 +5,8 @@
 //!
 //! Security of the pages lives in one middleware ([`guard`]): every response carries the
 //! security headers (a CSP without inline script, `X-Frame-Options: DENY`, no-store caching…),
-//! every POST must carry the CSRF token of its `__Host-` cookie (else 403), and the login and
-//! code forms are rate-limited per client IP. Sessions are `__Host-` cookies (Secure,
+//! every POST must carry the CSRF token of its `__Host-` cookie (else 403), and then every POST
+//! is rate-limited per client, the sign-in and code forms more tightly. Sessions are `__Host-` cookies (Secure,
 //! HttpOnly, SameSite=Lax) holding a random token whose hash is all the database keeps.
 //!
 //! Architecture invariant: handlers are thin — they parse a form, call `tessera_app`, and
@@ -21,22 +21,27 @@ mod views;
 use std::sync::Arc;
 use tessera_app::App;
 
+pub use guard::TrustedProxies;
 pub use limit::RateLimiter;
 
 /// Settings of the pages.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
-    /// POSTs to the sign-up, login and code forms allowed per client IP per minute (a burst
-    /// of this many, refilled evenly over the minute). 0 turns the limit off.
+    /// POSTs to the forms that try a password or a code (sign-up, login, the code and
+    /// recovery-code pages, re-authentication) allowed per client per minute (a burst of this
+    /// many, refilled evenly over the minute). 0 turns the limit off.
     pub rate_limit_per_minute: u32,
-    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a proxy that
-    /// sets it); otherwise the socket's peer address is used.
-    pub trust_forwarded_for: bool,
+    /// Every other POST, per client per minute, in a budget of its own. 0 turns it off.
+    pub post_rate_limit_per_minute: u32,
+    /// Reverse proxies in front of the pages: a request from one of them has its client
+    /// address taken from `X-Forwarded-For` (walked from the right, past trusted proxies).
+    /// Empty (the default): the client address is always the socket's peer.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { rate_limit_per_minute: 20, trust_forwarded_for: false }
+        Self { rate_limit_per_minute: 20, post_rate_limit_per_minute: 60, trusted_proxies: TrustedProxies::default() }
     }
 }
 
@@ -45,13 +50,17 @@ impl Default for WebConfig {
 pub(crate) struct Web {
     pub(crate) app: App,
     pub(crate) config: Arc<WebConfig>,
-    pub(crate) limiter: Arc<RateLimiter>,
+    /// The sign-in forms' budget.
+    pub(crate) sign_in_limit: Arc<RateLimiter>,
+    /// Every other POST's budget.
+    pub(crate) post_limit: Arc<RateLimiter>,
 }
 
 /// The pages' router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
 /// the rate limit and the audit trail see the client's address.
 pub fn router(app: App, config: WebConfig) -> axum::Router {
-    let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_minute));
-    let web = Web { app, config: Arc::new(config), limiter };
+    let sign_in_limit = Arc::new(RateLimiter::new(config.rate_limit_per_minute));
+    let post_limit = Arc::new(RateLimiter::new(config.post_rate_limit_per_minute));
+    let web = Web { app, config: Arc::new(config), sign_in_limit, post_limit };
     pages::routes().layer(axum::middleware::from_fn_with_state(web.clone(), guard::guard)).with_state(web)
 }

@@ -631,3 +631,139 @@ async fn sessions_are_listed_rotated_and_time_out() {
     h.clock.advance(time::Duration::minutes(30));
     assert_eq!(a.get(&h, "/settings/security").await.location(), "/login");
 }
+
+/// A sign-in POST (carrying `X-Forwarded-For: xff` if given), with a fresh email each time (so
+/// no password counter locks); true when the per-address limit refused it.
+async fn limited_login_via(b: &mut Browser, h: &H, xff: Option<&str>) -> bool {
+    if !b.jar.contains_key("__Host-tessera_csrf") {
+        b.get(h, "/login").await;
+    }
+    let (token, email) = (b.csrf(), fresh_email());
+    let form = [("email", email.as_str()), ("password", "not the password"), ("csrf", &token)];
+    let extra: Vec<(&str, &str)> = xff.map(|v| ("x-forwarded-for", v)).into_iter().collect();
+    let r = b.send(h, Method::POST, "/login", &form, &extra).await;
+    match r.status {
+        StatusCode::UNAUTHORIZED => false,
+        StatusCode::TOO_MANY_REQUESTS if r.body.contains("from your network") => true,
+        s => panic!("{s}: {}", r.body),
+    }
+}
+
+fn fresh_email() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("someone-{}@example.com", N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let trusted = tessera_web::TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
+    let h = harness(WebConfig { rate_limit_per_minute: 1, trusted_proxies: trusted, ..Default::default() }).await;
+    // Behind our proxy, each client has its own budget, whatever it forged on the left.
+    let mut proxy = Browser::new("10.0.0.1");
+    assert!(!limited_login_via(&mut proxy, &h, Some("203.0.113.1")).await);
+    assert!(limited_login_via(&mut proxy, &h, Some("203.0.113.1")).await);
+    assert!(limited_login_via(&mut proxy, &h, Some("198.18.0.1, 203.0.113.1")).await, "a forged entry changes nothing");
+    assert!(!limited_login_via(&mut proxy, &h, Some("203.0.113.2")).await, "another client behind the proxy");
+    assert!(limited_login_via(&mut proxy, &h, Some("203.0.113.2, 10.0.0.7")).await, "through a second proxy of ours");
+    // A peer that is not a proxy of ours is the client, whatever it sends.
+    let mut direct = Browser::new("198.51.100.1");
+    assert!(!limited_login_via(&mut direct, &h, Some("203.0.113.3")).await);
+    assert!(limited_login_via(&mut direct, &h, Some("203.0.113.4")).await, "its X-Forwarded-For is not read");
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_64() {
+    let h = harness(WebConfig { rate_limit_per_minute: 1, ..Default::default() }).await;
+    let mut a = Browser::new("[2001:db8:1:2::1]");
+    assert!(!limited_login_via(&mut a, &h, None).await);
+    let mut b = Browser::new("[2001:db8:1:2:dead:beef:0:2]");
+    assert!(limited_login_via(&mut b, &h, None).await, "another address of the same /64");
+    let mut c = Browser::new("[2001:db8:1:3::1]");
+    assert!(!limited_login_via(&mut c, &h, None).await, "the next /64");
+}
+
+/// A refusal by the per-address rate limit (not by a form or the lockout).
+fn rate_limited(r: &Resp) -> bool {
+    r.status == StatusCode::TOO_MANY_REQUESTS && r.body.contains("Too many attempts from your network")
+}
+
+const REVOKE: &str = "/settings/security/sessions/revoke-others";
+
+#[tokio::test]
+async fn forged_posts_do_not_spend_the_victims_budget() {
+    let h = harness(WebConfig { rate_limit_per_minute: 2, post_rate_limit_per_minute: 2, ..Default::default() }).await;
+    h.app.create_user("ada@example.com", PASSWORD, &ClientContext::default()).await.unwrap();
+    let mut victim = Browser::new("10.0.0.5");
+    victim.get(&h, "/login").await;
+    let token = victim.csrf();
+    let wrong = "A".repeat(43);
+    let creds = [("email", "ada@example.com"), ("password", PASSWORD)];
+    // A hostile page makes the victim's browser post to both classes, over and over, with the
+    // victim's cookies: cross-site, or without the token it cannot read.
+    for path in ["/login", "/login/code", REVOKE] {
+        for _ in 0..10 {
+            let cross = [("sec-fetch-site", "cross-site")];
+            for (form, extra) in [
+                (&[("csrf", token.as_str())][..], &cross[..]),
+                (&[][..], &cross[..]),
+                (&[("csrf", wrong.as_str())][..], &[][..]),
+                (&[][..], &[][..]),
+            ] {
+                let r = victim.send(&h, Method::POST, path, form, extra).await;
+                assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+            }
+        }
+    }
+    // The victim's own forms still have their whole budgets…
+    let r = victim.post(&h, "/login", &creds).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(!rate_limited(&victim.post(&h, "/login", &creds).await));
+    for _ in 0..2 {
+        assert_eq!(victim.post(&h, REVOKE, &[]).await.status, StatusCode::SEE_OTHER);
+    }
+    // …which are the ones the forged POSTs would have spent.
+    assert!(rate_limited(&victim.post(&h, "/login", &creds).await));
+    assert!(rate_limited(&victim.post(&h, REVOKE, &[]).await));
+}
+
+#[tokio::test]
+async fn every_post_is_rate_limited_in_two_classes() {
+    let h = harness(WebConfig { rate_limit_per_minute: 2, post_rate_limit_per_minute: 3, ..Default::default() }).await;
+    h.app.create_user("ada@example.com", PASSWORD, &ClientContext::default()).await.unwrap();
+    let creds = [("email", "ada@example.com"), ("password", PASSWORD)];
+    let mut b = Browser::new("10.0.0.8");
+    assert_eq!(b.post(&h, "/login", &creds).await.status, StatusCode::SEE_OTHER, "sign-in class: 1 of 2");
+    for _ in 0..3 {
+        assert_eq!(b.post(&h, REVOKE, &[]).await.location(), "/settings/security?done=revoked");
+    }
+    let r = b.post(&h, REVOKE, &[]).await;
+    assert!(rate_limited(&r), "{}: {}", r.status, r.body);
+    assert_eq!(r.headers[header::RETRY_AFTER], "20");
+    assert!(rate_limited(&b.post(&h, "/accounts", &[("name", "Acme")]).await), "every other POST shares it");
+    // The sign-in forms have a budget of their own (one left), re-authentication included.
+    assert!(!rate_limited(&b.post(&h, "/login/recovery", &[("code", "x")]).await));
+    assert!(rate_limited(&b.post(&h, "/settings/reauth", &[("password", PASSWORD)]).await));
+    assert!(rate_limited(&b.post(&h, "/signup", &creds).await));
+    assert!(rate_limited(&b.post(&h, "/login/code", &[("code", "123456")]).await));
+    // Another address has its own budgets.
+    let mut c = Browser::new("10.0.0.9");
+    assert!(!rate_limited(&c.post(&h, "/accounts", &[("name", "Acme")]).await));
+    assert!(!rate_limited(&c.post(&h, "/login", &creds).await));
+    // One POST every 20 s comes back.
+    h.clock.advance(time::Duration::seconds(20));
+    assert!(!rate_limited(&b.post(&h, REVOKE, &[]).await));
+    assert!(rate_limited(&b.post(&h, REVOKE, &[]).await));
+}
+
+#[tokio::test]
+async fn zero_turns_a_post_class_off() {
+    let h = harness(WebConfig { rate_limit_per_minute: 1, post_rate_limit_per_minute: 0, ..Default::default() }).await;
+    let mut b = Browser::new("10.0.0.8");
+    for _ in 0..100 {
+        assert!(!rate_limited(&b.post(&h, REVOKE, &[]).await));
+    }
+    let wrong = [("email", "nobody@example.com"), ("password", "not the password")];
+    assert!(!rate_limited(&b.post(&h, "/login", &wrong).await));
+    assert!(rate_limited(&b.post(&h, "/login", &wrong).await), "the sign-in class is still on");
+}

@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the web pages, the gRPC services and the HTTP endpoints (health, readiness, metrics).
+    /// Run the web pages, the gRPC services and the admin endpoints (metrics, health, readiness).
     Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
@@ -80,12 +80,19 @@ enum SupportCommand {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// HTTP address for the web pages, /healthz, /readyz, /metrics [default: 127.0.0.1:8080].
+    /// HTTP address for the web pages, /healthz, /readyz [default: 127.0.0.1:8080].
     #[arg(long, env = "TESSERA_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
+    /// Open HTTP connections at most; more wait to be accepted until one closes [default: 1024].
+    #[arg(long, env = "TESSERA_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: Option<u32>,
     /// gRPC address [default: 127.0.0.1:50051].
     #[arg(long, env = "TESSERA_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz; keep it off the public network
+    /// [default: 127.0.0.1:9090].
+    #[arg(long, env = "TESSERA_ADMIN_ADDR")]
+    admin_addr: Option<std::net::SocketAddr>,
     /// TOML configuration file (flags and TESSERA_* variables override its keys).
     #[arg(long, env = "TESSERA_CONFIG")]
     config: Option<PathBuf>,
@@ -116,13 +123,19 @@ struct ServeArgs {
     /// Sender of notifications.
     #[arg(long, env = "TESSERA_SMTP_FROM")]
     smtp_from: Option<String>,
-    /// POSTs to the sign-up, login and code pages per client IP per minute; 0 turns it off
-    /// [default: 20].
+    /// POSTs to the sign-up, login, code and re-authentication pages per client per minute;
+    /// 0 turns it off [default: 20].
     #[arg(long, env = "TESSERA_WEB_RATE_LIMIT_PER_MINUTE")]
     web_rate_limit_per_minute: Option<u32>,
-    /// Take the client IP from X-Forwarded-For (only behind a proxy that sets it).
-    #[arg(long, env = "TESSERA_TRUST_FORWARDED_FOR")]
-    trust_forwarded_for: bool,
+    /// Every other POST of the pages per client per minute, a budget of its own; 0 turns it
+    /// off [default: 60].
+    #[arg(long, env = "TESSERA_WEB_POST_RATE_LIMIT_PER_MINUTE")]
+    web_post_rate_limit_per_minute: Option<u32>,
+    /// Reverse proxies in front of the pages, as CIDRs or addresses (comma-separated): a request
+    /// from one has its client address taken from X-Forwarded-For, walked from the right past
+    /// trusted proxies [default: none; the client address is the socket's peer].
+    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
     /// Serve gRPC over TLS with this PEM certificate chain (with --grpc-tls-key).
     #[arg(long, env = "TESSERA_GRPC_TLS_CERT")]
     grpc_tls_cert: Option<PathBuf>,
@@ -206,12 +219,20 @@ fn init_logs(json: bool) {
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    if std::env::var_os("TESSERA_TRUST_FORWARDED_FOR").is_some() {
+        bail!(
+            "TESSERA_TRUST_FORWARDED_FOR was removed: name the proxies whose X-Forwarded-For to believe \
+             with --trusted-proxies / TESSERA_TRUSTED_PROXIES (CIDRs, comma-separated)"
+        );
+    }
     let given = ConfigFile {
         data_dir: cli.data_dir.clone(),
         database_url: cli.database_url.clone(),
         keyring_file: cli.keyring.clone(),
         http_addr: args.http_addr,
+        http_max_connections: args.http_max_connections,
         grpc_addr: args.grpc_addr,
+        admin_addr: args.admin_addr,
         issuer: args.issuer.clone(),
         service_token_hashes: None,
         support_token_hashes: None,
@@ -225,7 +246,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         smtp_url: args.smtp_url.clone(),
         smtp_from: args.smtp_from.clone(),
         web_rate_limit_per_minute: args.web_rate_limit_per_minute,
-        trust_forwarded_for: args.trust_forwarded_for.then_some(true),
+        web_post_rate_limit_per_minute: args.web_post_rate_limit_per_minute,
+        trusted_proxies: (!args.trusted_proxies.is_empty()).then(|| args.trusted_proxies.clone()),
         grpc_tls_cert: args.grpc_tls_cert.clone(),
         grpc_tls_key: args.grpc_tls_key.clone(),
         grpc_client_ca: args.grpc_client_ca.clone(),
@@ -248,15 +270,19 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     let http = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("cannot listen on {} (HTTP)", cfg.http_addr))?;
+    let admin = tokio::net::TcpListener::bind(cfg.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin HTTP)", cfg.admin_addr))?;
     println!("tessera {} serving", env!("CARGO_PKG_VERSION"));
     println!("  gRPC: {} (tessera.v1.FactorService, grpc.health.v1, reflection)", grpc.local_addr()?);
-    println!("  HTTP: http://{} (web pages, /healthz, /readyz, /metrics)", http.local_addr()?);
+    println!("  HTTP: http://{} (web pages, /healthz, /readyz)", http.local_addr()?);
+    println!("  admin: http://{} (/metrics, /healthz, /readyz)", admin.local_addr()?);
     for line in &prepared.summary {
         println!("  {line}");
     }
     use std::io::Write;
     std::io::stdout().flush()?;
-    tessera_server::run(Listeners { grpc, http }, prepared, tessera_server::shutdown_signal()).await?;
+    tessera_server::run(Listeners { grpc, http, admin }, prepared, tessera_server::shutdown_signal()).await?;
     Ok(())
 }
 

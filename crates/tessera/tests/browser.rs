@@ -75,7 +75,6 @@ fn web_pages_in_headless_chromium() {
         ("TESSERA_PWNED_MODE", "offline"),
         ("TESSERA_PWNED_DIR", ranges.to_str().unwrap()),
         ("TESSERA_TRUSTED_PROXIES", "127.0.0.1/32"),
-        ("TESSERA_TRUST_FORWARDED_FOR", "true"),
         ("TESSERA_WEB_RATE_LIMIT_PER_MINUTE", "200"),
     ];
     let common::Serve { mut child, http: base, .. } = common::spawn(data.path(), &[], &env);

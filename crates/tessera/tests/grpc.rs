@@ -51,6 +51,7 @@ async fn drop_pg_db(base: &str, name: &str) {
 struct InProcess {
     grpc: SocketAddr,
     http: SocketAddr,
+    admin: SocketAddr,
     clock: ManualClock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -63,25 +64,32 @@ impl InProcess {
     }
 
     async fn start_with(given: ConfigFile) -> Self {
+        Self::start_cfg(given, |_| {}).await
+    }
+
+    /// As `start_with`, with `tweak` applied to the resolved configuration.
+    async fn start_cfg(given: ConfigFile, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let given =
             ConfigFile { data_dir: Some(dir.path().to_owned()), pwned_mode: Some("off".into()), ..Default::default() }
                 .or(given);
-        let cfg = ServerConfig::resolve_with_support(given, Some(TOKEN.into()), Some(SUPPORT.into())).unwrap();
+        let mut cfg = ServerConfig::resolve_with_support(given, Some(TOKEN.into()), Some(SUPPORT.into())).unwrap();
+        tweak(&mut cfg);
         let clock = ManualClock::at_unix(1_767_225_610);
         let prepared = tessera_server::prepare(&cfg, Some(Arc::new(clock.clone()))).await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (ga, ha) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ga, ha, aa) = (grpc.local_addr().unwrap(), http.local_addr().unwrap(), admin.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            tessera_server::run(Listeners { grpc, http }, prepared, async {
+            tessera_server::run(Listeners { grpc, http, admin }, prepared, async {
                 let _ = rx.await;
             })
             .await
             .unwrap();
         });
-        Self { grpc: ga, http: ha, clock, stop: Some(tx), task, _dir: dir }
+        Self { grpc: ga, http: ha, admin: aa, clock, stop: Some(tx), task, _dir: dir }
     }
 
     async fn client(&self, token: &str) -> Client {
@@ -193,10 +201,15 @@ async fn full_flow(srv: &InProcess) {
     assert!(c.list_factors("alice").await.unwrap().is_empty());
     assert_eq!(code_of(c.remove_factor("alice", &e.factor_id).await.unwrap_err()).0, Code::NotFound);
 
-    // HTTP endpoints
-    assert_eq!(http_get(srv.http, "/healthz").0, 200);
-    assert_eq!(http_get(srv.http, "/readyz").0, 200);
-    let (st, metrics) = http_get(srv.http, "/metrics");
+    // HTTP endpoints: health on both listeners, metrics only on the admin one
+    for addr in [srv.http, srv.admin] {
+        assert_eq!(http_get(addr, "/healthz").0, 200);
+        assert_eq!(http_get(addr, "/readyz").0, 200);
+    }
+    let (st, public) = http_get(srv.http, "/metrics");
+    assert_eq!(st, 404, "metrics on the public listener: {public}");
+    assert!(!public.contains("# TYPE"), "{public}");
+    let (st, metrics) = http_get(srv.admin, "/metrics");
     assert_eq!(st, 200);
     assert!(metrics.contains("tessera_verifications_total"), "{metrics}");
     assert!(metrics.contains("tessera_grpc_request_seconds_bucket"));
@@ -323,6 +336,12 @@ async fn binary_serves_and_stops_on_sigterm() {
     let c = Client::connect(&format!("http://{}", p.grpc), TOKEN, Default::default()).await.unwrap();
     let e = c.enroll_totp(enroll("carol")).await.unwrap();
     assert_eq!(c.list_factors("carol").await.unwrap()[0].id, e.factor_id);
+    // the printed admin address serves the metrics; the public one does not
+    let addr = |url: &str| url.trim_start_matches("http://").parse::<SocketAddr>().unwrap();
+    let (st, metrics) = http_get(addr(&p.admin), "/metrics");
+    assert_eq!(st, 200);
+    assert!(metrics.contains("tessera_enrolments_total"), "{metrics}");
+    assert_eq!(http_get(addr(&p.http), "/metrics").0, 404);
     let status = sigterm(&mut p);
     assert!(status.success(), "exit status {status:?}");
     // the keyring was created 0600 on first start, the service token came from the environment
@@ -1003,5 +1022,72 @@ async fn grpc_over_mtls_needs_a_client_certificate_from_the_configured_ca() {
         Ok(c) => c.list_factors("mtls").await.is_err(),
     };
     assert!(refused, "a plain-text client was served");
+    srv.stop().await;
+}
+
+/// Read one response to `GET /healthz` (its body is "ok\n") from a kept-alive connection.
+async fn read_health(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.ends_with(b"ok\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the response was complete: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+const GET_HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// A client that starts a request and never finishes its headers has its connection closed
+/// after the header-read timeout (shortened here; the default is 10 s, longer than the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_closes_a_connection_that_never_finishes_its_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = InProcess::start_cfg(ConfigFile::default(), |c| {
+        c.http.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    s.write_all(b"GET /healthz HT").await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "the server kept a connection open whose headers never finished");
+    assert!(!String::from_utf8_lossy(&out).contains(" 200 "), "{}", String::from_utf8_lossy(&out));
+    // An idle kept-alive connection is closed the same way.
+    let mut k = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    k.write_all(GET_HEALTH).await.unwrap();
+    assert!(read_health(&mut k).await.starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), k.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle kept-alive connection stayed open");
+    assert_eq!(http_get(srv.http, "/healthz").0, 200, "a client that finishes its request is served");
+    srv.stop().await;
+}
+
+/// With a cap of 2, a third connection waits (unserved) while two are open, and is served as
+/// soon as one of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_caps_open_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let given = ConfigFile { http_max_connections: Some(2), ..Default::default() };
+    // A long header timeout, so the two held connections are not closed as idle meanwhile.
+    let srv = InProcess::start_cfg(given, |c| c.http.header_read_timeout = Duration::from_secs(600)).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+        s.write_all(GET_HEALTH).await.unwrap();
+        assert!(read_health(&mut s).await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut third = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    third.write_all(GET_HEALTH).await.unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "a third connection was served while two were open: {early:?}");
+    drop(held.pop());
+    let out = tokio::time::timeout(Duration::from_secs(10), read_health(&mut third)).await;
+    assert!(out.expect("not served after a connection closed").starts_with("HTTP/1.1 200"));
     srv.stop().await;
 }

@@ -12,13 +12,15 @@ pub struct Serve {
     pub grpc: String,
     /// HTTP base URL (`http://host:port`).
     pub http: String,
+    /// Admin HTTP base URL (`http://host:port`: metrics, health).
+    pub admin: String,
 }
 
 /// Start `tessera serve` with its data in `data`, the breached-password check off, and `env`
 /// (which may override those).
 pub fn spawn(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+    cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
         .args(extra)
         .env("TESSERA_DATA_DIR", data)
         .env("TESSERA_PWNED_MODE", "off")
@@ -31,7 +33,7 @@ pub fn spawn(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Se
     }
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut grpc, mut http) = (None, None);
+    let (mut grpc, mut http, mut admin) = (None, None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
         let first = |rest: &str| rest.split_whitespace().next().unwrap().to_owned();
@@ -40,6 +42,9 @@ pub fn spawn(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Se
         }
         if let Some(rest) = line.trim().strip_prefix("HTTP: ") {
             http = Some(first(rest));
+        }
+        if let Some(rest) = line.trim().strip_prefix("admin: ") {
+            admin = Some(first(rest));
         }
         if line.trim().starts_with("service token:") {
             break;
@@ -50,5 +55,6 @@ pub fn spawn(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Se
         child,
         grpc: grpc.expect("serve printed no gRPC address"),
         http: http.expect("serve printed no HTTP address"),
+        admin: admin.expect("serve printed no admin address"),
     }
 }
