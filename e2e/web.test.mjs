@@ -14,6 +14,9 @@ import { chromium } from 'playwright-core';
 const require = createRequire(import.meta.url);
 const BASE = process.env.BASE_URL ?? 'http://127.0.0.1:8080';
 const OUT = process.env.OUT_DIR ?? 'target/web-e2e';
+// The server's data directory: with no SMTP relay configured, mail waits in its outbox, which
+// stands in for the users' mailboxes here.
+const DATA = process.env.DATA_DIR ?? 'tessera-data';
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const PASSWORD = 'correct horse battery staple 42';
@@ -37,6 +40,16 @@ function wrongCode(secret) {
   let c = (Number(totp(secret)) + 500000) % 1000000;
   while (near.has(String(c).padStart(6, '0'))) c = (c + 1) % 1000000;
   return String(c).padStart(6, '0');
+}
+
+/// The code in the newest invitation mail to `email` (read from the outbox in the SQLite file).
+function invitationCode(email) {
+  const py = 'import sys, sqlite3, json\n' +
+    'db = sqlite3.connect(sys.argv[1])\n' +
+    'row = db.execute("SELECT detail FROM outbox WHERE email = ? AND kind = \'invitation\' ' +
+    'ORDER BY created_at DESC LIMIT 1", (sys.argv[2],)).fetchone()\n' +
+    'print(json.loads(row[0])["code"] if row else "")';
+  return execFileSync('python3', ['-c', py, path.join(DATA, 'tessera.db'), email], { encoding: 'utf8' }).trim();
 }
 
 /// Decode a QR code image with zxing-cpp.
@@ -91,12 +104,19 @@ async function newUser(browser, email) {
 }
 
 /// Set up an authenticator from the security page; returns the secret and the recovery codes.
+/// When the session has not proven the password recently, the page asks for it first
+/// (/settings/reauth) and comes back.
 async function enrolTotp(page, screenshots = false) {
   await page.goto(`${BASE}/settings/security`);
-  const [resp] = await Promise.all([
-    page.waitForResponse((r) => r.url().includes('/settings/security/totp/') && r.request().method() === 'GET'),
-    page.click('text=Set up two-factor authentication'),
-  ]);
+  await page.click('text=Set up two-factor authentication');
+  await page.waitForURL(/\/settings\/(security\/totp\/|reauth)/);
+  if (page.url().includes('/settings/reauth')) {
+    await page.fill('#password', PASSWORD);
+    await Promise.all([page.waitForURL(`${BASE}/settings/security`), page.click('#reauth-password button')]);
+    await page.click('text=Set up two-factor authentication');
+    await page.waitForURL(/\/settings\/security\/totp\//);
+  }
+  const resp = await page.reload();
   assert.equal(resp.headers()['cache-control'], 'no-store', 'the page with the secret is not cached');
   const secret = (await page.textContent('#secret')).replace(/\s+/g, '');
   assert.match(secret, /^[A-Z2-7]{32}$/, 'the manual key is base32');
@@ -140,6 +160,11 @@ const browser = await chromium.launch({
     '--no-first-run', '--disable-component-update', '--disable-sync'],
 });
 try {
+  // Dana signs up first and leaves this browser alone: by the time the scenario reaches her,
+  // this password-only session is older than the re-authentication window (1 minute here).
+  const stale = await newUser(browser, 'dana@example.com');
+  const staleSince = Date.now();
+
   // --- sign up; security headers and cookie attributes -----------------------------------------
   const ctxA = await browser.newContext({ acceptDownloads: true });
   const a = await ctxA.newPage();
@@ -266,6 +291,8 @@ try {
   assert.match(await carol.page.textContent('#invitations'), /Acme/);
   await shot(carol.page, '09a-invitation');
   await accessible(carol.page, 'accounts with an invitation');
+  // Accepting takes the code from the invitation mail (which proves the mailbox).
+  await carol.page.fill('#invitations input[name=code]', invitationCode('carol@example.com'));
   await Promise.all([carol.page.waitForURL(acme), carol.page.click('#invitations button:text("Accept")')]);
   await bob.page.reload();
   assert.match(await bob.page.textContent('#members'), /carol@example\.com\s*member\s*off/);
@@ -302,8 +329,15 @@ try {
   step('admin required MFA; a member without it saw the enrolment prompt, not the account; after enrolling she got in');
 
   // --- the attack of issue 11: a stale password-only session never becomes a second factor ------
-  // Dana signs up in one browser (a password-only session) and leaves it open.
-  const stale = await newUser(browser, 'dana@example.com');
+  // Dana's first browser is now older than the re-authentication window: it cannot start a setup
+  // of its own without proving the password again.
+  const waitMs = 62_000 - (Date.now() - staleSince);
+  if (waitMs > 0) await stale.page.waitForTimeout(waitMs);
+  await stale.page.goto(`${BASE}/settings/security`);
+  await stale.page.click('text=Set up two-factor authentication');
+  await stale.page.waitForURL(/\/settings\/reauth\?next=/);
+  assert.equal(await stale.page.locator('#password').count(), 1, 'a stale session must prove the password again');
+  await shot(stale.page, '10b-stale-asks-for-password');
   // Later, in another browser, she signs in and starts setting up an authenticator.
   const ctxD = await browser.newContext({ extraHTTPHeaders: { 'X-Forwarded-For': '203.0.113.9' } });
   const d = await ctxD.newPage();

@@ -13,8 +13,10 @@
 
 use crate::{App, AppError, ClientContext, Session};
 use serde_json::json;
+use sha2::Digest;
 use tessera_core::factor::AuditKind;
 use tessera_core::policy::{self, AccountAccess};
+use tessera_core::recovery::RecoveryCode;
 use tessera_core::roles::{self, Role};
 use tessera_core::{CoreError, validate};
 use tessera_store::{
@@ -26,9 +28,22 @@ use time::{Duration, OffsetDateTime};
 pub const INVITATION_TTL: Duration = Duration::days(7);
 /// Longest grace period an account may give its members to set up a factor.
 pub const MAX_GRACE: Duration = Duration::days(90);
-/// Invitation mails one account may send a day (beyond it, invitations are still recorded and
-/// shown to the invitee when they sign in, but no mail goes out).
+/// Invitation mails one account may send a day.
 pub const INVITATION_MAILS_PER_DAY: u32 = 20;
+/// Invitation mails one user may send a day, over all their accounts (so creating accounts is
+/// no way around the per-account cap: Tessera is no mail relay).
+pub const INVITATION_MAILS_PER_INVITER_PER_DAY: u32 = 50;
+
+/// The stored form of an invitation code (80 random bits; SHA-256 is enough at that entropy).
+fn code_hash(code: &RecoveryCode) -> Vec<u8> {
+    sha2::Sha256::digest(code.display().as_bytes()).to_vec()
+}
+
+fn parse_code(code: &str) -> Result<RecoveryCode, AppError> {
+    RecoveryCode::parse(code).map_err(|_| {
+        CoreError::invalid("code", "is not an invitation code (XXXX-XXXX-XXXX-XXXX, from the email)").into()
+    })
+}
 
 fn member_error(e: MemberChangeError) -> AppError {
     match e {
@@ -97,11 +112,13 @@ impl App {
     }
 
     /// Invite `email` to an account as `role` (owners and admins; only an owner invites an
-    /// owner; needs recent authentication). Answers the same for every email: whether it
-    /// belongs to a user, and whether they have MFA, stays unknown until they accept. Inviting
-    /// an email again refreshes the open invitation. A mail goes to the address at most once a
-    /// day per account, and at most [`INVITATION_MAILS_PER_DAY`] a day per account. Returns
-    /// the invitation's id.
+    /// owner; needs recent authentication). The mail carries a code that proves the mailbox:
+    /// accepting needs it and a sign-in with that email. Answers the same for every email:
+    /// whether it belongs to a user, and whether they have MFA, stays unknown. Inviting an email
+    /// again refreshes the open invitation (a new code only with a new mail: at most one a day
+    /// per address); mail is capped per account ([`INVITATION_MAILS_PER_DAY`]) and per inviter
+    /// ([`INVITATION_MAILS_PER_INVITER_PER_DAY`]): beyond a cap the invitation is refused
+    /// (`FailedPrecondition`). Returns the invitation's id.
     pub async fn invite_member(
         &self,
         s: &Session,
@@ -111,29 +128,38 @@ impl App {
         ctx: &ClientContext,
     ) -> Result<String, AppError> {
         let email_norm = crate::normalise_email(email)?;
+        let email = validate::display_name("email", email, validate::MAX_ACCOUNT_NAME_CHARS)?;
         self.require_admin(account_id, s.user_id()).await?;
         self.require_recent(s).await?;
         let now = self.clock.now();
-        let (mails_today, mailed_this_address) =
-            self.store.invitation_mails(account_id, &email_norm, now - Duration::days(1)).await?;
+        let sent =
+            self.store.invitation_mails(account_id, s.user_id(), &email_norm, now - Duration::days(1), now).await?;
+        let mail_now = !sent.to_this_address;
+        if mail_now
+            && (sent.account >= INVITATION_MAILS_PER_DAY || sent.by_inviter >= INVITATION_MAILS_PER_INVITER_PER_DAY)
+        {
+            return Err(AppError::FailedPrecondition("too many invitations sent today; try again tomorrow".into()));
+        }
+        let code = RecoveryCode::generate()?;
         let account = self.role_and_name(s, account_id).await?;
-        let mail = (!mailed_this_address && mails_today < INVITATION_MAILS_PER_DAY).then(|| NewNotification {
+        let mail = mail_now.then(|| NewNotification {
             id: uuid::Uuid::new_v4().to_string(),
             // The mail goes to an address, not a user: which users exist stays unknown here.
             user_id: String::new(),
-            email: email.trim().to_owned(),
+            email: email.to_owned(),
             kind: "invitation".into(),
-            detail:
-                json!({ "account": account, "role": role.as_str(), "expires": (now + INVITATION_TTL).unix_timestamp() })
-                    .to_string(),
+            detail: json!({ "account": account, "role": role.as_str(), "code": code.display().as_str(),
+                            "expires": (now + INVITATION_TTL).unix_timestamp() })
+            .to_string(),
         });
         let inv = NewInvitation {
             id: uuid::Uuid::new_v4().to_string(),
             account_id: account_id.to_owned(),
-            email: email.trim().to_owned(),
+            email: email.to_owned(),
             email_norm,
             role,
             invited_by: s.user_id().to_owned(),
+            code_hash: code_hash(&code),
             now,
             expires_at: now + INVITATION_TTL,
         };
@@ -162,15 +188,24 @@ impl App {
         Ok(self.store.invitations_for(&email_norm, self.clock.now()).await?)
     }
 
-    /// Accept an invitation addressed to `s`'s user's email; returns the account's id.
-    /// `NotFound` for an invitation that is not theirs or no longer open; `FailedPrecondition`
-    /// when the inviter no longer holds a role that may grant it.
-    pub async fn accept_invitation(&self, s: &Session, id: &str, ctx: &ClientContext) -> Result<String, AppError> {
+    /// Accept an invitation addressed to `s`'s user's email, with the code its mail carried
+    /// (which proves the mailbox: signing up with someone's address first is not enough);
+    /// returns the account's id. `NotFound` for an invitation that is not theirs, a wrong code,
+    /// or one no longer open; `FailedPrecondition` when the inviter no longer holds a role that
+    /// may grant it.
+    pub async fn accept_invitation(
+        &self,
+        s: &Session,
+        id: &str,
+        code: &str,
+        ctx: &ClientContext,
+    ) -> Result<String, AppError> {
+        let code = parse_code(code)?;
         let user = self.store.user_by_id(s.user_id()).await?.ok_or(AppError::NotFound("user"))?;
         let email_norm = crate::normalise_email(&user.email)?;
         let now = self.clock.now();
         let ev = self.event(now, s.user_id(), None, AuditKind::InvitationAccepted, ctx);
-        match self.store.accept_invitation(id, s.user_id(), &email_norm, now, &ev).await? {
+        match self.store.accept_invitation(id, &code_hash(&code), s.user_id(), &email_norm, now, &ev).await? {
             InvitationAcceptance::Joined(account) => Ok(account),
             InvitationAcceptance::NotFound => Err(AppError::NotFound("invitation")),
             InvitationAcceptance::InviterLacksRole(_) => Err(AppError::FailedPrecondition(
@@ -179,14 +214,22 @@ impl App {
         }
     }
 
-    /// Decline an invitation addressed to `s`'s user's email.
-    pub async fn decline_invitation(&self, s: &Session, id: &str, ctx: &ClientContext) -> Result<(), AppError> {
+    /// Decline an invitation addressed to `s`'s user's email, with its code (so nobody who
+    /// merely signed up with that address can decline it for its owner).
+    pub async fn decline_invitation(
+        &self,
+        s: &Session,
+        id: &str,
+        code: &str,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        let code = parse_code(code)?;
         let user = self.store.user_by_id(s.user_id()).await?.ok_or(AppError::NotFound("user"))?;
         let email_norm = crate::normalise_email(&user.email)?;
         let now = self.clock.now();
         let mut ev = self.event(now, s.user_id(), None, AuditKind::InvitationClosed, ctx);
         ev.detail = json!({ "invitation_id": id, "by": "invitee" }).to_string();
-        if self.store.close_invitation(id, None, Some(&email_norm), now, &ev).await? {
+        if self.store.close_invitation(id, None, Some((&email_norm, &code_hash(&code))), now, &ev).await? {
             Ok(())
         } else {
             Err(AppError::NotFound("invitation"))

@@ -163,7 +163,7 @@ impl App {
         now: OffsetDateTime,
         ctx: &ClientContext,
     ) -> Result<Result<u32, Failure>, AppError> {
-        match self.store.gate_attempt(subject, SECOND_FACTOR, now).await? {
+        match self.store.gate_attempt(subject, SECOND_FACTOR, now, &self.config.throttle).await? {
             GateResult::Reserved(n) if self.config.throttle.gate(n) == Gate::Proceed => Ok(Ok(n)),
             refused => Ok(Err(self.refuse(subject, refused, now, ctx).await?)),
         }
@@ -544,7 +544,7 @@ impl App {
         let subject = validate::subject_id(subject_id)?;
         let now = self.clock.now();
         let ev = self.event(now, subject, Some(factor_id), AuditKind::FactorRemoved, ctx);
-        if self.store.remove_factor(subject, factor_id, &ev).await? {
+        if self.store.remove_factor(subject, factor_id, false, &ev).await? {
             Ok(())
         } else {
             Err(AppError::NotFound("factor"))

@@ -33,8 +33,8 @@ pub enum LoginOutcome {
         enrolment_required: Vec<String>,
         /// Accounts open only until their grace deadline.
         grace: Vec<(String, OffsetDateTime)>,
-        /// A new known-browser token for the client to keep (a long-lived cookie), when it
-        /// presented none (or an unusable one); `None` when the one it presented was recorded.
+        /// A new known-browser token for the client to keep (a long-lived cookie) in place of
+        /// the one it presented (a sign-in); `None` for a re-authentication.
         browser_token: Option<Zeroizing<String>>,
     },
     /// The password was right and the user has a factor: complete with a code and this
@@ -65,6 +65,20 @@ pub enum LoginOutcome {
     /// codes: sign in with a recovery code (or ask support).
     TotpDisabled,
 }
+
+/// How a password check treats an email whose password sign-in is suspended (100 consecutive
+/// failures from everywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Suspension {
+    /// A sign-in: only a browser that signed the user in before may try.
+    KnownBrowsersOnly,
+    /// Re-authentication in a session: nobody may try (a stolen session must not become a
+    /// way around the ceiling).
+    Refuse,
+}
+
+/// How long a browser stays known after its last completed sign-in.
+const KNOWN_BROWSER_TTL: Duration = Duration::days(400);
 
 /// What a password check found.
 pub(crate) enum PasswordCheck {
@@ -171,20 +185,20 @@ impl App {
         self.password_session(&id, self.clock.now(), Vec::new(), Vec::new(), ctx).await
     }
 
-    /// Record the client's known-browser token for `user_id`, minting one if it presented none
-    /// usable; returns the token to hand back when minted.
+    /// A completed sign-in makes the browser known for `user_id` under a freshly minted token
+    /// (returned, for the client to keep), replacing the one it presented: only tokens the
+    /// server minted are ever recorded, so a value planted in a victim's browser never becomes
+    /// a known browser of theirs.
     async fn known_browser(
         &self,
         user_id: &str,
         now: OffsetDateTime,
         ctx: &ClientContext,
     ) -> Result<Option<Zeroizing<String>>, AppError> {
-        let (token, minted) = match ctx.browser.as_deref().filter(|t| well_formed_token(t)) {
-            Some(t) => (Zeroizing::new(t.to_owned()), false),
-            None => (new_token()?, true),
-        };
-        self.store.remember_browser(user_id, &token_hash(&token), now).await?;
-        Ok(minted.then_some(token))
+        let token = new_token()?;
+        let old = ctx.browser.as_deref().filter(|t| well_formed_token(t)).map(token_hash);
+        self.store.remember_browser(user_id, &token_hash(&token), old.as_deref(), now).await?;
+        Ok(Some(token))
     }
 
     /// Open a password-level session (recording which accounts stay closed until enrolment).
@@ -200,7 +214,10 @@ impl App {
         let session = self.session_row(user_id, hash, 1, now, None, ctx);
         let mut ev = self.event(now, user_id, None, AuditKind::LoginSucceeded, ctx);
         ev.detail = json!({ "assurance": "password", "enrolment_required": enrolment_required }).to_string();
-        self.store.create_session(&session, &ev).await?;
+        if !self.store.create_password_session(&session, &ev).await? {
+            // A first factor was confirmed since the password was checked: ask for it.
+            return self.challenge(user_id, now, ctx).await;
+        }
         let browser_token = self.known_browser(user_id, now, ctx).await?;
         Ok(LoginOutcome::Authenticated {
             token,
@@ -246,7 +263,7 @@ impl App {
         email: &str,
         password: &str,
         ctx: &ClientContext,
-        suspension: bool,
+        suspension: Suspension,
     ) -> Result<PasswordCheck, AppError> {
         let email_norm = normalise_email(email)?;
         let policy = &self.config.password_throttle;
@@ -254,15 +271,16 @@ impl App {
         let key = password_subject_from(&email_norm, ctx);
         let now = self.clock.now();
         let user = self.store.user_by_email(&email_norm).await?;
-        if suspension && policy.suspends_after(self.store.attempt_state(&total_key, PASSWORD).await?.total_failures) {
+        if policy.suspends_after(self.store.attempt_state(&total_key, PASSWORD).await?.total_failures) {
             // Known and unknown emails answer alike: the lookup runs for both.
             let browser = ctx.browser.as_deref().filter(|t| well_formed_token(t)).map(token_hash).unwrap_or_default();
             let uid = user.as_ref().map_or("", |u| u.id.as_str());
-            if !self.store.is_known_browser(uid, &browser).await? || user.is_none() {
+            let known = self.store.is_known_browser(uid, &browser, now - KNOWN_BROWSER_TTL).await?;
+            if suspension == Suspension::Refuse || !known || user.is_none() {
                 return Ok(PasswordCheck::Suspended);
             }
         }
-        let reserved = match self.store.gate_attempt(&key, PASSWORD, now).await? {
+        let reserved = match self.store.gate_attempt(&key, PASSWORD, now, policy).await? {
             GateResult::Locked(until) => return Ok(PasswordCheck::Locked(until)),
             GateResult::Reserved(n) if policy.gate(n) == Gate::Refuse => {
                 let ev = self.event(now, &key, None, AuditKind::Locked, ctx);
@@ -340,7 +358,7 @@ impl App {
         password: &str,
         ctx: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
-        let user = match self.check_password(email, password, ctx, true).await? {
+        let user = match self.check_password(email, password, ctx, Suspension::KnownBrowsersOnly).await? {
             PasswordCheck::Ok(u) => u,
             PasswordCheck::Failed => return Ok(LoginOutcome::Failed),
             PasswordCheck::Locked(until) => return Ok(LoginOutcome::Locked { until }),
@@ -350,18 +368,25 @@ impl App {
         let has_factor = self.store.has_active_factor(&user.id).await?;
         let accounts = self.store.account_policies_of(&user.id).await?;
         match policy::login_requirement(has_factor, &accounts, now) {
-            LoginRequirement::SecondFactor => {
-                let challenge = new_token()?;
-                self.store.create_challenge(&token_hash(&challenge), &user.id, now, now + CHALLENGE_TTL).await?;
-                self.store
-                    .append_audit(&self.event(now, &user.id, None, AuditKind::SecondFactorChallenged, ctx))
-                    .await?;
-                Ok(LoginOutcome::SecondFactorRequired { challenge })
-            }
+            LoginRequirement::SecondFactor => self.challenge(&user.id, now, ctx).await,
             LoginRequirement::Complete { enrolment_required, grace } => {
                 self.password_session(&user.id, now, enrolment_required, grace, ctx).await
             }
         }
+    }
+
+    /// The password was right and the user has a factor: a single-use challenge for the second
+    /// step.
+    async fn challenge(
+        &self,
+        user_id: &str,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<LoginOutcome, AppError> {
+        let challenge = new_token()?;
+        self.store.create_challenge(&token_hash(&challenge), user_id, now, now + CHALLENGE_TTL).await?;
+        self.store.append_audit(&self.event(now, user_id, None, AuditKind::SecondFactorChallenged, ctx)).await?;
+        Ok(LoginOutcome::SecondFactorRequired { challenge })
     }
 
     /// `TotpDisabled` when the user's authenticator apps are all out of use after too many
@@ -522,6 +547,8 @@ impl App {
             detail: json!({ "ticket": ticket, "at": now.unix_timestamp() }).to_string(),
         };
         let report = self.store.support_reset(&user.id, now, &notice, &ev).await?;
+        // Support has checked who they are: lift a password-sign-in suspension too.
+        self.store.reset_attempts(&password_subject(&email_norm), PASSWORD).await?;
         tracing::warn!(user_id = %user.id, actor, ticket, factors = report.factors, "support reset of MFA");
         Ok(report)
     }

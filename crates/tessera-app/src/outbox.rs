@@ -71,16 +71,16 @@ fn render(kind: &str, detail: &str) -> (String, String) {
                 .to_owned(),
         ),
         "invitation" => (
+            // The account's name is the inviter's to choose: it stays out of the subject line.
+            "You are invited to an account on Tessera".to_owned(),
             format!(
-                "You are invited to {} on Tessera",
-                d.get("account").and_then(|v| v.as_str()).unwrap_or("an account")
-            ),
-            format!(
-                "Someone invited this email address to the account \"{}\" as {}. Sign in (or create an \
-                 account) with this address and accept the invitation on the Accounts page within 7 days.\n\n\
-                 If you did not expect this, ignore this message.\n",
+                "Someone invited this email address to the account \"{}\" as {}.\n\n\
+                 To accept, sign in (or create an account) with this address, open the Accounts page \
+                 and enter this code within 7 days:\n\n    {}\n\n\
+                 If you did not expect this, ignore this message: nothing happens without the code.\n",
                 d.get("account").and_then(|v| v.as_str()).unwrap_or("an account"),
                 d.get("role").and_then(|v| v.as_str()).unwrap_or("member"),
+                d.get("code").and_then(|v| v.as_str()).unwrap_or("(missing)"),
             ),
         ),
         other => (format!("Account notice: {other}"), "There was a change to your account.\n".to_owned()),

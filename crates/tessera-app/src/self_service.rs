@@ -10,7 +10,7 @@
 //!   every other session of the user ends (they were opened with the password alone).
 
 use crate::{App, AppError, ClientContext, ConfirmOutcome, EnrollRequest, Enrollment, Session};
-use tessera_core::factor::{Factor, FactorStatus};
+use tessera_core::factor::Factor;
 use tessera_core::{otpauth, qr};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -77,14 +77,27 @@ impl App {
     }
 
     /// Remove one of the user's devices: an active one needs recent authentication; a pending
-    /// one (not a factor yet) any session of the user may cancel.
+    /// one (not a factor yet) any session of the user may cancel. Without recent
+    /// authentication the store deletes the device only if it is still pending at that moment
+    /// (a setup confirmed meanwhile is not removed).
     pub async fn remove_device(&self, s: &Session, factor_id: &str, ctx: &ClientContext) -> Result<(), AppError> {
-        let factors = self.list_factors(s.user_id()).await?;
-        let f = factors.iter().find(|f| f.id == factor_id).ok_or(AppError::NotFound("device"))?;
-        if f.status != FactorStatus::Pending {
-            self.require_recent(s).await?;
+        let recent = match self.require_recent(s).await {
+            Ok(()) => Ok(()),
+            Err(AppError::ReauthRequired(r)) => Err(r),
+            Err(e) => return Err(e),
+        };
+        let now = self.clock.now();
+        let ev = self.event(now, s.user_id(), Some(factor_id), tessera_core::factor::AuditKind::FactorRemoved, ctx);
+        if self.store.remove_factor(s.user_id(), factor_id, recent.is_err(), &ev).await? {
+            return Ok(());
         }
-        self.remove_factor(s.user_id(), factor_id, ctx).await
+        match recent {
+            // Not a pending setup (or none at all): removing a factor needs recent proof.
+            Err(r) if self.list_factors(s.user_id()).await?.iter().any(|f| f.id == factor_id) => {
+                Err(AppError::ReauthRequired(r))
+            }
+            _ => Err(AppError::NotFound("device")),
+        }
     }
 
     /// The user's devices (pending ones not yet expired), oldest first.

@@ -138,7 +138,9 @@ impl App {
     /// Prove a factor (or, for a user without one, the password) again in session `s`. On
     /// success the session gets a new token (the old one stops working) recording the proof,
     /// and the outcome is `Authenticated` with that token; otherwise `Rejected`, `Locked`
-    /// (the same counters as a sign-in) or `Failed` (a wrong password).
+    /// (the same counters as a sign-in), `Failed` (a wrong password) or `Suspended` (100
+    /// consecutive password failures for this email: no password is checked here until a
+    /// sign-in succeeds or support lifts it).
     pub async fn reauthenticate(
         &self,
         s: &Session,
@@ -170,12 +172,11 @@ impl App {
             (Proof::RecoveryCode(code), true) => self.redeem_recovery_code(&user, code, ctx).await?.0,
             (Proof::Password(password), false) => {
                 let email = self.store.user_by_id(&user).await?.ok_or(AppError::NotFound("user"))?.email;
-                match self.check_password(&email, password, ctx, false).await? {
+                match self.check_password(&email, password, ctx, crate::identity::Suspension::Refuse).await? {
                     crate::identity::PasswordCheck::Ok(_) => Outcome::Accepted { factor_id: None },
                     crate::identity::PasswordCheck::Locked(until) => Outcome::Locked { until },
-                    crate::identity::PasswordCheck::Failed | crate::identity::PasswordCheck::Suspended => {
-                        return Ok(LoginOutcome::Failed);
-                    }
+                    crate::identity::PasswordCheck::Failed => return Ok(LoginOutcome::Failed),
+                    crate::identity::PasswordCheck::Suspended => return Ok(LoginOutcome::Suspended),
                 }
             }
         };

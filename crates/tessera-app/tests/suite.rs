@@ -798,7 +798,7 @@ async fn a_matched_code_counts_only_when_the_gate_admits_it(h: &Harness) {
         }
     };
     for n in 1..=5 {
-        assert_eq!(h.store.gate_attempt("nina", SECOND_FACTOR, now).await.unwrap(), GateResult::Reserved(n));
+        assert_eq!(h.store.gate_attempt("nina", SECOND_FACTOR, now, &policy).await.unwrap(), GateResult::Reserved(n));
     }
     // Slot 6 is beyond the budget: the matched code is not accepted...
     assert_eq!(try_accept(step).await.unwrap(), GateAccept::Refused(GateResult::Reserved(6)));
@@ -808,7 +808,7 @@ async fn a_matched_code_counts_only_when_the_gate_admits_it(h: &Harness) {
     assert_eq!(try_accept(step).await.unwrap(), GateAccept::Replayed(1));
     // Locked: refused with the lock's end, and the next step stays unused too.
     for n in 2..=5 {
-        assert_eq!(h.store.gate_attempt("nina", SECOND_FACTOR, now).await.unwrap(), GateResult::Reserved(n));
+        assert_eq!(h.store.gate_attempt("nina", SECOND_FACTOR, now, &policy).await.unwrap(), GateResult::Reserved(n));
     }
     let lock = NewAuditEvent { kind: AuditKind::Locked, ..acceptance(step).audit };
     let until = h.store.lock_if_due("nina", SECOND_FACTOR, &policy, now, &lock).await.unwrap().unwrap();

@@ -66,6 +66,16 @@ fn login_response(o: LoginOutcome) -> pb::LoginResponse {
     r
 }
 
+/// Password checks need the end user's address: failures lock per (email, address).
+fn require_ip(c: &Option<pb::ClientContext>) -> Result<(), Status> {
+    match c {
+        Some(c) if !c.ip.trim().is_empty() => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "context.ip: required for a password check (failures are counted per email and address)",
+        )),
+    }
+}
+
 fn role(s: &str) -> Result<Role, Status> {
     Role::parse(s).ok_or_else(|| Status::invalid_argument("role: must be owner, admin or member"))
 }
@@ -126,6 +136,7 @@ impl IdentityService for IdentitySvc {
         let rid = request_id(&req);
         let r = req.into_inner();
         call("BeginLogin", rid.clone(), async {
+            require_ip(&r.context)?;
             let o = self
                 .app
                 .begin_login(&r.email, &r.password, &convert::ctx(r.context))
@@ -280,7 +291,10 @@ impl IdentityService for IdentitySvc {
             let proof = match &r.proof {
                 Some(pb::reauthenticate_request::Proof::TotpCode(c)) => Proof::Totp(c),
                 Some(pb::reauthenticate_request::Proof::RecoveryCode(c)) => Proof::RecoveryCode(c),
-                Some(pb::reauthenticate_request::Proof::Password(p)) => Proof::Password(p),
+                Some(pb::reauthenticate_request::Proof::Password(p)) => {
+                    require_ip(&r.context)?;
+                    Proof::Password(p)
+                }
                 None => return Err(Status::invalid_argument("proof: give totp_code, recovery_code or password")),
             };
             let o = self.app.reauthenticate(&s, proof, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
@@ -332,7 +346,7 @@ impl IdentityService for IdentitySvc {
             let s = self.session(&r.session_token, &rid).await?;
             let account_id = self
                 .app
-                .accept_invitation(&s, &r.invitation_id, &convert::ctx(r.context))
+                .accept_invitation(&s, &r.invitation_id, &r.code, &convert::ctx(r.context))
                 .await
                 .map_err(|e| status(e, &rid))?;
             Ok(pb::AcceptInvitationResponse { account_id })

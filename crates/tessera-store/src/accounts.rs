@@ -47,6 +47,8 @@ pub struct NewInvitation {
     pub role: Role,
     /// Inviter.
     pub invited_by: String,
+    /// SHA-256 of the code the mail carries.
+    pub code_hash: Vec<u8>,
     /// Now.
     pub now: OffsetDateTime,
     /// Expiry.
@@ -182,9 +184,11 @@ impl Store {
         .await?;
         let id = match open {
             Some(id) => {
+                // A new code only goes with a new mail; otherwise the mailed one stays valid.
                 sqlx::query(
                     "UPDATE invitations SET role = $2, invited_by = $3, expires_at = $4, email = $5, \
-                     mailed_at = COALESCE($6, mailed_at) WHERE id = $1",
+                     mailed_at = COALESCE($6, mailed_at), \
+                     code_hash = CASE WHEN $6 IS NULL THEN code_hash ELSE $7 END WHERE id = $1",
                 )
                 .bind(&id)
                 .bind(inv.role.as_str())
@@ -192,14 +196,15 @@ impl Store {
                 .bind(to_millis(inv.expires_at))
                 .bind(&inv.email)
                 .bind(mailed)
+                .bind(&inv.code_hash)
                 .execute(&mut *tx)
                 .await?;
                 id
             }
             None => {
                 sqlx::query(
-                    "INSERT INTO invitations (id, account_id, email, email_norm, role, invited_by, created_at, \
-                     expires_at, mailed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO invitations (id, account_id, email, email_norm, role, invited_by, code_hash, \
+                     created_at, expires_at, mailed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(&inv.id)
                 .bind(&inv.account_id)
@@ -207,6 +212,7 @@ impl Store {
                 .bind(&inv.email_norm)
                 .bind(inv.role.as_str())
                 .bind(&inv.invited_by)
+                .bind(&inv.code_hash)
                 .bind(now)
                 .bind(to_millis(inv.expires_at))
                 .bind(mailed)
@@ -223,24 +229,33 @@ impl Store {
         Ok(Ok(id))
     }
 
-    /// Invitation mails sent for an account since `since`, and whether one went to `email_norm`
-    /// (for the app's rate limit on invitation mail).
+    /// Invitation mails sent since `since`: for the account, by the inviter (any account), and
+    /// whether the account's invitation to `email_norm` that is still open at `now` was mailed
+    /// then (the app's rate limits on invitation mail).
     pub async fn invitation_mails(
         &self,
         account_id: &str,
+        inviter: &str,
         email_norm: &str,
         since: OffsetDateTime,
-    ) -> Result<(u32, bool), StoreError> {
-        let (all, to_this): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN email_norm = $2 THEN 1 ELSE 0 END), 0) \
-             FROM invitations WHERE account_id = $1 AND mailed_at > $3",
+        now: OffsetDateTime,
+    ) -> Result<InvitationMails, StoreError> {
+        let (account, by_inviter, to_this): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN account_id = $1 THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN invited_by = $2 THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN account_id = $1 AND email_norm = $3 AND accepted_at IS NULL \
+                                      AND closed_at IS NULL AND expires_at > $5 THEN 1 ELSE 0 END), 0) \
+             FROM invitations WHERE mailed_at > $4 AND (account_id = $1 OR invited_by = $2)",
         )
         .bind(account_id)
+        .bind(inviter)
         .bind(email_norm)
         .bind(to_millis(since))
+        .bind(to_millis(now))
         .fetch_one(&self.pool)
         .await?;
-        Ok((u32::try_from(all).unwrap_or(u32::MAX), to_this > 0))
+        let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(InvitationMails { account: n(account), by_inviter: n(by_inviter), to_this_address: to_this > 0 })
     }
 
     /// Open invitations for an email (the invitee's view), newest first.
@@ -279,33 +294,29 @@ impl Store {
         rows.into_iter().map(invitation).collect()
     }
 
-    /// Accept the open invitation `id` addressed to `email_norm` as `user_id`: with the account
-    /// locked, check the inviter still may grant the role ([`roles::may_invite`]), add the
-    /// membership (a member already keeps their role: a role change is its own action), mark
-    /// the invitation accepted and append `audit`.
+    /// Accept the open invitation `id` addressed to `email_norm`, with the code mailed to it
+    /// (`code_hash`), as `user_id`: with the account locked first, re-read the invitation (still
+    /// open, unexpired, this email, this code), check the inviter still may grant the role
+    /// ([`roles::may_invite`]), add the membership (a member already keeps their role: a role
+    /// change is its own action), mark the invitation accepted and append `audit`.
     pub async fn accept_invitation(
         &self,
         id: &str,
+        code_hash: &[u8],
         user_id: &str,
         email_norm: &str,
         now: OffsetDateTime,
         audit: &NewAuditEvent,
     ) -> Result<Acceptance, StoreError> {
         let mut tx = self.begin().await?;
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT account_id, role, invited_by FROM invitations WHERE id = $1 AND email_norm = $2 \
-             AND accepted_at IS NULL AND closed_at IS NULL AND expires_at > $3",
-        )
-        .bind(id)
-        .bind(email_norm)
-        .bind(to_millis(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((account_id, role, inviter)) = row else { return Ok(Acceptance::NotFound) };
+        let Some(account_id) = invitation_account(&mut tx, id).await? else { return Ok(Acceptance::NotFound) };
         if !lock_account(&mut tx, self.backend, &account_id).await? {
             return Ok(Acceptance::NotFound);
         }
-        let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?;
+        let Some((role, inviter)) = open_invitation(&mut tx, self.backend, id, email_norm, code_hash, now).await?
+        else {
+            return Ok(Acceptance::NotFound);
+        };
         if let Err(r) = roles::may_invite(role_of(&mut tx, &account_id, &inviter).await?, role) {
             return Ok(Acceptance::InviterLacksRole(r));
         }
@@ -318,12 +329,15 @@ impl Store {
         .bind(role.as_str())
         .execute(&mut *tx)
         .await?;
-        let n = sqlx::query("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND accepted_at IS NULL")
-            .bind(id)
-            .bind(to_millis(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE invitations SET accepted_at = $2 \
+             WHERE id = $1 AND accepted_at IS NULL AND closed_at IS NULL AND expires_at > $2",
+        )
+        .bind(id)
+        .bind(to_millis(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if n != 1 {
             return Ok(Acceptance::NotFound);
         }
@@ -335,26 +349,34 @@ impl Store {
         Ok(Acceptance::Joined(account_id))
     }
 
-    /// Close an open invitation without accepting it: declined by the invitee (`email_norm`
-    /// given) or cancelled by an admin of its account (`account_id` given; the caller checked
-    /// the role). `false` if there was no such open invitation.
+    /// Close an open invitation without accepting it, with its account locked: declined by
+    /// the invitee (`by_invitee`: their email and the mailed code's hash) or cancelled by an
+    /// admin of `account_id` (the caller checked the role). `false` if there was no such open
+    /// invitation.
     pub async fn close_invitation(
         &self,
         id: &str,
         account_id: Option<&str>,
-        email_norm: Option<&str>,
+        by_invitee: Option<(&str, &[u8])>,
         now: OffsetDateTime,
         audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        let Some(account) = invitation_account(&mut tx, id).await? else { return Ok(false) };
+        if account_id.is_some_and(|a| a != account) || !lock_account(&mut tx, self.backend, &account).await? {
+            return Ok(false);
+        }
+        if let Some((email_norm, code_hash)) = by_invitee
+            && open_invitation(&mut tx, self.backend, id, email_norm, code_hash, now).await?.is_none()
+        {
+            return Ok(false);
+        }
         let n = sqlx::query(
-            "UPDATE invitations SET closed_at = $2 WHERE id = $1 AND accepted_at IS NULL AND closed_at IS NULL \
-             AND ($3 IS NULL OR account_id = $3) AND ($4 IS NULL OR email_norm = $4)",
+            "UPDATE invitations SET closed_at = $2 \
+             WHERE id = $1 AND accepted_at IS NULL AND closed_at IS NULL AND expires_at > $2",
         )
         .bind(id)
         .bind(to_millis(now))
-        .bind(account_id)
-        .bind(email_norm)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -365,6 +387,49 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// The account an invitation is to (any state).
+async fn invitation_account(conn: &mut AnyConnection, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT account_id FROM invitations WHERE id = $1").bind(id).fetch_optional(conn).await?)
+}
+
+/// The role and inviter of invitation `id` if it is open at `now`, addressed to `email_norm` and
+/// mailed with the code whose hash is `code_hash` (locked on PostgreSQL).
+async fn open_invitation(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: &str,
+    email_norm: &str,
+    code_hash: &[u8],
+    now: OffsetDateTime,
+) -> Result<Option<(Role, String)>, StoreError> {
+    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let row: Option<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT role, invited_by FROM invitations WHERE id = $1 AND email_norm = $2 AND code_hash = $3 \
+         AND accepted_at IS NULL AND closed_at IS NULL AND expires_at > $4{lock}"
+    )))
+    .bind(id)
+    .bind(email_norm)
+    .bind(code_hash)
+    .bind(to_millis(now))
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(role, inviter)| {
+        Role::parse(&role).map(|r| (r, inviter)).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))
+    })
+    .transpose()
+}
+
+/// Invitation mails sent in a period (see [`Store::invitation_mails`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvitationMails {
+    /// For the account.
+    pub account: u32,
+    /// By the inviter, for any account.
+    pub by_inviter: u32,
+    /// Whether the open invitation to this address (of this account) was mailed in the period.
+    pub to_this_address: bool,
 }
 
 /// Why a membership change or an invitation was not made.

@@ -75,12 +75,13 @@ pub(crate) async fn reset(conn: &mut AnyConnection, subject_id: &str, kind: &str
     Ok(())
 }
 
-/// The gate's statement (`$1` subject, `$2` kind, `$3` now in ms); also run by the SQLite
-/// writer thread (`batch`).
+/// The gate's statement (`$1` subject, `$2` kind, `$3` now in ms, `$4` the policy's budget); also
+/// run by the SQLite writer thread (`batch`). The total counts only attempts within the budget
+/// (those whose code is checked): a burst refused unchecked must not spend the subject's 100.
 pub(crate) const GATE: &str = "INSERT INTO attempts (subject_id, kind, consecutive_failures, lock_count, locked_until, total_failures) \
      VALUES ($1, $2, 1, 0, NULL, 1) \
      ON CONFLICT (subject_id, kind) DO UPDATE SET consecutive_failures = attempts.consecutive_failures + 1, \
-       total_failures = attempts.total_failures + 1 \
+       total_failures = attempts.total_failures + CASE WHEN attempts.consecutive_failures < $4 THEN 1 ELSE 0 END \
      WHERE attempts.locked_until IS NULL OR attempts.locked_until <= $3 \
      RETURNING consecutive_failures";
 
@@ -91,8 +92,15 @@ pub(crate) async fn gate(
     subject_id: &str,
     kind: &str,
     now_ms: i64,
+    budget: u32,
 ) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(GATE).bind(subject_id).bind(kind).bind(now_ms).fetch_optional(conn).await?)
+    Ok(sqlx::query_scalar(GATE)
+        .bind(subject_id)
+        .bind(kind)
+        .bind(now_ms)
+        .bind(i64::from(budget))
+        .fetch_optional(conn)
+        .await?)
 }
 
 /// Whether the gate admits the attempt holding slot `reserved` (the policy's rule).
@@ -114,7 +122,8 @@ const GATE_ACCEPT_PG: &str = "WITH cur AS ( \
          consecutive_failures = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.consecutive_failures + 1 END, \
          lock_count = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.lock_count END, \
          locked_until = CASE WHEN EXISTS (SELECT 1 FROM g) THEN NULL ELSE attempts.locked_until END, \
-         total_failures = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 ELSE attempts.total_failures + 1 END \
+         total_failures = CASE WHEN EXISTS (SELECT 1 FROM g) THEN 0 \
+           WHEN (SELECT n FROM cur) <= $4 THEN attempts.total_failures + 1 ELSE attempts.total_failures END \
        WHERE subject_id = $1 AND kind = $2 AND EXISTS (SELECT 1 FROM cur WHERE open) \
      ), a AS ( \
        INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
@@ -203,22 +212,27 @@ impl From<StateRow> for AttemptState {
 
 impl Store {
     /// Atomically reserve an attempt: unless the subject is locked at `now`, add one to its
-    /// consecutive failures (a success gives it back by resetting) and return the new count.
-    /// One statement, so concurrent attempts each get a distinct count.
+    /// consecutive failures (a success gives it back by resetting) and return the new count;
+    /// the total grows only for a slot within `policy`'s budget. One statement, so concurrent
+    /// attempts each get a distinct count.
     pub async fn gate_attempt(
         &self,
         subject_id: &str,
         kind: &'static str,
         now: OffsetDateTime,
+        policy: &ThrottlePolicy,
     ) -> Result<GateResult, StoreError> {
         let now_ms = to_millis(now);
+        let budget = policy.budget();
         let reserved = match self.backend {
             // SQLite: one write of a group-committed batch.
-            Backend::Sqlite => match self.batch(Op::Gate { subject: subject_id.to_owned(), kind, now_ms }).await? {
-                Done::Gate(r) => r,
-                other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
-            },
-            Backend::Postgres => gate(&mut *self.write().await?, subject_id, kind, now_ms).await?,
+            Backend::Sqlite => {
+                match self.batch(Op::Gate { subject: subject_id.to_owned(), kind, now_ms, budget }).await? {
+                    Done::Gate(r) => r,
+                    other => return Err(StoreError::Batch(format!("unexpected answer {other:?}"))),
+                }
+            }
+            Backend::Postgres => gate(&mut *self.write().await?, subject_id, kind, now_ms, budget).await?,
         };
         match reserved {
             Some(n) => Ok(GateResult::Reserved(u32_of(n))),

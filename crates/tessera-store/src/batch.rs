@@ -44,7 +44,7 @@ const MAX_BATCH: usize = 128;
 pub(crate) enum Op {
     /// The attempt gate's upsert (see `attempts::gate`): the reserved count, or `None` if
     /// locked.
-    Gate { subject: String, kind: &'static str, now_ms: i64 },
+    Gate { subject: String, kind: &'static str, now_ms: i64, budget: u32 },
     /// Append an audit event.
     Audit(NewAuditEvent),
     /// Read the subject's active devices, run the check, then the gate and, when it admits
@@ -203,9 +203,9 @@ fn execute(conn: &mut Connection, jobs: &mut [Job]) -> rusqlite::Result<Vec<Resu
 // The gate, the audit insert and the device read are the sqlx path's own statements
 // (`$N` parameters, bound by name here); the accept is SQLite's alone (see migration 0005).
 
-fn gate(conn: &Connection, subject: &str, kind: &str, now_ms: i64) -> rusqlite::Result<Option<i64>> {
+fn gate(conn: &Connection, subject: &str, kind: &str, now_ms: i64, budget: u32) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached(attempts::GATE)?
-        .query_row(named_params! { "$1": subject, "$2": kind, "$3": now_ms }, |r| r.get(0))
+        .query_row(named_params! { "$1": subject, "$2": kind, "$3": now_ms, "$4": budget }, |r| r.get(0))
         .optional()
 }
 
@@ -253,7 +253,7 @@ fn active_devices(conn: &Connection, subject: &str) -> rusqlite::Result<Result<V
 
 fn apply(conn: &Connection, op: &mut Op) -> rusqlite::Result<Result<Done, StoreError>> {
     Ok(Ok(match op {
-        Op::Gate { subject, kind, now_ms } => Done::Gate(gate(conn, subject, kind, *now_ms)?),
+        Op::Gate { subject, kind, now_ms, budget } => Done::Gate(gate(conn, subject, kind, *now_ms, *budget)?),
         Op::Verify { subject, kind, now_ms, policy, check } => {
             let devices = match active_devices(conn, subject)? {
                 Ok(d) => d,
@@ -267,7 +267,7 @@ fn apply(conn: &Connection, op: &mut Op) -> rusqlite::Result<Result<Done, StoreE
                 Err(e) => return Ok(Err(StoreError::Check(e))),
             };
             let matched = acceptance.as_ref().map(|a| a.factor_id.clone());
-            let reserved = gate(conn, subject, kind, *now_ms)?;
+            let reserved = gate(conn, subject, kind, *now_ms, policy.budget())?;
             let admitted = reserved.is_some_and(|n| attempts::admits(policy, n));
             let accepted = match &acceptance {
                 Some(a) if admitted => Some(accept(conn, a, *now_ms)?),
@@ -310,7 +310,7 @@ mod tests {
     async fn a_batch_commits_in_order_or_not_at_all() {
         let (_dir, path, store) = crate::temp_sqlite().await;
         let mut conn = open(&path).unwrap();
-        let gate = || Op::Gate { subject: "s".into(), kind: attempts::SECOND_FACTOR, now_ms: 0 };
+        let gate = || Op::Gate { subject: "s".into(), kind: attempts::SECOND_FACTOR, now_ms: 0, budget: 5 };
 
         // In order: three gates in one batch see each other's increments.
         let mut jobs: Vec<_> = (0..3).map(|_| job(gate()).0).collect();

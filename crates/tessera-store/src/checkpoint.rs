@@ -127,7 +127,15 @@ mod tests {
 
         // Writes through the batch and the writer pool grow the WAL, and nothing copies it back.
         for i in 0..50 {
-            store.gate_attempt(&format!("s{i}"), crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
+            store
+                .gate_attempt(
+                    &format!("s{i}"),
+                    crate::SECOND_FACTOR,
+                    time::OffsetDateTime::UNIX_EPOCH,
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
         }
         let conn = Connection::open(&path).unwrap();
         let wal_pages = || checkpoint(&conn, "PASSIVE").unwrap().1;
@@ -144,7 +152,10 @@ mod tests {
         };
         assert!(!off_runtime(before + 1));
         assert!(off_runtime(1));
-        store.gate_attempt("after", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
+        store
+            .gate_attempt("after", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH, &Default::default())
+            .await
+            .unwrap();
         let after = wal_pages();
         assert!(after < before / 4, "the WAL restarted: {after} pages after, {before} before");
 
@@ -162,12 +173,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn closing_the_store_checkpoints_and_removes_the_wal() {
         let (dir, path, store) = crate::temp_sqlite().await;
-        store.gate_attempt("s", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
+        store
+            .gate_attempt("s", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH, &Default::default())
+            .await
+            .unwrap();
         let wal = dir.path().join("t.db-wal");
         assert!(wal.exists());
         store.close().await;
         assert!(!wal.exists(), "the last connection checkpointed and removed the WAL");
-        let later = store.gate_attempt("s", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH).await;
+        let later =
+            store.gate_attempt("s", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH, &Default::default()).await;
         assert!(later.is_err(), "a write after close fails");
         // Nothing was lost: the write before close is in the database file.
         let conn = Connection::open(&path).unwrap();

@@ -357,16 +357,21 @@ impl Store {
         // The counters row first (the lock order of `attempts::gate_accept_pg`); nothing is
         // kept unless the whole confirmation commits.
         attempts::reset(&mut tx, c.subject_id, attempts::SECOND_FACTOR).await?;
+        // Pending, unexpired, started by the confirming session — which must still be live (a
+        // session revoked after it was resolved must not finish its setup).
         let n = sqlx::query(
             "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3, session_id = NULL \
              WHERE id = $1 AND subject_id = $2 AND status = 'pending' AND created_at > $4 \
-             AND COALESCE(session_id, '') = COALESCE($5, '')",
+             AND COALESCE(session_id, '') = COALESCE($5, '') \
+             AND ($5 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $5 AND s.user_id = $2 \
+                  AND s.revoked_at IS NULL AND s.expires_at > $3 AND s.last_seen_at > $6))",
         )
         .bind(c.factor_id)
         .bind(c.subject_id)
         .bind(to_millis(c.now))
         .bind(to_millis(c.pending_cutoff))
         .bind(c.session_id)
+        .bind(to_millis(c.idle_cutoff))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -425,26 +430,32 @@ impl Store {
         Ok(n)
     }
 
-    /// Remove a factor. When no active factor remains, the subject's recovery codes go too
-    /// (they are a backup for factors, not a factor of their own). `false` if there was no
-    /// such factor.
+    /// Remove a factor (`pending_only`: only if it is still a pending setup — decided in the
+    /// deleting statement, so a setup confirmed meanwhile is not removed). When no active factor
+    /// remains, the subject's recovery codes go too (they are a backup for factors, not a factor
+    /// of their own). `false` if there was no such factor.
     pub async fn remove_factor(
         &self,
         subject_id: &str,
         factor_id: &str,
+        pending_only: bool,
         audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
+        let pending_only = i64::from(pending_only);
         let mut tx = self.begin().await?;
         sqlx::query(
-            "DELETE FROM totp_secrets WHERE factor_id IN (SELECT id FROM factors WHERE id = $1 AND subject_id = $2)",
+            "DELETE FROM totp_secrets WHERE factor_id IN \
+             (SELECT id FROM factors WHERE id = $1 AND subject_id = $2 AND ($3 = 0 OR status = 'pending'))",
         )
         .bind(factor_id)
         .bind(subject_id)
+        .bind(pending_only)
         .execute(&mut *tx)
         .await?;
-        let n = sqlx::query("DELETE FROM factors WHERE id = $1 AND subject_id = $2")
+        let n = sqlx::query("DELETE FROM factors WHERE id = $1 AND subject_id = $2 AND ($3 = 0 OR status = 'pending')")
             .bind(factor_id)
             .bind(subject_id)
+            .bind(pending_only)
             .execute(&mut *tx)
             .await?
             .rows_affected();

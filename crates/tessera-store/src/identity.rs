@@ -224,8 +224,8 @@ impl Store {
     }
 
     /// Support reset, in one transaction: remove every factor (and secret) and recovery code
-    /// of the user, revoke their sessions, void their login challenges, clear their
-    /// second-factor counters, queue `notice` and append `audit`.
+    /// of the user, revoke their sessions, void their login challenges, forget their known
+    /// browsers, clear their second-factor counters, queue `notice` and append `audit`.
     pub async fn support_reset(
         &self,
         user_id: &str,
@@ -261,6 +261,8 @@ impl Store {
             .bind(to_millis(now))
             .execute(&mut *tx)
             .await?;
+        // Its browsers are no longer trusted to sign in while password sign-in is suspended.
+        sqlx::query("DELETE FROM known_browsers WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         insert_notification(&mut tx, notice, now).await?;
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;

@@ -24,7 +24,9 @@ mod keys;
 mod recovery;
 mod sessions;
 
-pub use accounts::{Acceptance as InvitationAcceptance, InvitationRow, MemberChangeError, NewInvitation};
+pub use accounts::{
+    Acceptance as InvitationAcceptance, InvitationMails, InvitationRow, MemberChangeError, NewInvitation,
+};
 pub use attempts::{Acceptance, CheckError, DeviceCheck, GateAccept, GateResult, PASSWORD, SECOND_FACTOR};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;

@@ -246,13 +246,28 @@ impl Store {
             .rows_affected())
     }
 
-    /// Open a session and append `audit`, in one transaction.
-    pub async fn create_session(&self, session: &NewSession, audit: &NewAuditEvent) -> Result<(), StoreError> {
+    /// Open a password-level session and append `audit`, in one transaction — unless the user
+    /// has an active factor by now (a first factor confirmed since the password was checked
+    /// revokes every password-only session; one opened just after must not escape that):
+    /// then `false` and nothing is written.
+    pub async fn create_password_session(
+        &self,
+        session: &NewSession,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        let factors: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
+                .bind(&session.user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if factors > 0 {
+            return Ok(false);
+        }
         insert_session(&mut tx, session).await?;
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The session of a token, if it is live at `now`: not revoked, not past its absolute end,
@@ -402,33 +417,53 @@ impl Store {
         Ok(n)
     }
 
-    /// Remember that a browser (the hash of its known-browser cookie) completed a sign-in of
-    /// `user_id`.
+    /// Remember that a browser completed a sign-in of `user_id` under a freshly minted
+    /// known-browser token (its hash `new_hash`), forgetting the token it presented (`old_hash`),
+    /// in one transaction: a token is recorded only when the server minted it, so a value planted
+    /// in a victim's browser never becomes theirs.
     pub async fn remember_browser(
         &self,
         user_id: &str,
-        token_hash: &[u8],
+        new_hash: &[u8],
+        old_hash: Option<&[u8]>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(old) = old_hash {
+            sqlx::query("DELETE FROM known_browsers WHERE user_id = $1 AND token_hash = $2")
+                .bind(user_id)
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO known_browsers (user_id, token_hash, created_at, last_seen_at) VALUES ($1, $2, $3, $3) \
              ON CONFLICT (user_id, token_hash) DO UPDATE SET last_seen_at = excluded.last_seen_at",
         )
         .bind(user_id)
-        .bind(token_hash)
+        .bind(new_hash)
         .bind(to_millis(now))
-        .execute(&mut *self.write().await?)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Whether a browser has completed a sign-in of `user_id` before.
-    pub async fn is_known_browser(&self, user_id: &str, token_hash: &[u8]) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM known_browsers WHERE user_id = $1 AND token_hash = $2")
-            .bind(user_id)
-            .bind(token_hash)
-            .fetch_one(&self.pool)
-            .await?;
+    /// Whether a browser completed a sign-in of `user_id` since `since`.
+    pub async fn is_known_browser(
+        &self,
+        user_id: &str,
+        token_hash: &[u8],
+        since: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM known_browsers WHERE user_id = $1 AND token_hash = $2 AND last_seen_at > $3",
+        )
+        .bind(user_id)
+        .bind(token_hash)
+        .bind(to_millis(since))
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n > 0)
     }
 }

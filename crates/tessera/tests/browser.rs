@@ -76,6 +76,8 @@ fn web_pages_in_headless_chromium() {
         ("TESSERA_PWNED_DIR", ranges.to_str().unwrap()),
         ("TESSERA_TRUSTED_PROXIES", "127.0.0.1/32"),
         ("TESSERA_WEB_RATE_LIMIT_PER_MINUTE", "200"),
+        // A short re-authentication window, so the scenario can show a session going stale.
+        ("TESSERA_REAUTH_WINDOW", "1m"),
     ];
     let common::Serve { mut child, http: base, .. } = common::spawn(data.path(), &[], &env);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-e2e");
@@ -84,6 +86,7 @@ fn web_pages_in_headless_chromium() {
         .arg(repo().join("e2e/web.test.mjs"))
         .env("BASE_URL", &base)
         .env("OUT_DIR", &out)
+        .env("DATA_DIR", data.path())
         .status()
         .unwrap();
     let _ = child.kill();

@@ -55,10 +55,28 @@ struct InProcess {
     clock: ManualClock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    /// The database the server uses (the test reads its outbox: the users' mailboxes).
+    database_url: String,
     _dir: tempfile::TempDir,
 }
 
 impl InProcess {
+    /// The code in the newest invitation mail to `email`, read from the outbox.
+    async fn mailed_code(&self, email: &str) -> String {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&self.database_url).await.unwrap();
+        let detail: String = sqlx::query_scalar(
+            "SELECT detail FROM outbox WHERE email = $1 AND kind = 'invitation' ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(email)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let d: serde_json::Value = serde_json::from_str(&detail).unwrap();
+        d["code"].as_str().unwrap().to_owned()
+    }
+
     async fn start(database_url: Option<String>) -> Self {
         Self::start_with(ConfigFile { database_url, ..Default::default() }).await
     }
@@ -89,7 +107,8 @@ impl InProcess {
             .await
             .unwrap();
         });
-        Self { grpc: ga, http: ha, admin: aa, clock, stop: Some(tx), task, _dir: dir }
+        let database_url = cfg.database_url.clone();
+        Self { grpc: ga, http: ha, admin: aa, clock, stop: Some(tx), task, database_url, _dir: dir }
     }
 
     async fn client(&self, token: &str) -> Client {
@@ -770,11 +789,23 @@ async fn accounts_over_grpc(srv: &InProcess) {
         .into_inner()
         .invitations;
     assert_eq!((mine.len(), mine[0].account_name.as_str(), mine[0].role.as_str()), (1, "Acme", "member"));
+    let wrong_code = id
+        .accept_invitation(pb::AcceptInvitationRequest {
+            session_token: member.clone(),
+            invitation_id: inv.clone(),
+            context: None,
+            code: "AAAA-AAAA-AAAA-AAAA".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_code.code(), Code::NotFound, "the mailed code proves the mailbox");
+    let code = srv.mailed_code("Member@Example.com").await;
     let joined = id
         .accept_invitation(pb::AcceptInvitationRequest {
             session_token: member.clone(),
             invitation_id: inv.clone(),
             context: None,
+            code: code.clone(),
         })
         .await
         .unwrap()
@@ -785,6 +816,7 @@ async fn accounts_over_grpc(srv: &InProcess) {
             session_token: member.clone(),
             invitation_id: inv,
             context: None,
+            code,
         })
         .await
         .unwrap_err();
@@ -873,6 +905,13 @@ async fn accounts_over_grpc(srv: &InProcess) {
     id.set_account_policy(policy(grace(90))).await.unwrap();
     id.remove_member(remove(&fresh, &member_id)).await.unwrap();
     assert_eq!(id.remove_member(remove(&fresh, &member_id)).await.unwrap_err().code(), Code::NotFound);
+    // A password check needs the end user's address (failures lock per email and address).
+    let no_ip = id
+        .begin_login(pb::BeginLoginRequest { email: "owner@example.com".into(), password: pw.into(), context: None })
+        .await
+        .unwrap_err();
+    assert_eq!(no_ip.code(), Code::InvalidArgument);
+    assert!(no_ip.message().contains("context.ip"), "{}", no_ip.message());
     // A service's sign-out of everyone: an unknown user is NOT_FOUND.
     let nf = id
         .logout_everywhere(pb::LogoutEverywhereRequest { user_id: "no-such-user".into(), context: None })

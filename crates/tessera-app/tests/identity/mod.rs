@@ -626,11 +626,28 @@ both!(pending_devices_belong_to_their_session_and_expire);
 
 // ---- accounts: access, invitations, roles ------------------------------------------------
 
-/// Invite and accept; the inviter's role rechecked at acceptance.
-async fn invite(h: &Harness, by: &Session, acct: &str, email: &str, role: Role, accept_with: &str) {
+/// The ids of the queued notices.
+async fn notice_ids(h: &Harness) -> std::collections::HashSet<String> {
+    h.store.unsent_notifications(10_000).await.unwrap().into_iter().map(|n| n.0).collect()
+}
+
+/// Invite `email` and return the invitation's id and the code the mail to it carried (the
+/// test's mailbox: the outbox). Panics when no new mail went out.
+async fn invite_mail(h: &Harness, by: &Session, acct: &str, email: &str, role: Role) -> (String, String) {
+    let before = notice_ids(h).await;
     let id = h.app.invite_member(by, acct, email, role, &ctx()).await.unwrap();
+    let mails = h.store.unsent_notifications(10_000).await.unwrap();
+    let m = mails.iter().find(|m| !before.contains(&m.0)).expect("an invitation mail");
+    assert_eq!((m.1.as_str(), m.2.as_str()), (email, "invitation"));
+    let detail: serde_json::Value = serde_json::from_str(&m.3).unwrap();
+    (id, detail["code"].as_str().unwrap().to_owned())
+}
+
+/// Invite and accept (with the mailed code); the inviter's role rechecked at acceptance.
+async fn invite(h: &Harness, by: &Session, acct: &str, email: &str, role: Role, accept_with: &str) {
+    let (id, code) = invite_mail(h, by, acct, email, role).await;
     let s = sess(h, accept_with).await;
-    assert_eq!(h.app.accept_invitation(&s, &id, &ctx()).await.unwrap(), acct);
+    assert_eq!(h.app.accept_invitation(&s, &id, &code, &ctx()).await.unwrap(), acct);
 }
 
 async fn accounts_and_the_mfa_decision(h: &Harness) {
@@ -690,8 +707,8 @@ async fn accounts_and_the_mfa_decision(h: &Harness) {
 both!(accounts_and_the_mfa_decision);
 
 /// Inviting answers the same for registered and unknown emails and says nothing about MFA;
-/// only the invited email accepts; the inviter's role counts at acceptance; invitations expire
-/// after 7 days; their mail is rate-limited.
+/// only the invited mailbox accepts (the mailed code, signed in with that email); the
+/// inviter's role counts at acceptance; invitations expire after 7 days; mail is capped.
 async fn invitations(h: &Harness) {
     let c = ctx();
     let (_, _, _, to) = user_2fa(h, "owner@example.com").await;
@@ -700,32 +717,43 @@ async fn invitations(h: &Harness) {
     let known = h.app.create_user("known@example.com", PW, &c).await.unwrap();
     enrol_user(h, &known).await; // has MFA: nobody should learn it from an invitation
 
-    let before = h.store.unsent_notifications(1000).await.unwrap().len();
-    let r_known = h.app.invite_member(&so, &acct, "Known@Example.com", Role::Member, &c).await;
-    let r_unknown = h.app.invite_member(&so, &acct, "unknown@example.com", Role::Member, &c).await;
-    assert!(r_known.is_ok() && r_unknown.is_ok());
+    let (inv_known, code_known) = invite_mail(h, &so, &acct, "known@example.com", Role::Member).await;
+    let (inv_unknown, code_unknown) = invite_mail(h, &so, &acct, "unknown@example.com", Role::Member).await;
     let mails = h.store.unsent_notifications(1000).await.unwrap();
-    let mails: Vec<_> = mails.iter().skip(before).collect();
-    assert_eq!(mails.len(), 2, "a mail to each address, known or not");
-    assert_eq!((mails[0].2.as_str(), &mails[0].3), (mails[1].2.as_str(), &mails[1].3), "the same message");
+    let words = |code: &str| {
+        let m = mails.iter().find(|m| m.3.contains(code)).unwrap();
+        (m.2.clone(), m.3.replace(code, "CODE"))
+    };
+    assert_eq!(words(&code_known), words(&code_unknown), "the same message to a user and to a stranger");
     let invited = h.app.account_invitations(&so, &acct).await.unwrap();
     assert_eq!(invited.len(), 2);
     // An invitation row carries no user id and no MFA state: the two differ only in address.
     assert_eq!((invited[0].role, &invited[0].account_name), (invited[1].role, &invited[1].account_name));
-    let members = h.app.members(&so, &acct).await.unwrap();
-    assert_eq!(members.len(), 1, "invited is not a member yet");
+    assert_eq!(h.app.members(&so, &acct).await.unwrap().len(), 1, "invited is not a member yet");
 
-    // Inviting again refreshes the invitation and mails no one again today.
-    h.app.invite_member(&so, &acct, "unknown@example.com", Role::Admin, &c).await.unwrap();
-    assert_eq!(h.store.unsent_notifications(1000).await.unwrap().len(), before + 2);
-    assert_eq!(h.app.account_invitations(&so, &acct).await.unwrap().len(), 2);
+    // Inviting again refreshes the open invitation; no second mail today, the code stays.
+    let before = notice_ids(h).await.len();
+    assert_eq!(h.app.invite_member(&so, &acct, "unknown@example.com", Role::Admin, &c).await.unwrap(), inv_unknown);
+    assert_eq!(notice_ids(h).await.len(), before);
 
-    // Only the invited email accepts, signed in.
+    // Someone who signs up with the invited address first cannot take the invitation: it needs
+    // the code from the mailbox. Nor can they decline it for its owner.
+    let squat = token(&h.app.sign_up("Unknown@Example.com", PW, &c).await.unwrap());
+    let squat = sess(h, &squat).await;
+    assert_eq!(h.app.my_invitations(&squat).await.unwrap().len(), 1, "listed, to be accepted with its code");
+    for guess in ["AAAA-AAAA-AAAA-AAAA", code_known.as_str()] {
+        assert!(matches!(h.app.accept_invitation(&squat, &inv_unknown, guess, &c).await, Err(AppError::NotFound(_))));
+        assert!(matches!(h.app.decline_invitation(&squat, &inv_unknown, guess, &c).await, Err(AppError::NotFound(_))));
+    }
+    assert!(matches!(h.app.accept_invitation(&squat, &inv_unknown, "not a code", &c).await, Err(AppError::Invalid(_))));
+    // Another user with the code but another email cannot either.
     let other = token(&h.app.sign_up("other@example.com", PW, &c).await.unwrap());
     let so_other = sess(h, &other).await;
-    let inv_known = r_known.unwrap();
-    assert!(matches!(h.app.accept_invitation(&so_other, &inv_known, &c).await, Err(AppError::NotFound(_))));
-    assert!(h.app.my_invitations(&so_other).await.unwrap().is_empty());
+    assert!(matches!(
+        h.app.accept_invitation(&so_other, &inv_known, &code_known, &c).await,
+        Err(AppError::NotFound(_))
+    ));
+    // The invited person, signed in with that email, with the code: in.
     let tk = token(
         &h.app
             .complete_login_recovery(
@@ -739,16 +767,20 @@ async fn invitations(h: &Harness) {
     let sk = sess(h, &tk).await;
     let mine = h.app.my_invitations(&sk).await.unwrap();
     assert_eq!((mine.len(), mine[0].account_name.as_str(), mine[0].role), (1, "Acme", Role::Member));
-    assert_eq!(h.app.accept_invitation(&sk, &inv_known, &c).await.unwrap(), acct);
-    assert!(matches!(h.app.accept_invitation(&sk, &inv_known, &c).await, Err(AppError::NotFound(_))), "once");
+    assert_eq!(h.app.accept_invitation(&sk, &inv_known, &code_known, &c).await.unwrap(), acct);
+    assert!(
+        matches!(h.app.accept_invitation(&sk, &inv_known, &code_known, &c).await, Err(AppError::NotFound(_))),
+        "once"
+    );
     let members = h.app.members(&so, &acct).await.unwrap();
     assert!(members.iter().any(|m| m.user_id == known && m.role == Role::Member && m.has_mfa));
 
-    // Members and admins: a member may not invite; an admin may not invite an owner.
+    // Members and admins: a member may not invite or cancel; an admin may not invite an owner.
     assert!(matches!(
         h.app.invite_member(&sk, &acct, "x@example.com", Role::Member, &c).await,
         Err(AppError::Forbidden(_))
     ));
+    assert!(matches!(h.app.cancel_invitation(&sk, &acct, &inv_unknown, &c).await, Err(AppError::Forbidden(_))));
     assert!(matches!(
         h.app.invite_member(&so_other, &acct, "x@example.com", Role::Member, &c).await,
         Err(AppError::NotFound(_))
@@ -759,22 +791,50 @@ async fn invitations(h: &Harness) {
         Err(AppError::Forbidden(_))
     ));
     // The inviter's role is checked again at acceptance.
-    let inv = h.app.invite_member(&sk, &acct, "other@example.com", Role::Admin, &c).await.unwrap();
+    let (inv, code) = invite_mail(h, &sk, &acct, "other@example.com", Role::Admin).await;
     h.app.change_member_role(&so, &acct, &known, Role::Member, &c).await.unwrap();
-    assert!(matches!(h.app.accept_invitation(&so_other, &inv, &c).await, Err(AppError::FailedPrecondition(_))));
+    assert!(matches!(h.app.accept_invitation(&so_other, &inv, &code, &c).await, Err(AppError::FailedPrecondition(_))));
+    // The invitee may decline with the code; an admin may cancel (recently authenticated).
+    h.app.decline_invitation(&so_other, &inv, &code, &c).await.unwrap();
+    assert!(matches!(h.app.accept_invitation(&so_other, &inv, &code, &c).await, Err(AppError::NotFound(_))));
+    h.clock.advance(Duration::minutes(16));
+    let so = sess(h, &to).await;
+    assert!(reauth_needed(&h.app.cancel_invitation(&so, &acct, &inv_unknown, &c).await).is_some());
+    let so = sess(h, &login_2fa_known(h, "owner@example.com").await).await;
+    h.app.cancel_invitation(&so, &acct, &inv_unknown, &c).await.unwrap();
+    assert!(matches!(
+        h.app.accept_invitation(&squat, &inv_unknown, &code_unknown, &c).await,
+        Err(AppError::NotFound(_))
+    ));
     // Invitations expire after 7 days.
-    let inv = h.app.invite_member(&so, &acct, "other@example.com", Role::Member, &c).await.unwrap();
+    let (inv, code) = invite_mail(h, &so, &acct, "other@example.com", Role::Member).await;
     h.clock.advance(tessera_app::INVITATION_TTL);
     let so_other = sess(h, &token(&h.app.begin_login("other@example.com", PW, &c).await.unwrap())).await;
-    assert!(matches!(h.app.accept_invitation(&so_other, &inv, &c).await, Err(AppError::NotFound(_))));
-    // At most INVITATION_MAILS_PER_DAY mails a day per account.
+    assert!(matches!(h.app.accept_invitation(&so_other, &inv, &code, &c).await, Err(AppError::NotFound(_))));
+    // At most INVITATION_MAILS_PER_DAY a day per account: beyond it, the invitation is refused.
     let so = sess(h, &login_2fa_known(h, "owner@example.com").await).await;
-    let before = h.store.unsent_notifications(1000).await.unwrap().len();
-    for i in 0..tessera_app::INVITATION_MAILS_PER_DAY + 5 {
-        h.app.invite_member(&so, &acct, &format!("p{i}@example.com"), Role::Member, &c).await.unwrap();
+    for i in 0..tessera_app::INVITATION_MAILS_PER_DAY {
+        invite_mail(h, &so, &acct, &format!("p{i}@example.com"), Role::Member).await;
     }
-    let sent = h.store.unsent_notifications(1000).await.unwrap().len() - before;
-    assert_eq!(sent as u32, tessera_app::INVITATION_MAILS_PER_DAY);
+    assert!(matches!(
+        h.app.invite_member(&so, &acct, "one-more@example.com", Role::Member, &c).await,
+        Err(AppError::FailedPrecondition(_))
+    ));
+    // … and per inviter over all their accounts (creating accounts is no way around it).
+    let mut sent = tessera_app::INVITATION_MAILS_PER_DAY;
+    while sent < tessera_app::INVITATION_MAILS_PER_INVITER_PER_DAY {
+        let a = h.app.create_account(&so, "More", &c).await.unwrap();
+        for i in 0..tessera_app::INVITATION_MAILS_PER_DAY.min(tessera_app::INVITATION_MAILS_PER_INVITER_PER_DAY - sent)
+        {
+            invite_mail(h, &so, &a, &format!("q{sent}-{i}@example.com"), Role::Member).await;
+        }
+        sent += tessera_app::INVITATION_MAILS_PER_DAY.min(tessera_app::INVITATION_MAILS_PER_INVITER_PER_DAY - sent);
+    }
+    let fresh_acct = h.app.create_account(&so, "Fresh", &c).await.unwrap();
+    assert!(matches!(
+        h.app.invite_member(&so, &fresh_acct, "r@example.com", Role::Member, &c).await,
+        Err(AppError::FailedPrecondition(_))
+    ));
 }
 both!(invitations);
 
@@ -912,3 +972,183 @@ async fn support_reset(h: &Harness) {
     ));
 }
 both!(support_reset);
+
+// ---- what the review of the first cut found (each a test that fails without its fix) -----
+
+/// Re-authenticating with the password respects the 100-failure ceiling: a stolen session of a
+/// factorless user is no way around it. A support reset lifts the suspension.
+async fn reauthentication_respects_the_suspension(h: &Harness) {
+    let c = ctx();
+    let t = token(&h.app.sign_up("ada@example.com", PW, &c).await.unwrap());
+    h.clock.advance(Duration::minutes(16));
+    let s = sess(h, &t).await;
+    for i in 0..h.app.config().password_throttle.suspend_after {
+        let o = h
+            .app
+            .reauthenticate(&s, Proof::Password("guess guess guess"), &from(&format!("10.2.{}.1", i / 5)))
+            .await
+            .unwrap();
+        assert!(matches!(o, LoginOutcome::Failed | LoginOutcome::Locked { .. }), "{o:?}");
+    }
+    let o = h.app.reauthenticate(&s, Proof::Password(PW), &from("192.0.2.9")).await.unwrap();
+    assert_eq!(o, LoginOutcome::Suspended, "no more password checks in a session either");
+    assert_eq!(h.app.begin_login("ada@example.com", PW, &from("192.0.2.9")).await.unwrap(), LoginOutcome::Suspended);
+    h.app.support_reset_mfa("ada@example.com", "locked out by guessing; ID checked", "SUP-5", "sam", &c).await.unwrap();
+    assert!(matches!(
+        h.app.begin_login("ada@example.com", PW, &from("192.0.2.9")).await.unwrap(),
+        LoginOutcome::Authenticated { .. }
+    ));
+}
+both!(reauthentication_respects_the_suspension);
+
+/// A burst of wrong codes refused unchecked (beyond the budget) does not spend the subject's
+/// 100: only checked attempts count towards disabling the authenticator.
+async fn a_burst_of_wrong_codes_counts_only_what_was_checked(h: &Harness) {
+    let (e, _) = active_device(h, "burst").await;
+    let bad = wrong(h, &e.secret_base32);
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (app, bad) = (h.app.clone(), bad.clone());
+            tokio::spawn(async move { app.verify_totp("burst", &bad, &ctx()).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let st = h.store.attempt_state("burst", tessera_store::SECOND_FACTOR).await.unwrap();
+    let budget = h.app.config().throttle.budget();
+    assert!(st.total_failures <= budget, "{} counted of 40, at most {budget} were checked", st.total_failures);
+    assert!(st.locked_until.is_some());
+}
+both!(a_burst_of_wrong_codes_counts_only_what_was_checked);
+
+/// A setup expires after exactly 15 minutes, for its own session too; the confirming statement
+/// itself checks the owner, the expiry and that the owner session is still live; without recent
+/// proof only a setup that is still pending can be removed.
+async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
+    use tessera_store::{ConfirmOutcome as StoreConfirm, Confirmation, NewAuditEvent};
+    let c = ctx();
+    let t = token(&h.app.sign_up("ada@example.com", PW, &c).await.unwrap());
+    let s = sess(h, &t).await;
+    let e = h.app.add_totp_device(&s, "Phone", &c).await.unwrap();
+    h.clock.advance(tessera_app::PENDING_TTL - Duration::seconds(1));
+    let s = sess(h, &t).await;
+    assert!(h.app.pending_totp_device(&s, &e.factor_id).await.is_ok(), "one second before it expires");
+    h.clock.advance(Duration::seconds(1));
+    assert!(matches!(h.app.pending_totp_device(&s, &e.factor_id).await, Err(AppError::FailedPrecondition(_))));
+    let t = token(&h.app.reauthenticate(&s, Proof::Password(PW), &c).await.unwrap());
+    let s = sess(h, &t).await;
+    let code = h.code(&e.secret_base32, 0);
+    assert!(matches!(
+        h.app.confirm_totp_device(&s, &e.factor_id, &code, &c).await,
+        Err(AppError::FailedPrecondition(_))
+    ));
+    assert!(h.app.devices(&s).await.unwrap().is_empty(), "an expired setup is not listed");
+
+    // The store's confirming statement, on its own: the wrong session, an expired setup and a
+    // revoked owner session all leave the setup pending.
+    let e = h.app.add_totp_device(&s, "Phone", &c).await.unwrap();
+    let now = h.clock_now_dt();
+    let ev = NewAuditEvent {
+        at: now,
+        subject_id: s.user_id().into(),
+        factor_id: None,
+        actor: None,
+        kind: tessera_core::factor::AuditKind::TotpConfirmed,
+        ip: None,
+        user_agent: None,
+        detail: "{}".into(),
+    };
+    let base = Confirmation {
+        subject_id: s.user_id(),
+        factor_id: &e.factor_id,
+        session_id: Some(s.id()),
+        pending_cutoff: now - tessera_app::PENDING_TTL,
+        step: 1,
+        now,
+        first_codes: &[],
+        audit_confirm: &ev,
+        audit_codes: &ev,
+        raise: None,
+        idle_cutoff: now - Duration::minutes(30),
+    };
+    for (why, c2) in [
+        ("another session", Confirmation { session_id: Some("someone-else"), ..base.clone() }),
+        ("a service, for a page's setup", Confirmation { session_id: None, ..base.clone() }),
+        ("expired", Confirmation { pending_cutoff: now, ..base.clone() }),
+    ] {
+        assert_eq!(h.store.confirm_totp(&c2).await.unwrap(), StoreConfirm::NotPending, "{why}");
+    }
+    h.app.logout(&t, &c).await.unwrap();
+    assert_eq!(h.store.confirm_totp(&base).await.unwrap(), StoreConfirm::NotPending, "a revoked owner session");
+
+    // Without recent proof: a pending setup can be cancelled, an active factor not removed.
+    let (uid, secret, _, t) = user_2fa(h, "bob@example.com").await;
+    let s = sess(h, &t).await;
+    let pending = h.app.add_totp_device(&s, "Spare", &c).await.unwrap();
+    h.clock.advance(Duration::minutes(16));
+    let s = sess(h, &t).await;
+    let active = h.app.list_factors(&uid).await.unwrap().into_iter().find(|f| f.confirmed_at.is_some()).unwrap();
+    assert!(reauth_needed(&h.app.remove_device(&s, &active.id, &c).await).is_some());
+    h.app.remove_device(&s, &pending.factor_id, &c).await.unwrap();
+    assert!(
+        !h.store.remove_factor(&uid, &active.id, true, &ev).await.unwrap(),
+        "the pending-only delete never takes an active factor (a setup confirmed meanwhile)"
+    );
+    assert!(accepted(&h.app.verify_totp(&uid, &fresh(h, &secret), &c).await.unwrap()));
+}
+both!(pending_setups_expire_and_the_store_checks_the_owner);
+
+/// A password-level session is never opened for a user who has a factor by then (a sign-in
+/// racing the first factor's confirmation gets a challenge instead).
+async fn no_password_session_for_a_user_with_a_factor(h: &Harness) {
+    let uid = h.app.create_user("ada@example.com", PW, &ctx()).await.unwrap();
+    enrol_user(h, &uid).await;
+    let now = h.clock_now_dt();
+    let ev = tessera_store::NewAuditEvent {
+        at: now,
+        subject_id: uid.clone(),
+        factor_id: None,
+        actor: None,
+        kind: tessera_core::factor::AuditKind::LoginSucceeded,
+        ip: None,
+        user_agent: None,
+        detail: "{}".into(),
+    };
+    let row = tessera_store::NewSession {
+        id: "racer".into(),
+        token_hash: vec![7; 32],
+        user_id: uid.clone(),
+        aal: 1,
+        password_verified_at: Some(now),
+        mfa_verified_at: None,
+        created_at: now,
+        expires_at: now + Duration::hours(1),
+        ip: None,
+        user_agent: None,
+    };
+    assert!(!h.store.create_password_session(&row, &ev).await.unwrap());
+}
+both!(no_password_session_for_a_user_with_a_factor);
+
+/// Known-browser tokens are minted by the server and replaced at every sign-in: one presented
+/// but never minted (planted) is not recorded, and the one replaced stops counting.
+async fn known_browser_tokens_are_minted_and_rotated(h: &Harness) {
+    use sha2::Digest;
+    let hash = |t: &str| sha2::Sha256::digest(t.as_bytes()).to_vec();
+    let uid = h.app.create_user("ada@example.com", PW, &ctx()).await.unwrap();
+    let since = h.clock_now_dt() - Duration::days(1);
+    let planted = "P".repeat(43);
+    let with = |b: &str| ClientContext { browser: Some(b.to_owned()), ..ctx() };
+    let o = h.app.begin_login("ada@example.com", PW, &with(&planted)).await.unwrap();
+    let LoginOutcome::Authenticated { browser_token: Some(k1), .. } = o else { panic!("{o:?}") };
+    assert_ne!(*k1, planted);
+    assert!(!h.store.is_known_browser(&uid, &hash(&planted), since).await.unwrap(), "never minted, never known");
+    assert!(h.store.is_known_browser(&uid, &hash(&k1), since).await.unwrap());
+    let o = h.app.begin_login("ada@example.com", PW, &with(&k1)).await.unwrap();
+    let LoginOutcome::Authenticated { browser_token: Some(k2), .. } = o else { panic!("{o:?}") };
+    assert_ne!(k1, k2);
+    assert!(!h.store.is_known_browser(&uid, &hash(&k1), since).await.unwrap(), "replaced");
+    assert!(h.store.is_known_browser(&uid, &hash(&k2), since).await.unwrap());
+}
+both!(known_browser_tokens_are_minted_and_rotated);

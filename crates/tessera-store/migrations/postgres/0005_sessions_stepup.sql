@@ -37,7 +37,8 @@ CREATE TABLE known_browsers (
     PRIMARY KEY (user_id, token_hash)
 );
 
--- Invitations to an account, bound to a normalised email; accepted by that user, signed in.
+-- Invitations to an account, bound to a normalised email and to a code mailed to it (only its
+-- SHA-256 here): accepted by that user, signed in, with the code (which proves the mailbox).
 CREATE TABLE invitations (
     id           TEXT PRIMARY KEY,
     account_id   TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
@@ -45,6 +46,7 @@ CREATE TABLE invitations (
     email_norm   TEXT NOT NULL,
     role         TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
     invited_by   TEXT NOT NULL,
+    code_hash    BYTEA NOT NULL,
     created_at   BIGINT NOT NULL,
     expires_at   BIGINT NOT NULL,
     mailed_at    BIGINT,

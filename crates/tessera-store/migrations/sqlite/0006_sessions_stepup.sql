@@ -46,7 +46,8 @@ CREATE TABLE known_browsers (
     PRIMARY KEY (user_id, token_hash)
 );
 
--- Invitations to an account, bound to a normalised email; accepted by that user, signed in.
+-- Invitations to an account, bound to a normalised email and to a code mailed to it (only its
+-- SHA-256 here): accepted by that user, signed in, with the code (which proves the mailbox).
 CREATE TABLE invitations (
     id           TEXT PRIMARY KEY,
     account_id   TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
@@ -54,6 +55,7 @@ CREATE TABLE invitations (
     email_norm   TEXT NOT NULL,
     role         TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
     invited_by   TEXT NOT NULL,
+    code_hash    BLOB NOT NULL,
     created_at   INTEGER NOT NULL,
     expires_at   INTEGER NOT NULL,
     mailed_at    INTEGER,

@@ -75,20 +75,49 @@ pub(crate) async fn create(user: User, State(web): State<Web>, axum::Form(f): ax
     }
 }
 
-pub(crate) async fn accept(user: User, State(web): State<Web>, Path(id): Path<String>) -> Response {
-    match web.app.accept_invitation(&user.session, &id, user.ctx()).await {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct CodeForm {
+    code: String,
+}
+
+/// An invitation's answer in words: a wrong or stale code and an invitation that is not this
+/// user's read the same.
+async fn invitation_refused(web: &Web, user: &User, e: AppError) -> Response {
+    let (status, msg) = match e {
+        AppError::Invalid(e) => (StatusCode::BAD_REQUEST, sentence(&e.to_string())),
+        AppError::NotFound(_) => (
+            StatusCode::NOT_FOUND,
+            "That code doesn't match an open invitation for your email. Check the email we sent, or ask for a new invitation."
+                .to_owned(),
+        ),
+        AppError::FailedPrecondition(m) => (StatusCode::CONFLICT, sentence(&m)),
+        e => return user.fail(e, "/accounts"),
+    };
+    flatten(list_page(web, user, status, None, Some(msg)).await)
+}
+
+pub(crate) async fn accept(
+    user: User,
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<CodeForm>,
+) -> Response {
+    match web.app.accept_invitation(&user.session, &id, &f.code, user.ctx()).await {
         Ok(account) => Redirect::to(&format!("/accounts/{account}")).into_response(),
-        Err(AppError::FailedPrecondition(m)) => {
-            flatten(list_page(&web, &user, StatusCode::CONFLICT, None, Some(sentence(&m))).await)
-        }
-        Err(e) => user.fail(e, "/accounts"),
+        Err(e) => invitation_refused(&web, &user, e).await,
     }
 }
 
-pub(crate) async fn decline(user: User, State(web): State<Web>, Path(id): Path<String>) -> Response {
-    match web.app.decline_invitation(&user.session, &id, user.ctx()).await {
+pub(crate) async fn decline(
+    user: User,
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<CodeForm>,
+) -> Response {
+    match web.app.decline_invitation(&user.session, &id, &f.code, user.ctx()).await {
         Ok(()) => Redirect::to("/accounts?done=declined").into_response(),
-        Err(e) => user.fail(e, "/accounts"),
+        Err(e) => invitation_refused(&web, &user, e).await,
     }
 }
 

@@ -319,6 +319,12 @@ pub(crate) async fn reauth(user: User, State(web): State<Web>, axum::Form(f): ax
         Ok(LoginOutcome::Locked { until }) => (StatusCode::TOO_MANY_REQUESTS, locked(until, now)),
         Ok(LoginOutcome::TotpDisabled) => (StatusCode::FORBIDDEN, TOTP_DISABLED.into()),
         Ok(LoginOutcome::Failed) => (StatusCode::UNAUTHORIZED, "That password isn't right.".into()),
+        Ok(LoginOutcome::Suspended) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Password checks for your email are paused after too many failed attempts. Sign in again from a \
+             browser you have used before, or contact support."
+                .into(),
+        ),
         Ok(_) => return Redirect::to("/login?expired=1").into_response(),
         Err(AppError::Invalid(e)) => (StatusCode::BAD_REQUEST, sentence(&e.to_string())),
         Err(e) => return user.fail(e, "/settings/security"),
