@@ -131,21 +131,40 @@ impl ThrottlePolicy {
     }
 }
 
-/// The key under which one client address's attempts are counted: an IPv4 address itself, an
-/// IPv6 address's /64 (one subscriber usually holds a whole /64, so counting per address would
-/// give them 2^64 budgets), an IPv4-mapped IPv6 address as its IPv4 address. Anything that is
-/// not an address is its own key.
+/// One client, as attempts are counted (the password lock, the pages' rate limit): an IPv4
+/// address itself, an IPv6 address's /64 (one subscriber usually holds a whole /64, so counting
+/// per address would give them 2^64 budgets), an IPv4-mapped IPv6 address as its IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressBucket {
+    /// An IPv4 address.
+    V4(std::net::Ipv4Addr),
+    /// The upper 64 bits of an IPv6 address.
+    V6Prefix(u64),
+}
+
+impl From<std::net::IpAddr> for AddressBucket {
+    fn from(ip: std::net::IpAddr) -> Self {
+        match ip.to_canonical() {
+            std::net::IpAddr::V4(a) => Self::V4(a),
+            std::net::IpAddr::V6(a) => Self::V6Prefix(u64::try_from(a.to_bits() >> 64).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+impl std::fmt::Display for AddressBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::V4(a) => write!(f, "{a}"),
+            Self::V6Prefix(p) => write!(f, "{}/64", std::net::Ipv6Addr::from_bits(u128::from(*p) << 64)),
+        }
+    }
+}
+
+/// The counting key of an address given as text (see [`AddressBucket`]); anything that is not
+/// an address is its own key.
 pub fn address_bucket(ip: &str) -> String {
-    use std::net::IpAddr;
-    match ip.trim().parse::<IpAddr>() {
-        Ok(IpAddr::V4(v4)) => v4.to_string(),
-        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let [a, b, c, d, ..] = v6.segments();
-                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
-            }
-        },
+    match ip.trim().parse::<std::net::IpAddr>() {
+        Ok(a) => AddressBucket::from(a).to_string(),
         Err(_) => ip.chars().take(64).collect(),
     }
 }
@@ -220,6 +239,7 @@ mod tests {
     fn address_buckets() {
         assert_eq!(address_bucket("203.0.113.7"), "203.0.113.7");
         assert_eq!(address_bucket("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(address_bucket("::2"), "::/64");
         assert_eq!(address_bucket("2001:db8:1:2:ffff::1"), address_bucket("2001:db8:1:2::9"), "one /64");
         assert_ne!(address_bucket("2001:db8:1:3::1"), address_bucket("2001:db8:1:2::1"));
         assert_eq!(address_bucket("::ffff:203.0.113.7"), "203.0.113.7");

@@ -16,7 +16,7 @@
 //! database and is exact).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use time::OffsetDateTime;
 
@@ -27,22 +27,9 @@ const MAX_TRACKED: usize = 100_000;
 /// `per_minute` requests: exact integer arithmetic.
 const COST: u64 = 60_000;
 
-/// Whose bucket a request draws on (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Client {
-    V4(Ipv4Addr),
-    /// The upper 64 bits of the address.
-    V6Prefix(u64),
-}
-
-impl From<IpAddr> for Client {
-    fn from(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(a) => Self::V4(a),
-            IpAddr::V6(a) => Self::V6Prefix(u64::try_from(a.to_bits() >> 64).unwrap_or(u64::MAX)),
-        }
-    }
-}
+/// Whose bucket a request draws on: the same client the password lock counts per
+/// (`tessera_core::throttle::AddressBucket`; see the module doc).
+type Client = tessera_core::throttle::AddressBucket;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
