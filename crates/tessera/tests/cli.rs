@@ -226,3 +226,40 @@ async fn support_signs_users_out_from_the_command_line() {
     assert_eq!(ev.actor.as_deref(), Some("sam"));
     assert!(ev.detail.contains("laptop stolen"), "{}", ev.detail);
 }
+
+/// docs/SECURITY.md names the test behind each requirement (`file.rs::function`): every one
+/// must exist, so a renamed or deleted test cannot leave the mapping silently false.
+#[test]
+fn security_md_names_only_tests_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let doc = std::fs::read_to_string(root.join("docs/SECURITY.md")).unwrap();
+    let mut sources = String::new();
+    let mut stack = vec![root.join("crates"), root.join("e2e")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if p.is_dir() && name != "target" && name != "node_modules" {
+                stack.push(p);
+            } else if name.ends_with(".rs") {
+                sources.push_str(&std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    let mut named = 0;
+    for (i, _) in doc.match_indices(".rs::") {
+        let start = doc[..i].rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |j| j + 1);
+        let file = &doc[start..i];
+        let rest = &doc[i + 5..];
+        let func: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if file.is_empty() || func.is_empty() {
+            continue;
+        }
+        named += 1;
+        assert!(
+            sources.contains(&format!("fn {func}(")),
+            "docs/SECURITY.md names {file}.rs::{func}, which no test defines"
+        );
+    }
+    assert!(named > 30, "the mapping names its tests ({named} found)");
+}
