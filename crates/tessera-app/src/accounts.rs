@@ -34,6 +34,9 @@ pub const INVITATION_MAILS_PER_DAY: u32 = 20;
 /// no way around the per-account cap: Tessera is no mail relay).
 pub const INVITATION_MAILS_PER_INVITER_PER_DAY: u32 = 50;
 
+/// Invitation mails one address may receive a day, over all accounts.
+pub const INVITATION_MAILS_PER_ADDRESS_PER_DAY: u32 = 5;
+
 /// The stored form of an invitation code (80 random bits; SHA-256 is enough at that entropy).
 fn code_hash(code: &RecoveryCode) -> Vec<u8> {
     sha2::Sha256::digest(code.display().as_bytes()).to_vec()
@@ -92,22 +95,29 @@ impl App {
         self.store.member_role(account_id, user_id).await?.ok_or(AppError::NotFound("account"))
     }
 
-    /// `NotFound` unless a member; `Forbidden` unless an owner or admin.
-    async fn require_admin(&self, account_id: &str, user_id: &str) -> Result<Role, AppError> {
-        let role = self.role_in(account_id, user_id).await?;
-        roles::may_manage(Some(role)).map_err(|r| AppError::Forbidden(r.to_string()))?;
-        Ok(role)
+    /// `NotFound` unless `s`'s user is a member; `Forbidden` unless an owner or admin whose
+    /// session the account's MFA policy lets in now (an admin's password alone must not manage
+    /// an account that requires a second factor — or switch that requirement off).
+    async fn require_admin(&self, s: &Session, account_id: &str) -> Result<Role, AppError> {
+        let (m, access) = self.account_for(s, account_id).await?;
+        roles::may_manage(Some(m.role)).map_err(|r| AppError::Forbidden(r.to_string()))?;
+        match access {
+            AccountAccess::Open | AccountAccess::OpenUntil(_) => Ok(m.role),
+            AccountAccess::SecondFactorRequired | AccountAccess::EnrolmentRequired => Err(AppError::Forbidden(
+                "this account requires two-factor authentication: sign in with it to manage the account".into(),
+            )),
+        }
     }
 
     /// An account's members and whether each has MFA (owners and admins only).
     pub async fn members(&self, s: &Session, account_id: &str) -> Result<Vec<MemberRow>, AppError> {
-        self.require_admin(account_id, s.user_id()).await?;
+        self.require_admin(s, account_id).await?;
         Ok(self.store.members_of(account_id).await?)
     }
 
     /// An account's open invitations (owners and admins only).
     pub async fn account_invitations(&self, s: &Session, account_id: &str) -> Result<Vec<InvitationRow>, AppError> {
-        self.require_admin(account_id, s.user_id()).await?;
+        self.require_admin(s, account_id).await?;
         Ok(self.store.invitations_of(account_id, self.clock.now()).await?)
     }
 
@@ -116,8 +126,9 @@ impl App {
     /// accepting needs it and a sign-in with that email. Answers the same for every email:
     /// whether it belongs to a user, and whether they have MFA, stays unknown. Inviting an email
     /// again refreshes the open invitation (a new code only with a new mail: at most one a day
-    /// per address); mail is capped per account ([`INVITATION_MAILS_PER_DAY`]) and per inviter
-    /// ([`INVITATION_MAILS_PER_INVITER_PER_DAY`]): beyond a cap the invitation is refused
+    /// per address); mail is capped per account ([`INVITATION_MAILS_PER_DAY`]), per inviter
+    /// ([`INVITATION_MAILS_PER_INVITER_PER_DAY`]) and per address
+    /// ([`INVITATION_MAILS_PER_ADDRESS_PER_DAY`]): beyond a cap the invitation is refused
     /// (`FailedPrecondition`). Returns the invitation's id.
     pub async fn invite_member(
         &self,
@@ -129,7 +140,7 @@ impl App {
     ) -> Result<String, AppError> {
         let email_norm = crate::normalise_email(email)?;
         let email = validate::display_name("email", email, validate::MAX_ACCOUNT_NAME_CHARS)?;
-        self.require_admin(account_id, s.user_id()).await?;
+        self.require_admin(s, account_id).await?;
         self.require_recent(s).await?;
         let now = self.clock.now();
         let sent =
@@ -244,7 +255,7 @@ impl App {
         id: &str,
         ctx: &ClientContext,
     ) -> Result<(), AppError> {
-        self.require_admin(account_id, s.user_id()).await?;
+        self.require_admin(s, account_id).await?;
         self.require_recent(s).await?;
         let now = self.clock.now();
         let mut ev = self.event(now, s.user_id(), None, AuditKind::InvitationClosed, ctx);
@@ -288,7 +299,7 @@ impl App {
         ctx: &ClientContext,
     ) -> Result<(), AppError> {
         let target = validate::subject_id(user_id)?;
-        self.require_admin(account_id, s.user_id()).await?;
+        self.require_admin(s, account_id).await?;
         self.require_recent(s).await?;
         let now = self.clock.now();
         let kind = if new.is_some() { AuditKind::MemberRoleChanged } else { AuditKind::MemberRemoved };
@@ -316,7 +327,7 @@ impl App {
         {
             return Err(CoreError::invalid("grace_until", "must be in the future and at most 90 days away").into());
         }
-        self.require_admin(account_id, s.user_id()).await?;
+        self.require_admin(s, account_id).await?;
         self.require_recent(s).await?;
         if require_mfa && !self.store.has_active_factor(s.user_id()).await? {
             return Err(AppError::FailedPrecondition(

@@ -246,6 +246,32 @@ impl App {
         Ok(())
     }
 
+    /// Tell a user (a subject that is one) that a factor of theirs was removed.
+    pub(crate) async fn factor_removed_notice(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        let detail = json!({ "at": now.unix_timestamp(), "ip": ctx.ip(), "user_agent": ctx.user_agent() });
+        self.notify_user(subject, "factor_removed", detail, now).await
+    }
+
+    /// Queue a notice to the user whose id is `subject`, if it is one (services' subjects over
+    /// gRPC need not be Tessera users).
+    pub(crate) async fn notify_user(
+        &self,
+        subject: &str,
+        kind: &str,
+        detail: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<(), AppError> {
+        match self.store.user_by_id(subject).await? {
+            Some(user) => self.notify(&user, kind, detail, now).await,
+            None => Ok(()),
+        }
+    }
+
     fn recovery_batch(
         &self,
         keyring: &Keyring,
@@ -405,6 +431,14 @@ impl App {
                 if first && sessions_revoked > 0 {
                     tracing::info!(subject, sessions_revoked, "first factor confirmed: other sessions signed out");
                 }
+                self.notify_user(
+                    subject,
+                    "factor_added",
+                    json!({ "label": factor.label, "at": now.unix_timestamp(), "sessions_revoked": sessions_revoked,
+                            "ip": ctx.ip(), "user_agent": ctx.user_agent() }),
+                    now,
+                )
+                .await?;
                 Ok(ConfirmOutcome::Confirmed {
                     factor: Box::new(factor),
                     recovery_codes: if first { shown } else { Vec::new() },
@@ -545,7 +579,7 @@ impl App {
         let now = self.clock.now();
         let ev = self.event(now, subject, Some(factor_id), AuditKind::FactorRemoved, ctx);
         if self.store.remove_factor(subject, factor_id, false, &ev).await? {
-            Ok(())
+            self.factor_removed_notice(subject, now, ctx).await
         } else {
             Err(AppError::NotFound("factor"))
         }

@@ -271,14 +271,15 @@ impl App {
         let key = password_subject_from(&email_norm, ctx);
         let now = self.clock.now();
         let user = self.store.user_by_email(&email_norm).await?;
-        if policy.suspends_after(self.store.attempt_state(&total_key, PASSWORD).await?.total_failures) {
-            // Known and unknown emails answer alike: the lookup runs for both.
-            let browser = ctx.browser.as_deref().filter(|t| well_formed_token(t)).map(token_hash).unwrap_or_default();
-            let uid = user.as_ref().map_or("", |u| u.id.as_str());
-            let known = self.store.is_known_browser(uid, &browser, now - KNOWN_BROWSER_TTL).await?;
-            if suspension == Suspension::Refuse || !known || user.is_none() {
-                return Ok(PasswordCheck::Suspended);
-            }
+        // Known and unknown emails answer alike: the lookup runs for both.
+        let browser = ctx.browser.as_deref().filter(|t| well_formed_token(t)).map(token_hash).unwrap_or_default();
+        let uid = user.as_ref().map_or("", |u| u.id.as_str());
+        let known = suspension == Suspension::KnownBrowsersOnly
+            && user.is_some()
+            && self.store.is_known_browser(uid, &browser, now - KNOWN_BROWSER_TTL).await?;
+        let suspended = policy.suspends_after(self.store.attempt_state(&total_key, PASSWORD).await?.total_failures);
+        if suspended && !known {
+            return Ok(PasswordCheck::Suspended);
         }
         let reserved = match self.store.gate_attempt(&key, PASSWORD, now, policy).await? {
             GateResult::Locked(until) => return Ok(PasswordCheck::Locked(until)),
@@ -289,14 +290,21 @@ impl App {
             }
             GateResult::Reserved(n) => n,
         };
+        // Reserve this attempt's place in the email's total before the hash runs (as the gate
+        // does per address), so a burst cannot have more than the ceiling checked: every attempt
+        // counts as a failure until it succeeds; beyond the ceiling only a known browser may go on.
+        let total =
+            if suspended { policy.suspend_after } else { self.store.count_failure(&total_key, PASSWORD).await? };
+        if total > policy.suspend_after && !known {
+            return Ok(PasswordCheck::Suspended);
+        }
         let phc = user.as_ref().map_or_else(|| password::dummy_hash().to_owned(), |u| u.password_hash.clone());
         let checked = self.verify_password_blocking(Password::normalise(password), phc).await?;
         let Some(user) = user.filter(|_| checked.ok) else {
             let mut ev = self.event(now, &key, None, AuditKind::PasswordRejected, ctx);
             ev.detail = json!({ "attempts_remaining": policy.remaining(reserved) }).to_string();
             self.store.append_audit(&ev).await?;
-            let total = self.store.count_failure(&total_key, PASSWORD).await?;
-            if total == policy.suspend_after {
+            if total == policy.suspend_after && !suspended {
                 self.password_suspended(&email_norm, now, ctx).await?;
             }
             if policy.locks_after(reserved) {
@@ -555,6 +563,31 @@ impl App {
 }
 
 impl App {
+    /// An operator lifts the suspension of password sign-in for an email (100 consecutive
+    /// failures) after checking who is asking, without touching factors, sessions or known
+    /// browsers; a reason and the actor are required and audited. `NotFound` for an email that
+    /// is no user's.
+    pub async fn support_unlock(
+        &self,
+        email: &str,
+        reason: &str,
+        actor: &str,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        let reason = tessera_core::validate::display_name("reason", reason, 500)?;
+        let actor = tessera_core::validate::display_name("actor", actor, 100)?;
+        let email_norm = normalise_email(email)?;
+        let user = self.store.user_by_email(&email_norm).await?.ok_or(AppError::NotFound("user"))?;
+        self.store.reset_attempts(&password_subject(&email_norm), PASSWORD).await?;
+        let now = self.clock.now();
+        let mut ev = self.event(now, &user.id, None, AuditKind::PasswordSignInSuspended, ctx);
+        ev.actor = Some(actor.to_owned());
+        ev.detail = json!({ "lifted": true, "reason": reason }).to_string();
+        self.store.append_audit(&ev).await?;
+        tracing::warn!(user_id = %user.id, actor, "password sign-in suspension lifted by support");
+        Ok(())
+    }
+
     /// An operator signs one user (by email) or every user (`None`) out of every session, e.g.
     /// after a suspected leak; a reason and the actor are required and audited (per user when
     /// one is named; under the subject `*` for everyone). Factors and passwords are untouched.

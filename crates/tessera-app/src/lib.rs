@@ -16,7 +16,10 @@ mod pwned;
 mod self_service;
 mod sessions;
 
-pub use accounts::{INVITATION_MAILS_PER_DAY, INVITATION_MAILS_PER_INVITER_PER_DAY, INVITATION_TTL, MAX_GRACE};
+pub use accounts::{
+    INVITATION_MAILS_PER_ADDRESS_PER_DAY, INVITATION_MAILS_PER_DAY, INVITATION_MAILS_PER_INVITER_PER_DAY,
+    INVITATION_TTL, MAX_GRACE,
+};
 pub use error::AppError;
 pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome, PENDING_TTL};
 pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email};

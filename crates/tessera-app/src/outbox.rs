@@ -70,6 +70,30 @@ fn render(kind: &str, detail: &str) -> (String, String) {
              your password: choose a stronger one once you are in. If you cannot sign in, contact support.\n"
                 .to_owned(),
         ),
+        "factor_added" => (
+            "An authenticator was added to your account".to_owned(),
+            format!(
+                "An authenticator app (\"{}\") was added to your account from {} ({}).{}\n\n\
+                 If this was not you, someone has your password: contact support at once.\n",
+                d.get("label").and_then(|v| v.as_str()).unwrap_or("authenticator app"),
+                d.get("ip").and_then(|v| v.as_str()).unwrap_or("an unknown address"),
+                d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
+                if d.get("sessions_revoked").and_then(serde_json::Value::as_u64).unwrap_or(0) > 0 {
+                    " Your other sessions were signed out."
+                } else {
+                    ""
+                },
+            ),
+        ),
+        "factor_removed" => (
+            "An authenticator was removed from your account".to_owned(),
+            format!(
+                "An authenticator was removed from your account from {} ({}).\n\n\
+                 If this was not you, sign in and check your security settings, or contact support.\n",
+                d.get("ip").and_then(|v| v.as_str()).unwrap_or("an unknown address"),
+                d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
+            ),
+        ),
         "invitation" => (
             // The account's name is the inviter's to choose: it stays out of the subject line.
             "You are invited to an account on Tessera".to_owned(),

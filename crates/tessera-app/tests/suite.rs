@@ -741,6 +741,10 @@ async fn support_reset_notifies_by_smtp(h: &Harness) {
     let mailer = tessera_app::Mailer::new(&url, "Tessera <security@example.com>").unwrap();
     let uid = h.app.create_user("fay@example.com", PW, &ctx()).await.unwrap();
     enrol_user(h, &uid).await;
+    // (the notice of the added authenticator goes first)
+    assert_eq!(h.app.deliver_notifications(&mailer, 10).await.unwrap().sent, 1);
+    assert!(got.lock().unwrap()[0].contains("Subject: An authenticator was added to your account"));
+    got.lock().unwrap().clear();
     h.app.support_reset_mfa("fay@example.com", "lost phone", "SUP-9", "sam", &ctx()).await.unwrap();
     let r = h.app.deliver_notifications(&mailer, 10).await.unwrap();
     assert_eq!((r.sent, r.failed), (1, 0));

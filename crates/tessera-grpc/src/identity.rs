@@ -69,9 +69,9 @@ fn login_response(o: LoginOutcome) -> pb::LoginResponse {
 /// Password checks need the end user's address: failures lock per (email, address).
 fn require_ip(c: &Option<pb::ClientContext>) -> Result<(), Status> {
     match c {
-        Some(c) if !c.ip.trim().is_empty() => Ok(()),
+        Some(c) if c.ip.trim().parse::<std::net::IpAddr>().is_ok() => Ok(()),
         _ => Err(Status::invalid_argument(
-            "context.ip: required for a password check (failures are counted per email and address)",
+            "context.ip: the end user's IP address is required for a password check (failures are counted per email and address)",
         )),
     }
 }

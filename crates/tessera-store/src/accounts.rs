@@ -240,12 +240,13 @@ impl Store {
         since: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<InvitationMails, StoreError> {
-        let (account, by_inviter, to_this): (i64, i64, i64) = sqlx::query_as(
+        let (account, by_inviter, to_this, to_address): (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT COALESCE(SUM(CASE WHEN account_id = $1 THEN 1 ELSE 0 END), 0), \
                     COALESCE(SUM(CASE WHEN invited_by = $2 THEN 1 ELSE 0 END), 0), \
                     COALESCE(SUM(CASE WHEN account_id = $1 AND email_norm = $3 AND accepted_at IS NULL \
-                                      AND closed_at IS NULL AND expires_at > $5 THEN 1 ELSE 0 END), 0) \
-             FROM invitations WHERE mailed_at > $4 AND (account_id = $1 OR invited_by = $2)",
+                                      AND closed_at IS NULL AND expires_at > $5 THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN email_norm = $3 THEN 1 ELSE 0 END), 0) \
+             FROM invitations WHERE mailed_at > $4 AND (account_id = $1 OR invited_by = $2 OR email_norm = $3)",
         )
         .bind(account_id)
         .bind(inviter)
@@ -255,7 +256,12 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
-        Ok(InvitationMails { account: n(account), by_inviter: n(by_inviter), to_this_address: to_this > 0 })
+        Ok(InvitationMails {
+            account: n(account),
+            by_inviter: n(by_inviter),
+            to_this_address: to_this > 0,
+            to_address: n(to_address),
+        })
     }
 
     /// Open invitations for an email (the invitee's view), newest first.
@@ -430,6 +436,8 @@ pub struct InvitationMails {
     pub by_inviter: u32,
     /// Whether the open invitation to this address (of this account) was mailed in the period.
     pub to_this_address: bool,
+    /// To this address, from any account.
+    pub to_address: u32,
 }
 
 /// Why a membership change or an invitation was not made.

@@ -357,6 +357,7 @@ impl Store {
         // The counters row first (the lock order of `attempts::gate_accept_pg`); nothing is
         // kept unless the whole confirmation commits.
         attempts::reset(&mut tx, c.subject_id, attempts::SECOND_FACTOR).await?;
+        crate::identity::lock_user(&mut tx, self.backend, c.subject_id).await?;
         // Pending, unexpired, started by the confirming session — which must still be live (a
         // session revoked after it was resolved must not finish its setup).
         let n = sqlx::query(
@@ -443,15 +444,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let pending_only = i64::from(pending_only);
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "DELETE FROM totp_secrets WHERE factor_id IN \
-             (SELECT id FROM factors WHERE id = $1 AND subject_id = $2 AND ($3 = 0 OR status = 'pending'))",
-        )
-        .bind(factor_id)
-        .bind(subject_id)
-        .bind(pending_only)
-        .execute(&mut *tx)
-        .await?;
+        // The factor row first, then its secret: the order `confirm_totp` locks them in.
         let n = sqlx::query("DELETE FROM factors WHERE id = $1 AND subject_id = $2 AND ($3 = 0 OR status = 'pending')")
             .bind(factor_id)
             .bind(subject_id)
@@ -459,6 +452,13 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // (The foreign key's cascade has removed the secret with its row; this is a no-op then.)
+        sqlx::query(
+            "DELETE FROM totp_secrets WHERE factor_id = $1 AND NOT EXISTS (SELECT 1 FROM factors WHERE id = $1)",
+        )
+        .bind(factor_id)
+        .execute(&mut *tx)
+        .await?;
         if n != 1 {
             return Ok(false);
         }

@@ -212,6 +212,20 @@ pub(crate) async fn insert_notification(
     Ok(())
 }
 
+/// Lock a user's row for the rest of the transaction (PostgreSQL; SQLite's `BEGIN IMMEDIATE`
+/// already serialises writers): a password-level sign-in and a first factor's confirmation take
+/// it, so neither can slip a session past the other.
+pub(crate) async fn lock_user(
+    conn: &mut sqlx::AnyConnection,
+    backend: crate::Backend,
+    user_id: &str,
+) -> Result<(), StoreError> {
+    if backend == crate::Backend::Postgres {
+        sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE").bind(user_id).execute(conn).await?;
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_role(r: &str) -> Result<Role, StoreError> {
     Role::parse(r).ok_or_else(|| StoreError::Corrupt(format!("role {r:?}")))
 }
@@ -224,8 +238,8 @@ impl Store {
     }
 
     /// Support reset, in one transaction: remove every factor (and secret) and recovery code
-    /// of the user, revoke their sessions, void their login challenges, forget their known
-    /// browsers, clear their second-factor counters, queue `notice` and append `audit`.
+    /// of the user, revoke their sessions, void their login challenges, clear their
+    /// second-factor counters, queue `notice` and append `audit`.
     pub async fn support_reset(
         &self,
         user_id: &str,
@@ -236,10 +250,8 @@ impl Store {
         let mut tx = self.begin().await?;
         // The counters row first (the lock order of `attempts::gate_accept_pg`).
         attempts::reset(&mut tx, user_id, attempts::SECOND_FACTOR).await?;
-        sqlx::query("DELETE FROM totp_secrets WHERE factor_id IN (SELECT id FROM factors WHERE subject_id = $1)")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        // Factor rows first; their secrets go with them (the foreign key cascades): the order
+        // `confirm_totp` locks them in, so the two never deadlock.
         let factors = sqlx::query("DELETE FROM factors WHERE subject_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
@@ -261,8 +273,6 @@ impl Store {
             .bind(to_millis(now))
             .execute(&mut *tx)
             .await?;
-        // Its browsers are no longer trusted to sign in while password sign-in is suspended.
-        sqlx::query("DELETE FROM known_browsers WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         insert_notification(&mut tx, notice, now).await?;
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
@@ -283,11 +293,15 @@ impl Store {
 impl Store {
     /// Mark a queued notification as delivered.
     pub async fn mark_notification_sent(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET sent_at = $2, attempts = attempts + 1 WHERE id = $1")
-            .bind(id)
-            .bind(to_millis(now))
-            .execute(&mut *self.write().await?)
-            .await?;
+        // A delivered invitation's code is no longer kept in the clear.
+        sqlx::query(
+            "UPDATE outbox SET sent_at = $2, attempts = attempts + 1, \
+             detail = CASE WHEN kind = 'invitation' THEN '{}' ELSE detail END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(to_millis(now))
+        .execute(&mut *self.write().await?)
+        .await?;
         Ok(())
     }
 

@@ -256,6 +256,8 @@ impl Store {
         audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        // The user row serialises this against a first factor's confirmation (which takes it too).
+        crate::identity::lock_user(&mut tx, self.backend(), &session.user_id).await?;
         let factors: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
                 .bind(&session.user_id)
@@ -443,6 +445,15 @@ impl Store {
         .bind(user_id)
         .bind(new_hash)
         .bind(to_millis(now))
+        .execute(&mut *tx)
+        .await?;
+        // Keep the user's 50 most recent browsers of the last 400 days.
+        sqlx::query(
+            "DELETE FROM known_browsers WHERE user_id = $1 AND (last_seen_at <= $2 OR token_hash NOT IN \
+             (SELECT token_hash FROM known_browsers WHERE user_id = $1 ORDER BY last_seen_at DESC LIMIT 50))",
+        )
+        .bind(user_id)
+        .bind(to_millis(now - time::Duration::days(400)))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

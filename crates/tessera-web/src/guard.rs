@@ -83,9 +83,10 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpA
     }
     let values: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
     for value in values.into_iter().rev() {
-        let Ok(list) = value.to_str() else { return hop };
-        for entry in list.rsplit(',') {
-            let Some(ip) = forwarded_entry(entry.trim()) else { return hop };
+        // Entry by entry, as bytes: a proxy appends the real client to the line the client sent,
+        // so a bad byte the client put further left must not hide the entries on its right.
+        for entry in value.as_bytes().rsplit(|b| *b == b',') {
+            let Some(ip) = std::str::from_utf8(entry).ok().and_then(|e| forwarded_entry(e.trim())) else { return hop };
             hop = ip;
             if !trusted.contains(ip) {
                 return ip;
@@ -259,6 +260,8 @@ mod tests {
         // Several header lines are one list, in order.
         assert_eq!(walk(&t, "10.0.0.1", &[b"1.1.1.1", b"203.0.113.9, 10.0.0.2"]), ip("203.0.113.9"));
         assert_eq!(walk(&t, "10.0.0.1", &[b"1.1.1.1, 203.0.113.9", b"10.0.0.2"]), ip("203.0.113.9"));
+        // A byte that is not text, left of the client on the same line, hides nothing.
+        assert_eq!(walk(&t, "10.0.0.1", &[b"\xff, 203.0.113.9"]), ip("203.0.113.9"));
         // A forged trusted-looking entry left of the client is never reached.
         assert_eq!(walk(&t, "10.0.0.1", &[b"10.6.6.6, 203.0.113.9"]), ip("203.0.113.9"));
         // Every entry trusted: the leftmost.

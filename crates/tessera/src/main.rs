@@ -60,6 +60,19 @@ enum SupportCommand {
         #[arg(long)]
         actor: String,
     },
+    /// Lift the suspension of password sign-in for a user (after 100 failed attempts from
+    /// everywhere), after checking who is asking; audited. Factors and sessions are untouched.
+    Unlock {
+        /// The user's email.
+        #[arg(long)]
+        user: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+        /// Who is doing it.
+        #[arg(long)]
+        actor: String,
+    },
     /// Sign a user out everywhere (`--user`), or every user (`--all`), e.g. after a leak;
     /// audited. Their factors and passwords are untouched.
     SignOut {
@@ -308,6 +321,12 @@ async fn main() -> Result<()> {
                 "reset MFA of {user}: removed {} factors and {} recovery codes, revoked {} sessions; the user is notified",
                 r.factors, r.recovery_codes, r.sessions
             );
+        }
+        Command::Support(SupportCommand::Unlock { user, reason, actor }) => {
+            let app = cli.app().await?;
+            let ctx = tessera_app::ClientContext { ip: None, user_agent: Some("tessera-cli".into()), browser: None };
+            app.support_unlock(user, reason, actor, &ctx).await?;
+            println!("password sign-in for {user} is no longer suspended");
         }
         Command::Support(SupportCommand::SignOut { user, all: _, reason, actor }) => {
             let app = cli.app().await?;

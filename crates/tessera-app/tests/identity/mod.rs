@@ -389,6 +389,10 @@ async fn a_stale_session_cannot_become_a_second_factor(h: &Harness) {
     assert_eq!(who(h, &b).await, None, "B's old token stopped working");
     let sb2 = sess(h, &b2).await;
     assert_eq!((sb2.id(), sb2.assurance()), (sb.id(), Assurance::PasswordAndSecondFactor), "same session, new token");
+    // Ada is told, from where, and that her other sessions were signed out.
+    let notices = h.store.unsent_notifications(100).await.unwrap();
+    let added = notices.iter().find(|n| n.1 == "ada@example.com" && n.2 == "factor_added").expect("a notice");
+    assert!(added.3.contains("\"sessions_revoked\":2") && added.3.contains("203.0.113.7"), "{}", added.3);
     // A stale session's requests keep failing: nothing resolves from its token any more, so it
     // gets no key, no recovery codes and no account content.
     assert!(h.app.session(&a).await.unwrap().is_none());
@@ -922,6 +926,15 @@ async fn account_policy_rules(h: &Harness) {
         h.app.set_account_policy(&sess(h, &tx).await, &acct, false, None, &c).await,
         Err(AppError::NotFound(_))
     ));
+    // Once the account requires MFA without grace, an admin's password alone manages nothing
+    // there — least of all switching the requirement off.
+    h.app.set_account_policy(&so, &acct, true, None, &c).await.unwrap();
+    let sm = sess(h, &tm).await;
+    let forbidden = |r: &Result<(), AppError>| matches!(r, Err(AppError::Forbidden(m)) if m.contains("two-factor"));
+    assert!(forbidden(&h.app.set_account_policy(&sm, &acct, false, None, &c).await));
+    assert!(forbidden(&h.app.invite_member(&sm, &acct, "y@example.com", Role::Member, &c).await.map(|_| ())));
+    assert!(forbidden(&h.app.members(&sm, &acct).await.map(|_| ())));
+    assert!(h.app.memberships(sm.user_id()).await.unwrap()[0].policy.require_mfa, "still required");
 }
 both!(account_policy_rules);
 
@@ -956,10 +969,10 @@ async fn support_reset(h: &Harness) {
         LoginOutcome::ChallengeInvalid,
         "open challenges voided"
     );
-    // the user is notified (queued in the outbox)
+    // the user is notified (queued in the outbox, after the notice of the factor they added)
     let queued = h.store.unsent_notifications(10).await.unwrap();
-    assert_eq!(queued.len(), 1);
-    assert_eq!((queued[0].1.as_str(), queued[0].2.as_str()), ("eve@example.com", "mfa_reset"));
+    let kinds: Vec<_> = queued.iter().map(|n| (n.1.as_str(), n.2.as_str())).collect();
+    assert_eq!(kinds, [("eve@example.com", "factor_added"), ("eve@example.com", "mfa_reset")]);
     // the audit trail says who, why and the ticket
     let (events, _) = h.app.list_audit_events(&uid, 100, "").await.unwrap();
     let ev = events.iter().find(|e| e.kind == "support_mfa_reset").unwrap();
@@ -993,13 +1006,49 @@ async fn reauthentication_respects_the_suspension(h: &Harness) {
     let o = h.app.reauthenticate(&s, Proof::Password(PW), &from("192.0.2.9")).await.unwrap();
     assert_eq!(o, LoginOutcome::Suspended, "no more password checks in a session either");
     assert_eq!(h.app.begin_login("ada@example.com", PW, &from("192.0.2.9")).await.unwrap(), LoginOutcome::Suspended);
-    h.app.support_reset_mfa("ada@example.com", "locked out by guessing; ID checked", "SUP-5", "sam", &c).await.unwrap();
+    // Support lifts it without touching anything else (a reset-mfa would lift it too).
+    assert!(matches!(
+        h.app.support_unlock("nobody@example.com", "asked by phone", "sam", &c).await,
+        Err(AppError::NotFound("user"))
+    ));
+    h.app.support_unlock("ADA@example.com", "guessing from a botnet; ID checked", "sam", &c).await.unwrap();
     assert!(matches!(
         h.app.begin_login("ada@example.com", PW, &from("192.0.2.9")).await.unwrap(),
         LoginOutcome::Authenticated { .. }
     ));
+    let (events, _) = h.app.list_audit_events(s.user_id(), 100, "").await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "password_sign_in_suspended" && e.actor.as_deref() == Some("sam")));
 }
 both!(reauthentication_respects_the_suspension);
+
+/// A concurrent burst of wrong passwords from many addresses gets at most the ceiling checked:
+/// each attempt takes its place in the email's total before its hash runs.
+async fn a_burst_of_wrong_passwords_is_checked_at_most_a_hundred_times(h: &Harness) {
+    h.app.create_user("ada@example.com", PW, &ctx()).await.unwrap();
+    let limit = h.app.config().password_throttle.suspend_after;
+    let before = h.app.password_verifications();
+    let tasks: Vec<_> = (0..limit + 40)
+        .map(|i| {
+            let app = h.app.clone();
+            tokio::spawn(async move {
+                let c = from(&format!("10.3.{}.{}", i / 4, i % 4 + 1));
+                app.begin_login("ada@example.com", "guess guess guess", &c).await.unwrap()
+            })
+        })
+        .collect();
+    let mut suspended = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            LoginOutcome::Suspended => suspended += 1,
+            LoginOutcome::Failed | LoginOutcome::Locked { .. } => {}
+            o => panic!("{o:?}"),
+        }
+    }
+    let checked = h.app.password_verifications() - before;
+    assert!(checked <= u64::from(limit), "{checked} passwords checked; the ceiling is {limit}");
+    assert!(suspended >= 40, "the rest were refused unchecked ({suspended})");
+}
+both!(a_burst_of_wrong_passwords_is_checked_at_most_a_hundred_times);
 
 /// A burst of wrong codes refused unchecked (beyond the budget) does not spend the subject's
 /// 100: only checked attempts count towards disabling the authenticator.
