@@ -270,16 +270,7 @@ impl Store {
         email_norm: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<InvitationRow>, StoreError> {
-        let rows: Vec<InvitationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {INVITATION_COLUMNS} FROM invitations i JOIN accounts a ON a.id = i.account_id \
-             WHERE i.email_norm = $1 AND i.accepted_at IS NULL AND i.closed_at IS NULL AND i.expires_at > $2 \
-             ORDER BY i.created_at DESC, i.id"
-        )))
-        .bind(email_norm)
-        .bind(to_millis(now))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(invitation).collect()
+        self.open_invitations("i.email_norm", email_norm, "i.created_at DESC, i.id", now).await
     }
 
     /// Open invitations of an account (the admins' view), by email.
@@ -288,12 +279,22 @@ impl Store {
         account_id: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<InvitationRow>, StoreError> {
+        self.open_invitations("i.account_id", account_id, "i.email_norm, i.id", now).await
+    }
+
+    /// Open invitations whose column `by` (a constant) is `key`, in `order` (a constant).
+    async fn open_invitations(
+        &self,
+        by: &'static str,
+        key: &str,
+        order: &'static str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<InvitationRow>, StoreError> {
         let rows: Vec<InvitationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {INVITATION_COLUMNS} FROM invitations i JOIN accounts a ON a.id = i.account_id \
-             WHERE i.account_id = $1 AND i.accepted_at IS NULL AND i.closed_at IS NULL AND i.expires_at > $2 \
-             ORDER BY i.email_norm, i.id"
+             WHERE {by} = $1 AND i.accepted_at IS NULL AND i.closed_at IS NULL AND i.expires_at > $2 ORDER BY {order}"
         )))
-        .bind(account_id)
+        .bind(key)
         .bind(to_millis(now))
         .fetch_all(&self.pool)
         .await?;

@@ -297,10 +297,8 @@ pub(crate) async fn invite(
     Path(id): Path<String>,
     axum::Form(f): axum::Form<InviteForm>,
 ) -> Response {
-    let r = match role(&f.role) {
-        Ok(role) => web.app.invite_member(&user.session, &id, &f.email, role, user.ctx()).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    let r = async { web.app.invite_member(&user.session, &id, &f.email, role(&f.role)?, user.ctx()).await }.await;
+    let r = r.map(|_| ());
     after_change(&web, &user, &id, r, "invited").await
 }
 
@@ -325,10 +323,7 @@ pub(crate) async fn change_role(
     Path((id, member)): Path<(String, String)>,
     axum::Form(f): axum::Form<RoleForm>,
 ) -> Response {
-    let r = match role(&f.role) {
-        Ok(role) => web.app.change_member_role(&user.session, &id, &member, role, user.ctx()).await,
-        Err(e) => Err(e),
-    };
+    let r = async { web.app.change_member_role(&user.session, &id, &member, role(&f.role)?, user.ctx()).await }.await;
     after_change(&web, &user, &id, r, "role").await
 }
 
