@@ -1,18 +1,52 @@
 //! Where the keyring comes from: a file (mode 0600, created on first use, refused if group or
-//! others may read it), reloaded when a row names a key this process has not seen (another
-//! replica or `tessera keys rotate` added it), so rotation needs no restart.
+//! others may read it). The keyring in use is swapped atomically (`arc-swap`) when the file
+//! changes: the server checks the file every few seconds and on SIGHUP
+//! ([`KeyringSource::reload_if_changed`]), and a row naming a key this process has not seen
+//! forces a reload. So `tessera keys rotate` reaches every running replica without a restart,
+//! and new secrets are sealed (and new recovery codes MACed) under the new key within one check.
 
 use crate::AppError;
+use arc_swap::ArcSwap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use tessera_core::CoreError;
-use tessera_core::seal::Keyring;
+use tessera_core::seal::{KeyId, Keyring};
 
-/// The keyring in use and where to reload it from.
+/// The keyring in use and the file it is reloaded from.
 #[derive(Debug, Clone)]
 pub struct KeyringSource {
-    current: Arc<RwLock<Arc<Keyring>>>,
-    path: Option<PathBuf>,
+    current: Arc<ArcSwap<Keyring>>,
+    /// What the file looked like when `current` was read from it.
+    stamp: Arc<Mutex<Option<Stamp>>>,
+    path: PathBuf,
+}
+
+/// Enough of a file's metadata to tell that it was replaced or rewritten: the keyring is
+/// always replaced by rename (a new inode), and the rest catches an editor writing in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64, i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+        };
+        Some(Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            inode,
+        })
+    }
 }
 
 fn kerr(msg: String) -> AppError {
@@ -41,46 +75,55 @@ fn check_mode(_path: &Path) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Write keyring text to a fresh 0600 temp file beside `path`; returns the temp path.
-fn write_temp(path: &Path, keyring: &Keyring) -> Result<PathBuf, AppError> {
-    use std::io::Write;
+/// Write keyring text to a fresh temp file beside `path` (`tempfile` creates it 0600 and
+/// removes it if we fail before persisting).
+fn write_temp(path: &Path, keyring: &Keyring) -> Result<tempfile::NamedTempFile, AppError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| kerr(format!("cannot create {}: {e}", dir.display())))?;
-    let name = path.file_name().map_or("keyring".into(), |n| n.to_string_lossy().into_owned());
-    let unique = u64::from_le_bytes(tessera_core::random::bytes::<8>()?);
-    let tmp = dir.join(format!(".{name}.{unique:016x}.tmp"));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(|e| kerr(format!("cannot write {}: {e}", tmp.display())))?;
-    f.write_all(keyring.to_text().as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| kerr(format!("cannot write {}: {e}", tmp.display())))?;
-    Ok(tmp)
+    let mut f = tempfile::Builder::new()
+        .prefix(".keyring.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| kerr(format!("cannot write in {}: {e}", dir.display())))?;
+    let text = zeroize::Zeroizing::new(keyring.to_text());
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.as_file().sync_all())
+        .map_err(|e| kerr(format!("cannot write beside {}: {e}", path.display())))?;
+    Ok(f)
 }
 
 /// Replace the keyring file at `path` atomically (temp file, 0600, rename).
 pub fn write_file(path: &Path, keyring: &Keyring) -> Result<(), AppError> {
-    let tmp = write_temp(path, keyring)?;
-    std::fs::rename(&tmp, path).map_err(|e| kerr(format!("cannot replace {}: {e}", path.display())))
+    write_temp(path, keyring)?
+        .persist(path)
+        .map(drop)
+        .map_err(|e| kerr(format!("cannot replace {}: {}", path.display(), e.error)))
 }
 
 /// Create the keyring file at `path` only if none exists, atomically: of several replicas
 /// starting at once on a shared keyring path, one creates it and the others read it.
 /// Returns whether this call created it.
 pub fn create_file(path: &Path, keyring: &Keyring) -> Result<bool, AppError> {
-    let tmp = write_temp(path, keyring)?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(kerr(format!("cannot create {}: {e}", path.display()))),
+    match write_temp(path, keyring)?.persist_noclobber(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(kerr(format!("cannot create {}: {}", path.display(), e.error))),
     }
+}
+
+/// Hold an exclusive lock on `<path>.lock` while changing the keyring file, so two
+/// `tessera keys` commands cannot lose each other's change (read, modify, write).
+pub fn lock(path: &Path) -> Result<std::fs::File, AppError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|e| kerr(format!("cannot open {}: {e}", Path::new(&name).display())))?;
+    f.lock().map_err(|e| kerr(format!("cannot lock {}: {e}", Path::new(&name).display())))?;
+    Ok(f)
 }
 
 /// Read and parse a keyring file, refusing one whose mode lets others read it.
@@ -90,6 +133,17 @@ pub fn read_file(path: &Path) -> Result<Keyring, AppError> {
         std::fs::read_to_string(path).map_err(|e| kerr(format!("cannot read {}: {e}", path.display())))?,
     );
     Keyring::parse(&text).map_err(|e| kerr(format!("{}: {e}", path.display())))
+}
+
+/// Tell the metrics which key seals new secrets here (`tessera_keyring_current{key_id}` is 1
+/// for it, 0 for the one it replaced), so an operator sees every replica take a rotation.
+/// Key ids are public labels, not secrets.
+fn publish(old: Option<&Keyring>, new: &Keyring) {
+    if let Some(old) = old.filter(|o| o.current_id() != new.current_id()) {
+        metrics::gauge!("tessera_keyring_current", "key_id" => old.current_id().to_string()).set(0.0);
+    }
+    metrics::gauge!("tessera_keyring_current", "key_id" => new.current_id().to_string()).set(1.0);
+    metrics::gauge!("tessera_keyring_keys").set(new.ids().len() as f64);
 }
 
 impl KeyringSource {
@@ -103,33 +157,79 @@ impl KeyringSource {
         } else {
             return Err(kerr(format!("{} does not exist; run `tessera keys generate`", path.display())));
         };
+        let stamp = Stamp::of(path);
         let k = read_file(path)?;
-        Ok((Self { current: Arc::new(RwLock::new(Arc::new(k))), path: Some(path.to_owned()) }, created))
+        let src = Self {
+            current: Arc::new(ArcSwap::from_pointee(k)),
+            stamp: Arc::new(Mutex::new(stamp)),
+            path: path.to_owned(),
+        };
+        publish(None, &src.get());
+        Ok((src, created))
     }
 
-    /// The keyring now.
+    /// The keyring now (a lock-free load).
     pub fn get(&self) -> Arc<Keyring> {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.current.load_full()
     }
 
-    /// Re-read the file (no-op for a fixed keyring). Keeps the old keyring on failure.
+    /// Re-read the file and swap it in. Keeps the old keyring on failure (a half-edited or
+    /// unreadable file never leaves the service without keys).
     pub fn reload(&self) -> Result<Arc<Keyring>, AppError> {
-        let Some(path) = &self.path else { return Ok(self.get()) };
-        let k = Arc::new(read_file(path)?);
-        match self.current.write() {
-            Ok(mut g) => *g = k.clone(),
-            Err(p) => *p.into_inner() = k.clone(),
+        let mut stamp = self.stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The stamp is read before the file: a write between the two is seen at the next check.
+        let seen = Stamp::of(&self.path);
+        let k = Arc::new(read_file(&self.path)?);
+        let old = self.current.swap(k.clone());
+        *stamp = seen;
+        metrics::counter!("tessera_keyring_reloads_total").increment(1);
+        publish(Some(&old), &k);
+        if old.current_id() != k.current_id() || old.ids() != k.ids() {
+            tracing::info!(
+                path = %self.path.display(),
+                current = %k.current_id(),
+                previous = %old.current_id(),
+                keys = k.ids().len(),
+                "keyring reloaded: new secrets are sealed under key {}",
+                k.current_id()
+            );
         }
-        tracing::info!(path = %path.display(), current = %k.current_id(), "keyring reloaded");
         Ok(k)
     }
 
-    /// The file it came from, if any.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+    /// Reload if the file changed since it was last read (cheap: one `stat`). Returns the new
+    /// keyring when it reloaded.
+    pub fn reload_if_changed(&self) -> Result<Option<Arc<Keyring>>, AppError> {
+        let now = Stamp::of(&self.path);
+        let changed = {
+            let last = self.stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *last != now
+        };
+        if changed { self.reload().map(Some) } else { Ok(None) }
+    }
+
+    /// Add a fresh key to the keyring file and make it current; this process swaps it in at
+    /// once, running services at their next check of the file (seconds) or on SIGHUP. Returns
+    /// (previous current key, new current key).
+    pub fn rotate(&self) -> Result<(KeyId, KeyId), AppError> {
+        let _lock = lock(&self.path)?;
+        let mut k = read_file(&self.path)?;
+        let old = k.current_id();
+        let new = k.rotate()?;
+        write_file(&self.path, &k)?;
+        self.reload()?;
+        Ok((old, new))
+    }
+
+    /// Publish which key seals new secrets (`tessera_keyring_current{key_id}`) to the metrics
+    /// recorder, once it is installed.
+    pub fn publish_metrics(&self) {
+        publish(None, &self.get());
+    }
+
+    /// The file it came from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -182,5 +282,27 @@ mod tests {
         assert_ne!(src.get().current_id(), new);
         src.reload().unwrap();
         assert_eq!(src.get().current_id(), new);
+    }
+
+    #[test]
+    fn reload_if_changed_swaps_only_on_change_and_keeps_keys_on_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keyring");
+        let (src, _) = KeyringSource::from_file(&p, true).unwrap();
+        let first = src.get().current_id();
+        assert!(src.reload_if_changed().unwrap().is_none(), "unchanged file: no reload");
+        let mut k = read_file(&p).unwrap();
+        let new = k.rotate().unwrap();
+        write_file(&p, &k).unwrap();
+        let swapped = src.reload_if_changed().unwrap().expect("a rotated file is reloaded");
+        assert_eq!(swapped.current_id(), new);
+        assert_eq!(src.get().current_id(), new);
+        assert!(src.get().ids().contains(&first), "the old key stays readable");
+        assert!(src.reload_if_changed().unwrap().is_none());
+        // A file others may read, or one that does not parse, is refused: the keys stay.
+        std::fs::write(&p, "not a keyring").unwrap();
+        assert!(src.reload_if_changed().is_err());
+        assert_eq!(src.get().current_id(), new);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp files left");
     }
 }

@@ -104,4 +104,25 @@ impl App {
     pub async fn key_in_use(&self, id: &str) -> Result<bool, AppError> {
         Ok(self.store.key_usage().await?.iter().any(|u| u.key_id == id && (u.totp_secrets > 0 || u.recovery_codes > 0)))
     }
+
+    /// Remove key `id` from the keyring file, only if it is not current and no row uses it
+    /// (`reencrypt` moves the TOTP secrets; recovery codes under it go when their owners use or
+    /// regenerate them).
+    pub async fn retire_key(&self, id: &KeyId) -> Result<(), AppError> {
+        let _lock = crate::keyfile::lock(self.keys.path())?;
+        if crate::keyfile::read_file(self.keys.path())?.current_id() == *id {
+            return Err(AppError::FailedPrecondition(format!("key {id} is the current key; rotate first")));
+        }
+        if self.key_in_use(id.as_str()).await? {
+            return Err(AppError::FailedPrecondition(format!(
+                "key {id} is still used by some rows (see `tessera keys status`): run `tessera keys reencrypt`; \
+                 recovery codes under it go when users regenerate or use them"
+            )));
+        }
+        let mut k = crate::keyfile::read_file(self.keys.path())?;
+        k.retire(id)?;
+        crate::keyfile::write_file(self.keys.path(), &k)?;
+        self.keys.reload()?;
+        Ok(())
+    }
 }

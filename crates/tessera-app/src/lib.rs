@@ -148,6 +148,10 @@ impl App {
     pub fn store(&self) -> &Store {
         &self.store
     }
+    /// The keyring source (the composition root watches its file).
+    pub fn keys(&self) -> &KeyringSource {
+        &self.keys
+    }
     /// The settings.
     pub fn config(&self) -> &AppConfig {
         &self.config

@@ -1,119 +1,136 @@
-//! Configuration: flags and `TESSERA_*` environment variables (read by the binary) over a
-//! TOML file over secure defaults.
+//! Configuration: one declaration, [`ConfigFile`], read from flags and `TESSERA_*` environment
+//! variables (clap) and from a TOML file (serde), merged key by key (flags and environment win),
+//! then resolved over secure defaults into [`ServerConfig`].
 
 use crate::ServerError;
 use crate::listen::HttpLimits;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// The TOML file, and also the shape of what flags and environment give (every key optional).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Every setting of `tessera serve`, each optional: the TOML file's keys, and (through clap) the
+/// flags and `TESSERA_*` variables. The doc comments are the `--help` text.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Data directory (SQLite database, keyring, service token).
+    /// Data directory (SQLite database, keyring, service token) [default: ./tessera-data].
+    #[arg(skip)]
     pub data_dir: Option<PathBuf>,
-    /// `sqlite://…` or `postgres://…`.
+    /// `sqlite://…` or `postgres://…` [default: SQLite in the data directory].
+    #[arg(skip)]
     pub database_url: Option<String>,
-    /// Keyring file.
+    /// Keyring file [default: DATA_DIR/keyring].
+    #[arg(skip)]
     pub keyring_file: Option<PathBuf>,
-    /// HTTP listen address.
+    /// HTTP address for the web pages, /healthz, /readyz [default: 127.0.0.1:8080].
+    #[arg(long, env = "TESSERA_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// Open HTTP connections at most (default 1024); more wait until one closes.
+    /// Open HTTP connections at most; more wait to be accepted until one closes [default: 1024].
+    #[arg(long, env = "TESSERA_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<u32>,
-    /// gRPC listen address.
+    /// gRPC address [default: 127.0.0.1:50051].
+    #[arg(long, env = "TESSERA_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
-    /// Admin HTTP listen address (`/metrics`, `/healthz`, `/readyz`).
+    /// Admin HTTP address for /metrics, /healthz, /readyz; keep it off the public network
+    /// [default: 127.0.0.1:9090].
+    #[arg(long, env = "TESSERA_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
-    /// Issuer shown in authenticator apps.
+    /// Issuer shown in authenticator apps [default: Tessera].
+    #[arg(long, env = "TESSERA_ISSUER")]
     pub issuer: Option<String>,
-    /// SHA-256 (hex) of each accepted service token.
+    /// SHA-256 (hex) of each accepted service token (file only; `TESSERA_SERVICE_TOKEN` wins).
+    #[arg(skip)]
     pub service_token_hashes: Option<Vec<String>>,
-    /// SHA-256 (hex) of each support-scoped token (may call SupportResetMfa).
+    /// SHA-256 (hex) of each support-scoped token, which may call SupportResetMfa (file only;
+    /// `TESSERA_SUPPORT_TOKEN` wins).
+    #[arg(skip)]
     pub support_token_hashes: Option<Vec<String>>,
-    /// Database pool size.
+    /// Database pool size [default: 16].
+    #[arg(long, env = "TESSERA_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
-    /// `text` (default) or `json`.
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "TESSERA_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Breached-password check: `online` (default), `offline` or `off`.
+    /// Breached-password check: online, offline or off [default: online].
+    #[arg(long, env = "TESSERA_PWNED_MODE")]
     pub pwned_mode: Option<String>,
-    /// Range API base URL (default `https://api.pwnedpasswords.com`).
+    /// Range API base URL [default: https://api.pwnedpasswords.com].
+    #[arg(long, env = "TESSERA_PWNED_URL")]
     pub pwned_url: Option<String>,
-    /// Range directory for `offline`.
+    /// Range directory for --pwned-mode offline.
+    #[arg(long, env = "TESSERA_PWNED_DIR")]
     pub pwned_dir: Option<PathBuf>,
-    /// `open` (default: allow and log when the check cannot answer) or `closed` (refuse).
+    /// When the check cannot answer: open (allow, log) or closed (refuse) [default: open].
+    #[arg(long, env = "TESSERA_PWNED_FAILURE")]
     pub pwned_failure: Option<String>,
-    /// Refuse passwords seen in at least this many breaches (default 1).
+    /// Refuse passwords seen in at least this many breaches [default: 1].
+    #[arg(long, env = "TESSERA_PWNED_THRESHOLD")]
     pub pwned_threshold: Option<u64>,
-    /// SMTP relay for notifications (`smtp://host:port`, `smtps://…`); none: notices stay queued.
+    /// SMTP relay for notifications, e.g. smtp://127.0.0.1:25 or smtps://user:pass@host:465
+    /// [default: none; notices stay queued in the outbox].
+    #[arg(long, env = "TESSERA_SMTP_URL")]
     pub smtp_url: Option<String>,
-    /// Sender address of notifications.
+    /// Sender of notifications [default: Tessera <no-reply@localhost>].
+    #[arg(long, env = "TESSERA_SMTP_FROM")]
     pub smtp_from: Option<String>,
-    /// POSTs to the sign-up, login, code and re-authentication pages per client per minute
-    /// (default 20; 0: off).
+    /// POSTs to the sign-up, login, code and re-authentication pages per client per minute;
+    /// 0 turns it off [default: 20].
+    #[arg(long, env = "TESSERA_WEB_RATE_LIMIT_PER_MINUTE")]
     pub web_rate_limit_per_minute: Option<u32>,
-    /// Every other POST of the pages, per client per minute (default 60; 0: off).
+    /// Every other POST of the pages per client per minute, a budget of its own; 0 turns it
+    /// off [default: 60].
+    #[arg(long, env = "TESSERA_WEB_POST_RATE_LIMIT_PER_MINUTE")]
     pub web_post_rate_limit_per_minute: Option<u32>,
-    /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed; default none:
-    /// the client address is the socket's peer.
+    /// Reverse proxies in front of the pages, as CIDRs or addresses (comma-separated): a request
+    /// from one has its client address taken from X-Forwarded-For, walked from the right past
+    /// trusted proxies [default: none; the client address is the socket's peer].
+    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
-    /// PEM certificate chain for gRPC over TLS (with `grpc_tls_key`).
+    /// Serve gRPC over TLS with this PEM certificate chain (with --grpc-tls-key).
+    #[arg(long, env = "TESSERA_GRPC_TLS_CERT")]
     pub grpc_tls_cert: Option<PathBuf>,
-    /// PEM private key for gRPC over TLS.
+    /// The PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "TESSERA_GRPC_TLS_KEY")]
     pub grpc_tls_key: Option<PathBuf>,
-    /// PEM CA certificate(s): when set, every gRPC client must present a certificate signed by
-    /// one of them (mTLS), in addition to its service token.
+    /// Require gRPC clients to present a certificate signed by this PEM CA (mTLS), in addition
+    /// to their service token.
+    #[arg(long, env = "TESSERA_GRPC_CLIENT_CA")]
     pub grpc_client_ca: Option<PathBuf>,
-    /// Sensitive actions need a factor proven this recently (`15m`; units s, m, h, d).
+    /// Sensitive actions (factors, recovery codes, other sessions, account changes) need a
+    /// factor (or, without one, the password) proven this recently; units s, m, h, d
+    /// [default: 15m].
+    #[arg(long, env = "TESSERA_REAUTH_WINDOW")]
     pub reauth_window: Option<String>,
-    /// A session unused this long ends (`30m`).
+    /// A session unused this long ends [default: 30m].
+    #[arg(long, env = "TESSERA_SESSION_IDLE_TIMEOUT")]
     pub session_idle_timeout: Option<String>,
-    /// A session ends this long after sign-in at the latest (`12h`).
+    /// A session ends this long after sign-in at the latest [default: 12h].
+    #[arg(long, env = "TESSERA_SESSION_LIFETIME")]
     pub session_lifetime: Option<String>,
+    /// How often to check the keyring file for a rotation (SIGHUP checks at once) [default: 5s].
+    #[arg(long, env = "TESSERA_KEYRING_CHECK_INTERVAL")]
+    pub keyring_check_interval: Option<String>,
 }
 
 impl ConfigFile {
-    /// Read a TOML file.
+    /// Read a TOML file (unknown keys are refused, so a typo is not silently ignored).
     pub fn load(path: &Path) -> Result<Self, ServerError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
     }
 
-    /// Keys set here win over `other`'s.
-    pub fn or(self, other: Self) -> Self {
-        Self {
-            data_dir: self.data_dir.or(other.data_dir),
-            database_url: self.database_url.or(other.database_url),
-            keyring_file: self.keyring_file.or(other.keyring_file),
-            http_addr: self.http_addr.or(other.http_addr),
-            http_max_connections: self.http_max_connections.or(other.http_max_connections),
-            grpc_addr: self.grpc_addr.or(other.grpc_addr),
-            admin_addr: self.admin_addr.or(other.admin_addr),
-            issuer: self.issuer.or(other.issuer),
-            service_token_hashes: self.service_token_hashes.or(other.service_token_hashes),
-            support_token_hashes: self.support_token_hashes.or(other.support_token_hashes),
-            db_max_connections: self.db_max_connections.or(other.db_max_connections),
-            log_format: self.log_format.or(other.log_format),
-            pwned_mode: self.pwned_mode.or(other.pwned_mode),
-            pwned_url: self.pwned_url.or(other.pwned_url),
-            pwned_dir: self.pwned_dir.or(other.pwned_dir),
-            pwned_failure: self.pwned_failure.or(other.pwned_failure),
-            pwned_threshold: self.pwned_threshold.or(other.pwned_threshold),
-            smtp_url: self.smtp_url.or(other.smtp_url),
-            smtp_from: self.smtp_from.or(other.smtp_from),
-            web_rate_limit_per_minute: self.web_rate_limit_per_minute.or(other.web_rate_limit_per_minute),
-            web_post_rate_limit_per_minute: self
-                .web_post_rate_limit_per_minute
-                .or(other.web_post_rate_limit_per_minute),
-            trusted_proxies: self.trusted_proxies.or(other.trusted_proxies),
-            grpc_tls_cert: self.grpc_tls_cert.or(other.grpc_tls_cert),
-            grpc_tls_key: self.grpc_tls_key.or(other.grpc_tls_key),
-            grpc_client_ca: self.grpc_client_ca.or(other.grpc_client_ca),
-            reauth_window: self.reauth_window.or(other.reauth_window),
-            session_idle_timeout: self.session_idle_timeout.or(other.session_idle_timeout),
-            session_lifetime: self.session_lifetime.or(other.session_lifetime),
+    /// Keys set here win over `other`'s: merged key by key through their serde form, so a new
+    /// setting needs no merge code.
+    pub fn or(self, other: Self) -> Result<Self, ServerError> {
+        let bad = |e: serde_json::Error| ServerError::Config(format!("settings: {e}"));
+        let serde_json::Value::Object(mut merged) = serde_json::to_value(other).map_err(bad)? else {
+            return Err(ServerError::Config("settings: not a table".into()));
+        };
+        if let serde_json::Value::Object(mine) = serde_json::to_value(self).map_err(bad)? {
+            merged.extend(mine.into_iter().filter(|(_, v)| !v.is_null()));
         }
+        serde_json::from_value(serde_json::Value::Object(merged)).map_err(bad)
     }
 }
 
@@ -175,6 +192,8 @@ pub struct ServerConfig {
     pub grpc_tls: Option<GrpcTls>,
     /// Session lifetime, idle timeout and the re-authentication window.
     pub sessions: tessera_core::session::SessionPolicy,
+    /// How often the keyring file is checked for a rotation.
+    pub keyring_check_interval: std::time::Duration,
 }
 
 /// Files of the gRPC listener's TLS.
@@ -289,6 +308,16 @@ impl ServerConfig {
         if sessions.reauth_window < time::Duration::minutes(1) || sessions.reauth_window > time::Duration::hours(12) {
             return Err(ServerError::Config("reauth_window must be between 1m and 12h".into()));
         }
+        let keyring_check_interval = match &given.keyring_check_interval {
+            None => std::time::Duration::from_secs(5),
+            Some(v) => {
+                let d = parse_duration(v, "keyring_check_interval")?;
+                if d < time::Duration::seconds(1) || d > time::Duration::hours(1) {
+                    return Err(ServerError::Config("keyring_check_interval must be between 1s and 1h".into()));
+                }
+                std::time::Duration::from_secs(d.whole_seconds().unsigned_abs())
+            }
+        };
         let http = HttpLimits {
             max_connections: match given.http_max_connections {
                 None => HttpLimits::default().max_connections,
@@ -298,6 +327,7 @@ impl ServerConfig {
             ..HttpLimits::default()
         };
         Ok(Self {
+            keyring_check_interval,
             sessions,
             http,
             grpc_tls,
@@ -447,6 +477,49 @@ mod tests {
         }
     }
 
+    /// One declaration: the same struct is the flags (with their `TESSERA_*` names) and the
+    /// file's keys, and flags win key by key.
+    #[test]
+    fn flags_and_file_are_one_declaration() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            c: ConfigFile,
+        }
+        let flags = Cli::try_parse_from([
+            "tessera",
+            "--issuer",
+            "Flag",
+            "--trusted-proxies",
+            "10.0.0.0/8,::1",
+            "--keyring-check-interval",
+            "2s",
+        ])
+        .unwrap()
+        .c;
+        assert_eq!(flags.trusted_proxies.as_deref(), Some(&["10.0.0.0/8".to_owned(), "::1".to_owned()][..]));
+        assert!(Cli::try_parse_from(["tessera", "--data-dir", "x"]).is_err(), "global flags live on the CLI");
+        let file: ConfigFile =
+            toml::from_str("issuer = \"File\"\nhttp_addr = \"127.0.0.1:9000\"\nkeyring_check_interval = \"9s\"")
+                .unwrap();
+        let merged = flags.or(file).unwrap();
+        assert_eq!(merged.issuer.as_deref(), Some("Flag"));
+        assert_eq!(merged.http_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9000"));
+        let c = ServerConfig::resolve(merged, None).unwrap();
+        assert_eq!(c.keyring_check_interval, std::time::Duration::from_secs(2));
+        assert!(toml::from_str::<ConfigFile>("isuer = \"typo\"").is_err(), "unknown keys are refused");
+        for bad in ["0s", "2h", "soon"] {
+            let given = ConfigFile { keyring_check_interval: Some(bad.into()), ..Default::default() };
+            let e = ServerConfig::resolve(given, None).unwrap_err().to_string();
+            assert!(e.contains("keyring_check_interval"), "{bad}: {e}");
+        }
+        assert_eq!(
+            ServerConfig::resolve(ConfigFile::default(), None).unwrap().keyring_check_interval,
+            std::time::Duration::from_secs(5)
+        );
+    }
+
     #[test]
     fn defaults_and_precedence() {
         let c = ServerConfig::resolve(ConfigFile::default(), None).unwrap();
@@ -462,7 +535,7 @@ mod tests {
         )
         .unwrap();
         let flags = ConfigFile { issuer: Some("Flag".into()), ..Default::default() };
-        let c = ServerConfig::resolve(flags.or(file), None).unwrap();
+        let c = ServerConfig::resolve(flags.or(file).unwrap(), None).unwrap();
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9000");
         assert_eq!(c.issuer, "Flag");
         assert!(matches!(c.tokens, TokenSource::Hashes(ref h) if h.len() == 1));

@@ -19,6 +19,7 @@ use tessera_core::clock::{Clock, SystemClock};
 use tessera_grpc::{FactorServiceServer, FactorSvc, IdentityServiceServer, IdentitySvc, TokenAuth};
 use tessera_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,8 @@ pub struct Prepared {
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     /// The HTTP listener's limits.
     pub http: HttpLimits,
+    /// How often the keyring file is checked for a rotation.
+    pub keyring_check_interval: std::time::Duration,
 }
 
 /// Open the database (running migrations), the keyring (created on first start, 0600) and
@@ -140,6 +143,7 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         mailer,
         web: cfg.web.clone(),
         http: cfg.http,
+        keyring_check_interval: cfg.keyring_check_interval,
     })
 }
 
@@ -176,11 +180,8 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let Prepared { app, auth, mailer, web, grpc_tls, http: http_limits, .. } = prepared;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
+    let Prepared { app, auth, mailer, web, grpc_tls, http: http_limits, keyring_check_interval, .. } = prepared;
+    let stop = CancellationToken::new();
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<FactorServiceServer<FactorSvc>>().await;
@@ -209,17 +210,17 @@ pub async fn run(
         .add_service(identity)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-            wait(stop_rx.clone()),
+            stop.clone().cancelled_owned(),
         );
     let router = http::health(app.clone()).merge(tessera_web::router(app.clone(), web));
-    let http = listen::serve(listeners.http, router, http_limits, wait(stop_rx.clone()));
+    let http = listen::serve(listeners.http, router, http_limits, stop.clone().cancelled_owned());
     // Its own permits, so a flood of the public listener cannot starve the metrics scrape.
     let admin_limits = HttpLimits { max_connections: ADMIN_MAX_CONNECTIONS, ..http_limits };
-    let admin = listen::serve(listeners.admin, http::admin(app.clone()), admin_limits, wait(stop_rx.clone()));
+    let admin = listen::serve(listeners.admin, http::admin(app.clone()), admin_limits, stop.clone().cancelled_owned());
 
     let outbox = mailer.map(|m| {
         let app = app.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             loop {
                 if let Err(e) = app.deliver_notifications(&m, 100).await {
@@ -227,11 +228,12 @@ pub async fn run(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                    _ = stop.wait_for(|v| *v) => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         })
     });
+    let keyring = tokio::spawn(watch_keyring(app.keys().clone(), keyring_check_interval, stop.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
     let admin = tokio::spawn(admin);
@@ -239,17 +241,56 @@ pub async fn run(
     tracing::info!("shutting down: no new connections; finishing in-flight calls");
     health.set_not_serving::<FactorServiceServer<FactorSvc>>().await;
     health.set_not_serving::<IdentityServiceServer<IdentitySvc>>().await;
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let g = grpc.await.map_err(|e| ServerError::Config(format!("gRPC task: {e}")))?;
     http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
     admin.await.map_err(|e| ServerError::Config(format!("admin HTTP task: {e}")))?;
     if let Some(o) = outbox {
         let _ = o.await;
     }
+    let _ = keyring.await;
     app.store().close().await;
     g?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Swap in the keyring when its file changes (checked every `every`) or at once on SIGHUP,
+/// until `stop`: a `tessera keys rotate` reaches this replica without a restart, and from then
+/// on new secrets are sealed, and new recovery codes MACed, under the new key. A file that
+/// cannot be read or parsed is logged and the keys in use are kept.
+async fn watch_keyring(keys: KeyringSource, every: std::time::Duration, stop: CancellationToken) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keys.publish_metrics();
+    // Log a failure once, not at every check, until the file reads again.
+    let mut failing = false;
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = hangup => true,
+        };
+        match if forced { keys.reload().map(Some) } else { keys.reload_if_changed() } {
+            Err(e) if !failing || forced => {
+                failing = true;
+                tracing::error!(error = %e, path = %keys.path().display(), "keyring reload failed: keeping the keys in use");
+            }
+            Err(_) => {}
+            Ok(_) => failing = false,
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

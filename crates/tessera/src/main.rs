@@ -93,81 +93,14 @@ enum SupportCommand {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// HTTP address for the web pages, /healthz, /readyz [default: 127.0.0.1:8080].
-    #[arg(long, env = "TESSERA_HTTP_ADDR")]
-    http_addr: Option<std::net::SocketAddr>,
-    /// Open HTTP connections at most; more wait to be accepted until one closes [default: 1024].
-    #[arg(long, env = "TESSERA_HTTP_MAX_CONNECTIONS")]
-    http_max_connections: Option<u32>,
-    /// gRPC address [default: 127.0.0.1:50051].
-    #[arg(long, env = "TESSERA_GRPC_ADDR")]
-    grpc_addr: Option<std::net::SocketAddr>,
-    /// Admin HTTP address for /metrics, /healthz, /readyz; keep it off the public network
-    /// [default: 127.0.0.1:9090].
-    #[arg(long, env = "TESSERA_ADMIN_ADDR")]
-    admin_addr: Option<std::net::SocketAddr>,
     /// TOML configuration file (flags and TESSERA_* variables override its keys).
     #[arg(long, env = "TESSERA_CONFIG")]
     config: Option<PathBuf>,
-    /// Log as JSON lines instead of text.
+    /// Log as JSON lines instead of text (as --log-format json).
     #[arg(long, env = "TESSERA_LOG_JSON")]
     log_json: bool,
-    /// Issuer shown in authenticator apps [default: Tessera].
-    #[arg(long, env = "TESSERA_ISSUER")]
-    issuer: Option<String>,
-    /// Database pool size [default: 16].
-    #[arg(long, env = "TESSERA_DB_MAX_CONNECTIONS")]
-    db_max_connections: Option<u32>,
-    /// Breached-password check: online, offline or off [default: online].
-    #[arg(long, env = "TESSERA_PWNED_MODE")]
-    pwned_mode: Option<String>,
-    /// Range API base URL [default: https://api.pwnedpasswords.com].
-    #[arg(long, env = "TESSERA_PWNED_URL")]
-    pwned_url: Option<String>,
-    /// Range directory for --pwned-mode offline.
-    #[arg(long, env = "TESSERA_PWNED_DIR")]
-    pwned_dir: Option<PathBuf>,
-    /// When the check cannot answer: open (allow, log) or closed (refuse) [default: open].
-    #[arg(long, env = "TESSERA_PWNED_FAILURE")]
-    pwned_failure: Option<String>,
-    /// SMTP relay for notifications, e.g. smtp://127.0.0.1:25 or smtps://user:pass@host:465.
-    #[arg(long, env = "TESSERA_SMTP_URL")]
-    smtp_url: Option<String>,
-    /// Sender of notifications.
-    #[arg(long, env = "TESSERA_SMTP_FROM")]
-    smtp_from: Option<String>,
-    /// POSTs to the sign-up, login, code and re-authentication pages per client per minute;
-    /// 0 turns it off [default: 20].
-    #[arg(long, env = "TESSERA_WEB_RATE_LIMIT_PER_MINUTE")]
-    web_rate_limit_per_minute: Option<u32>,
-    /// Every other POST of the pages per client per minute, a budget of its own; 0 turns it
-    /// off [default: 60].
-    #[arg(long, env = "TESSERA_WEB_POST_RATE_LIMIT_PER_MINUTE")]
-    web_post_rate_limit_per_minute: Option<u32>,
-    /// Reverse proxies in front of the pages, as CIDRs or addresses (comma-separated): a request
-    /// from one has its client address taken from X-Forwarded-For, walked from the right past
-    /// trusted proxies [default: none; the client address is the socket's peer].
-    #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_delimiter = ',')]
-    trusted_proxies: Vec<String>,
-    /// Serve gRPC over TLS with this PEM certificate chain (with --grpc-tls-key).
-    #[arg(long, env = "TESSERA_GRPC_TLS_CERT")]
-    grpc_tls_cert: Option<PathBuf>,
-    /// The PEM private key of --grpc-tls-cert.
-    #[arg(long, env = "TESSERA_GRPC_TLS_KEY")]
-    grpc_tls_key: Option<PathBuf>,
-    /// Require gRPC clients to present a certificate signed by this PEM CA (mTLS).
-    #[arg(long, env = "TESSERA_GRPC_CLIENT_CA")]
-    grpc_client_ca: Option<PathBuf>,
-    /// Sensitive actions (factors, recovery codes, other sessions, account changes) need a
-    /// factor (or, without one, the password) proven this recently [default: 15m].
-    #[arg(long, env = "TESSERA_REAUTH_WINDOW")]
-    reauth_window: Option<String>,
-    /// A session unused this long ends [default: 30m].
-    #[arg(long, env = "TESSERA_SESSION_IDLE_TIMEOUT")]
-    session_idle_timeout: Option<String>,
-    /// A session ends this long after sign-in at the latest [default: 12h].
-    #[arg(long, env = "TESSERA_SESSION_LIFETIME")]
-    session_lifetime: Option<String>,
+    #[command(flatten)]
+    settings: ConfigFile,
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,43 +171,22 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
              with --trusted-proxies / TESSERA_TRUSTED_PROXIES (CIDRs, comma-separated)"
         );
     }
-    let given = ConfigFile {
+    let mut given = ConfigFile {
         data_dir: cli.data_dir.clone(),
         database_url: cli.database_url.clone(),
         keyring_file: cli.keyring.clone(),
-        http_addr: args.http_addr,
-        http_max_connections: args.http_max_connections,
-        grpc_addr: args.grpc_addr,
-        admin_addr: args.admin_addr,
-        issuer: args.issuer.clone(),
-        service_token_hashes: None,
-        support_token_hashes: None,
-        db_max_connections: args.db_max_connections,
-        log_format: args.log_json.then(|| "json".to_owned()),
-        pwned_mode: args.pwned_mode.clone(),
-        pwned_url: args.pwned_url.clone(),
-        pwned_dir: args.pwned_dir.clone(),
-        pwned_failure: args.pwned_failure.clone(),
-        pwned_threshold: None,
-        smtp_url: args.smtp_url.clone(),
-        smtp_from: args.smtp_from.clone(),
-        web_rate_limit_per_minute: args.web_rate_limit_per_minute,
-        web_post_rate_limit_per_minute: args.web_post_rate_limit_per_minute,
-        trusted_proxies: (!args.trusted_proxies.is_empty()).then(|| args.trusted_proxies.clone()),
-        grpc_tls_cert: args.grpc_tls_cert.clone(),
-        grpc_tls_key: args.grpc_tls_key.clone(),
-        grpc_client_ca: args.grpc_client_ca.clone(),
-        reauth_window: args.reauth_window.clone(),
-        session_idle_timeout: args.session_idle_timeout.clone(),
-        session_lifetime: args.session_lifetime.clone(),
+        ..args.settings.clone()
     };
+    if args.log_json {
+        given.log_format = Some("json".into());
+    }
     let file = match &args.config {
         Some(p) => ConfigFile::load(p)?,
         None => ConfigFile::default(),
     };
     let token = std::env::var("TESSERA_SERVICE_TOKEN").ok();
     let support = std::env::var("TESSERA_SUPPORT_TOKEN").ok();
-    let cfg = ServerConfig::resolve_with_support(given.or(file), token, support)?;
+    let cfg = ServerConfig::resolve_with_support(given.or(file)?, token, support)?;
     init_logs(cfg.log_json);
     let prepared = tessera_server::prepare(&cfg, None).await?;
     let grpc = tokio::net::TcpListener::bind(cfg.grpc_addr)
@@ -352,12 +264,11 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<()> {
             eprintln!("BACK UP {} now: without it no enrolled authenticator can be verified.", path.display());
         }
         KeysCommand::Rotate => {
-            let mut k = keyfile::read_file(&path)?;
-            let old = k.current_id();
-            let new = k.rotate()?;
-            keyfile::write_file(&path, &k)?;
+            let (old, new) = KeyringSource::from_file(&path, false)?.0.rotate()?;
             println!("added key {new} and made it current (was {old})");
-            println!("running services pick it up on their own; then run `tessera keys reencrypt`");
+            println!(
+                "running services swap it in within seconds (or at once on SIGHUP); then run `tessera keys reencrypt`"
+            );
         }
         KeysCommand::Status => {
             let app = cli.app().await?;
@@ -388,19 +299,7 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<()> {
         }
         KeysCommand::Retire { key_id } => {
             let id = KeyId::new(key_id)?;
-            if keyfile::read_file(&path)?.current_id() == id {
-                bail!("key {id} is the current key; rotate first");
-            }
-            let app = cli.app().await?;
-            if app.key_in_use(id.as_str()).await? {
-                bail!(
-                    "key {id} is still used by some rows (see `tessera keys status`): run `tessera keys reencrypt`; \
-                     recovery codes under it go when users regenerate or use them"
-                );
-            }
-            let mut k = keyfile::read_file(&path)?;
-            k.retire(&id)?;
-            keyfile::write_file(&path, &k)?;
+            cli.app().await?.retire_key(&id).await?;
             println!("retired key {id}");
         }
     }

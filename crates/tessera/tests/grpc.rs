@@ -90,7 +90,8 @@ impl InProcess {
         let dir = tempfile::tempdir().unwrap();
         let given =
             ConfigFile { data_dir: Some(dir.path().to_owned()), pwned_mode: Some("off".into()), ..Default::default() }
-                .or(given);
+                .or(given)
+                .unwrap();
         let mut cfg = ServerConfig::resolve_with_support(given, Some(TOKEN.into()), Some(SUPPORT.into())).unwrap();
         tweak(&mut cfg);
         let clock = ManualClock::at_unix(1_767_225_610);
@@ -1129,4 +1130,116 @@ async fn http_caps_open_connections() {
     let out = tokio::time::timeout(Duration::from_secs(10), read_health(&mut third)).await;
     assert!(out.expect("not served after a connection closed").starts_with("HTTP/1.1 200"));
     srv.stop().await;
+}
+
+/// Run `tessera keys …` on the data directory a server uses.
+fn keys_cli(data: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .env_remove("TESSERA_DATABASE_URL")
+        .env_remove("TESSERA_KEYRING_FILE")
+        .env("TESSERA_DATA_DIR", data)
+        .env("TESSERA_LOG", "warn")
+        .arg("keys")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keys {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `(totp_secrets, recovery_codes)` under `key` in `tessera keys status`.
+fn key_rows(status: &str, key: &str) -> (u64, u64) {
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} in {status}"));
+    let n: Vec<u64> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
+    (n[0], n[1])
+}
+
+fn current_key_of(status: &str) -> String {
+    status.lines().find(|l| l.contains(" yes ")).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+/// Wait until the server's metrics say `key` seals new secrets (the swap happened).
+async fn wait_for_current_key(p: &Proc, key: &str) {
+    let admin = p.admin.trim_start_matches("http://").parse::<SocketAddr>().unwrap();
+    let want = format!("tessera_keyring_current{{key_id=\"{key}\"}} 1");
+    for _ in 0..100 {
+        if http_get(admin, "/metrics").1.lines().any(|l| l == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the running server did not swap in key {key} within 10 s");
+}
+
+/// Enrol and confirm `subject` over gRPC; returns its secret.
+async fn enrol_confirmed(c: &Client, subject: &str) -> String {
+    let e = c.enroll_totp(enroll(subject)).await.unwrap();
+    let r = c.confirm_totp(subject, &e.factor_id, &code_at(&e.secret_base32, SystemClock.now().unix_timestamp())).await;
+    assert_eq!(r.unwrap().recovery_codes.len(), 10);
+    e.secret_base32
+}
+
+/// A rotation reaches a running server without a restart (it checks the keyring file every
+/// `--keyring-check-interval`): the next enrolment is sealed, and its recovery codes MACed,
+/// under the new key; after `keys reencrypt` no TOTP secret uses the old key, and every device
+/// still verifies against the same running process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_while_serving_seals_under_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let mut p = spawn_serve(data, &["--keyring-check-interval", "1s"]);
+    let c = Client::connect(&format!("http://{}", p.grpc), TOKEN, Default::default()).await.unwrap();
+    let alice = enrol_confirmed(&c, "alice").await;
+    let old = current_key_of(&keys_cli(data, &["status"]));
+    wait_for_current_key(&p, &old).await;
+
+    assert!(keys_cli(data, &["rotate"]).contains(&format!("was {old}")));
+    let new = current_key_of(&keys_cli(data, &["status"]));
+    assert_ne!(new, old);
+    wait_for_current_key(&p, &new).await;
+
+    let bob = enrol_confirmed(&c, "bob").await;
+    let status = keys_cli(data, &["status"]);
+    assert_eq!(key_rows(&status, &new), (1, 10), "bob's secret and codes under the new key: {status}");
+    assert_eq!(key_rows(&status, &old), (1, 10), "alice's, made before the rotation, keep theirs: {status}");
+
+    assert!(keys_cli(data, &["reencrypt"]).contains("re-encrypted 1 TOTP secrets"));
+    let status = keys_cli(data, &["status"]);
+    assert_eq!(key_rows(&status, &old), (0, 10), "no TOTP secret under the old key: {status}");
+    assert_eq!(key_rows(&status, &new), (2, 10), "{status}");
+    let next = SystemClock.now().unix_timestamp() + 30;
+    assert!(c.verify_totp("bob", &code_at(&bob, next), None).await.unwrap().is_accepted());
+    // Once alice's codes are regenerated nothing uses the old key: it retires, the running
+    // server swaps the retired keyring in, and alice's re-encrypted device still verifies.
+    assert_eq!(c.regenerate_recovery_codes("alice").await.unwrap().len(), 10);
+    assert!(keys_cli(data, &["retire", &old]).contains("retired"));
+    let admin = p.admin.trim_start_matches("http://").parse::<SocketAddr>().unwrap();
+    for _ in 0..100 {
+        if http_get(admin, "/metrics").1.contains("tessera_keyring_keys 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(http_get(admin, "/metrics").1.contains("tessera_keyring_keys 1"), "the retired keyring is swapped in");
+    assert!(c.verify_totp("alice", &code_at(&alice, next), None).await.unwrap().is_accepted());
+    assert!(sigterm(&mut p).success());
+}
+
+/// SIGHUP swaps the keyring in at once, however long the check interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_keyring() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let mut p = spawn_serve(data, &["--keyring-check-interval", "1h"]);
+    let c = Client::connect(&format!("http://{}", p.grpc), TOKEN, Default::default()).await.unwrap();
+    let old = current_key_of(&keys_cli(data, &["status"]));
+    wait_for_current_key(&p, &old).await;
+    keys_cli(data, &["rotate"]);
+    let new = current_key_of(&keys_cli(data, &["status"]));
+    let st = Command::new("kill").args(["-HUP", &p.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    wait_for_current_key(&p, &new).await;
+    enrol_confirmed(&c, "carol").await;
+    assert_eq!(key_rows(&keys_cli(data, &["status"]), &new), (1, 10));
+    assert!(sigterm(&mut p).success(), "SIGHUP does not stop the server");
 }
