@@ -3,8 +3,10 @@
 
 use time::OffsetDateTime;
 
-/// What kind of factor. TOTP is the first; the store is generic over kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What kind of factor. TOTP is the first; the store is generic over kinds. Its storage name
+/// is the snake_case variant name (`strum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum FactorKind {
     /// An RFC 6238 authenticator app.
     Totp,
@@ -13,18 +15,17 @@ pub enum FactorKind {
 impl FactorKind {
     /// Storage name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Totp => "totp",
-        }
+        self.into()
     }
     /// Parse the storage name.
     pub fn parse(s: &str) -> Option<Self> {
-        (s == "totp").then_some(Self::Totp)
+        s.parse().ok()
     }
 }
 
 /// Pending until confirmed with a first code; only active factors verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum FactorStatus {
     /// Enrolled but not yet confirmed.
     Pending,
@@ -35,18 +36,11 @@ pub enum FactorStatus {
 impl FactorStatus {
     /// Storage name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Active => "active",
-        }
+        self.into()
     }
     /// Parse the storage name.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(Self::Pending),
-            "active" => Some(Self::Active),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
@@ -77,8 +71,10 @@ pub struct Factor {
     pub started_in: Option<String>,
 }
 
-/// Kinds of audit event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Kinds of audit event. The storage name is the snake_case variant name (`strum`); stored
+/// names are never renamed (old rows keep them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum AuditKind {
     /// A TOTP device was enrolled (pending).
     TotpEnrolled,
@@ -144,36 +140,66 @@ pub enum AuditKind {
 impl AuditKind {
     /// Storage name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TotpEnrolled => "totp_enrolled",
-            Self::TotpConfirmed => "totp_confirmed",
-            Self::TotpConfirmFailed => "totp_confirm_failed",
-            Self::TotpVerified => "totp_verified",
-            Self::TotpRejected => "totp_rejected",
-            Self::AttemptWhileLocked => "attempt_while_locked",
-            Self::Locked => "locked",
-            Self::RecoveryCodesGenerated => "recovery_codes_generated",
-            Self::RecoveryCodeRedeemed => "recovery_code_redeemed",
-            Self::RecoveryCodeRejected => "recovery_code_rejected",
-            Self::FactorRemoved => "factor_removed",
-            Self::UserCreated => "user_created",
-            Self::PasswordRejected => "password_rejected",
-            Self::LoginSucceeded => "login_succeeded",
-            Self::SecondFactorChallenged => "second_factor_challenged",
-            Self::ChallengesVoided => "challenges_voided",
-            Self::SessionsRevoked => "sessions_revoked",
-            Self::AccountCreated => "account_created",
-            Self::MemberAdded => "member_added",
-            Self::AccountPolicyChanged => "account_policy_changed",
-            Self::SupportMfaReset => "support_mfa_reset",
-            Self::Reauthenticated => "reauthenticated",
-            Self::TotpDisabled => "totp_disabled",
-            Self::PasswordSignInSuspended => "password_sign_in_suspended",
-            Self::MemberInvited => "member_invited",
-            Self::InvitationAccepted => "invitation_accepted",
-            Self::InvitationClosed => "invitation_closed",
-            Self::MemberRemoved => "member_removed",
-            Self::MemberRoleChanged => "member_role_changed",
+        self.into()
+    }
+    /// Parse a storage name (`None` for a kind this version does not know).
+    pub fn parse(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use strum::VariantArray;
+
+    /// Stored names are data: renaming a variant must not change one. Written out verbatim.
+    #[test]
+    fn storage_names_are_fixed_and_round_trip() {
+        let names: Vec<&str> = AuditKind::VARIANTS.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "totp_enrolled",
+                "totp_confirmed",
+                "totp_confirm_failed",
+                "totp_verified",
+                "totp_rejected",
+                "attempt_while_locked",
+                "locked",
+                "recovery_codes_generated",
+                "recovery_code_redeemed",
+                "recovery_code_rejected",
+                "factor_removed",
+                "user_created",
+                "password_rejected",
+                "login_succeeded",
+                "second_factor_challenged",
+                "challenges_voided",
+                "sessions_revoked",
+                "account_created",
+                "member_added",
+                "account_policy_changed",
+                "support_mfa_reset",
+                "reauthenticated",
+                "totp_disabled",
+                "password_sign_in_suspended",
+                "member_invited",
+                "invitation_accepted",
+                "invitation_closed",
+                "member_removed",
+                "member_role_changed",
+            ]
+        );
+        for k in AuditKind::VARIANTS {
+            assert_eq!(AuditKind::parse(k.as_str()), Some(*k));
         }
+        assert_eq!(AuditKind::parse("Locked"), None, "names are case-sensitive");
+        assert_eq!(AuditKind::parse("no_such_kind"), None);
+        assert_eq!((FactorKind::Totp.as_str(), FactorKind::parse("totp")), ("totp", Some(FactorKind::Totp)));
+        assert_eq!(FactorStatus::parse(FactorStatus::Pending.as_str()), Some(FactorStatus::Pending));
+        assert_eq!(FactorStatus::Active.as_str(), "active");
+        assert_eq!(FactorStatus::parse("Active"), None);
     }
 }

@@ -6,7 +6,8 @@
 use std::fmt;
 
 /// A member's role in an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum Role {
     /// Plain member.
     Member,
@@ -19,21 +20,12 @@ pub enum Role {
 impl Role {
     /// Storage and wire name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Owner => "owner",
-            Self::Admin => "admin",
-            Self::Member => "member",
-        }
+        self.into()
     }
 
     /// Parse a storage or wire name.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "owner" => Some(Self::Owner),
-            "admin" => Some(Self::Admin),
-            "member" => Some(Self::Member),
-            _ => None,
-        }
+        s.parse().ok()
     }
 
     /// Whether this role manages the account (members, invitations, policy).
