@@ -4,6 +4,7 @@
 
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
+use cookie::{Cookie, SameSite};
 
 /// The session token (only its hash is stored).
 pub(crate) const SESSION: &str = "__Host-tessera_session";
@@ -17,28 +18,38 @@ pub(crate) const BROWSER: &str = "__Host-tessera_browser";
 /// How long the known-browser cookie lives (400 days: the longest browsers keep a cookie).
 pub(crate) const BROWSER_MAX_AGE: i64 = 400 * 24 * 3600;
 
-/// The value of cookie `name` in the request, if present and non-empty.
+/// The value of cookie `name` in the request (every `Cookie` header, parsed by the `cookie`
+/// crate), if present, non-empty and of a sane length (our tokens are 43 characters).
 pub(crate) fn get(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value_trimmed().to_owned())
         .filter(|v| !v.is_empty() && v.len() <= 256)
+}
+
+fn ours(name: &str, value: &str) -> cookie::CookieBuilder<'static> {
+    Cookie::build((name.to_owned(), value.to_owned())).path("/").secure(true).http_only(true).same_site(SameSite::Lax)
 }
 
 /// A `Set-Cookie` value. `max_age` in seconds; `None` makes a browser-session cookie.
 pub(crate) fn set(name: &str, value: &str, max_age: Option<i64>) -> String {
-    let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
-    format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Lax{age}")
+    let c = ours(name, value);
+    match max_age {
+        Some(s) => c.max_age(time::Duration::seconds(s)),
+        None => c,
+    }
+    .build()
+    .to_string()
 }
 
 /// A `Set-Cookie` value that deletes the cookie.
 pub(crate) fn clear(name: &str) -> String {
-    format!("{name}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+    ours(name, "").max_age(time::Duration::ZERO).build().to_string()
 }
 
 #[cfg(test)]

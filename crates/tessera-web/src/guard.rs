@@ -1,5 +1,6 @@
-//! The one middleware every page passes through: client address, CSRF, rate limits and the
-//! security headers. Keeping them here means no handler can forget one.
+//! The one middleware every page passes through: client address, CSRF, then rate limits; and
+//! the security headers and the request timeout, as `tower-http` layers around it
+//! ([`layers`]). Keeping them here means no handler can forget one.
 
 use crate::{Web, cookies, views};
 use axum::body::Body;
@@ -105,29 +106,37 @@ fn fresh_token() -> Option<String> {
     tessera_core::random::bytes::<32>().ok().map(|b| data_encoding::BASE64URL_NOPAD.encode(&b))
 }
 
-/// The `csrf` field of an urlencoded form body.
+/// The `csrf` field of an urlencoded form body (the other fields are the handler's).
 fn form_csrf(body: &[u8]) -> Option<String> {
-    body.split(|b| *b == b'&').find_map(|pair| {
-        let s = std::str::from_utf8(pair).ok()?;
-        let (k, v) = s.split_once('=')?;
-        (k == "csrf").then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
-    })
+    #[derive(serde::Deserialize)]
+    struct Csrf {
+        csrf: Option<String>,
+    }
+    serde_urlencoded::from_bytes::<Csrf>(body).ok()?.csrf
 }
 
-fn security_headers(h: &mut HeaderMap) {
-    let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
-        h.insert(k, HeaderValue::from_static(v));
-    };
-    set(h, "content-security-policy", CSP);
-    set(h, "x-frame-options", "DENY");
-    set(h, "x-content-type-options", "nosniff");
-    set(h, "referrer-policy", "no-referrer");
-    set(h, "cross-origin-opener-policy", "same-origin");
-    set(h, "permissions-policy", "camera=(), microphone=(), geolocation=(), interest-cohort=()");
-    if !h.contains_key(header::CACHE_CONTROL) {
-        // Pages show secrets, recovery codes and personal activity: never cache them.
-        set(h, "cache-control", "no-store");
-    }
+/// A whole request, body included, must be answered within this (a client trickling its
+/// form in byte by byte holds a connection slot no longer).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Apply the layers that wrap every page: the request timeout (408) and the security headers
+/// on every response, the framework's and the timeout's included.
+pub(crate) fn layers<S: Clone + Send + Sync + 'static>(r: axum::Router<S>) -> axum::Router<S> {
+    use tower_http::set_header::SetResponseHeaderLayer as Set;
+    let h = HeaderValue::from_static;
+    r.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        // Pages show secrets, recovery codes and personal activity: never cache them (the
+        // static files say otherwise for themselves).
+        .layer(Set::if_not_present(header::CACHE_CONTROL, h("no-store")))
+        .layer(Set::overriding(header::CONTENT_SECURITY_POLICY, h(CSP)))
+        .layer(Set::overriding(header::X_FRAME_OPTIONS, h("DENY")))
+        .layer(Set::overriding(header::X_CONTENT_TYPE_OPTIONS, h("nosniff")))
+        .layer(Set::overriding(header::REFERRER_POLICY, h("no-referrer")))
+        .layer(Set::overriding(header::HeaderName::from_static("cross-origin-opener-policy"), h("same-origin")))
+        .layer(Set::overriding(
+            header::HeaderName::from_static("permissions-policy"),
+            h("camera=(), microphone=(), geolocation=(), interest-cohort=()"),
+        ))
 }
 
 /// Client address, CSRF check and then the rate limit on every POST, and security headers on
@@ -208,7 +217,6 @@ fn in_words(r: Response, csrf: &str) -> Response {
 }
 
 fn finish(mut r: Response, set_cookie: Option<String>) -> Response {
-    security_headers(r.headers_mut());
     if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().append(header::SET_COOKIE, c);
     }

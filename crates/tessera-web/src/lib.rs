@@ -62,5 +62,6 @@ pub fn router(app: App, config: WebConfig) -> axum::Router {
     let sign_in_limit = Arc::new(RateLimiter::new(config.rate_limit_per_minute));
     let post_limit = Arc::new(RateLimiter::new(config.post_rate_limit_per_minute));
     let web = Web { app, config: Arc::new(config), sign_in_limit, post_limit };
-    pages::routes().layer(axum::middleware::from_fn_with_state(web.clone(), guard::guard)).with_state(web)
+    guard::layers(pages::routes().layer(axum::middleware::from_fn_with_state(web.clone(), guard::guard)))
+        .with_state(web)
 }
