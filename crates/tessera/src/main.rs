@@ -121,7 +121,7 @@ struct ServeArgs {
     /// Breached-password check: online, offline or off [default: online].
     #[arg(long, env = "TESSERA_PWNED_MODE")]
     pwned_mode: Option<String>,
-    /// Range API base URL [default: https://api.pwnedpasswords.com].
+    /// Range API base URL [default: <https://api.pwnedpasswords.com>].
     #[arg(long, env = "TESSERA_PWNED_URL")]
     pwned_url: Option<String>,
     /// Range directory for --pwned-mode offline.
