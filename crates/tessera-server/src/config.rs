@@ -54,7 +54,7 @@ pub struct ConfigFile {
     /// Breached-password check: online, offline or off [default: online].
     #[arg(long, env = "TESSERA_PWNED_MODE")]
     pub pwned_mode: Option<String>,
-    /// Range API base URL [default: https://api.pwnedpasswords.com].
+    /// Range API base URL [default: <https://api.pwnedpasswords.com>].
     #[arg(long, env = "TESSERA_PWNED_URL")]
     pub pwned_url: Option<String>,
     /// Range directory for --pwned-mode offline.

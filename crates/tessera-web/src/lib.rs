@@ -3,7 +3,7 @@
 //! security settings (set up an authenticator by QR code, recovery codes, devices, other
 //! sessions), the user's activity, and accounts with their MFA policy.
 //!
-//! Security of the pages lives in one middleware ([`guard`]): every response carries the
+//! Security of the pages lives in one middleware (`guard.rs`): every response carries the
 //! security headers (a CSP without inline script, `X-Frame-Options: DENY`, no-store caching…),
 //! every POST must carry the CSRF token of its `__Host-` cookie (else 403), and then every POST
 //! is rate-limited per client, the sign-in and code forms more tightly. Sessions are `__Host-` cookies (Secure,
