@@ -2,7 +2,7 @@
 //! fresh PostgreSQL schema, the rule for which PostgreSQL to test against, the test clock, the
 //! code an authenticator shows, a client context, and the real `tessera serve` on ports the OS
 //! chooses. Only dev-dependencies point here; the crate itself sits beside the binary, above
-//! core, store and app.
+//! core, store and app (`tests/layering.rs` checks that for every crate).
 //!
 //! # Layout
 //! - `harness.rs` — [`Harness`] (the app, its store, keyring and manual clock) and [`both!`],
