@@ -1,13 +1,11 @@
 //! The store-backed suite of the use cases: every test runs on SQLite and on PostgreSQL.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
-use common::{Harness, ctx};
 use tessera_app::{AppError, ConfirmOutcome, EnrollRequest, Enrollment, Outcome};
 use tessera_core::CoreError;
 use tessera_core::factor::FactorStatus;
 use tessera_core::otp::{Algorithm, TotpParams};
+use tessera_testkit::{Harness, both, ctx};
 use time::Duration;
 
 fn req(subject: &str) -> EnrollRequest {
@@ -119,7 +117,7 @@ async fn concurrent_verifications_accept_one(h: &Harness) {
     for _ in 0..32 {
         let app = h.app.clone();
         let code = code.clone();
-        tasks.push(tokio::spawn(async move { app.verify_totp("carol", &code, &common::ctx()).await }));
+        tasks.push(tokio::spawn(async move { app.verify_totp("carol", &code, &ctx()).await }));
     }
     let mut wins = 0;
     for t in tasks {
@@ -145,7 +143,7 @@ async fn concurrent_redeems_accept_one(h: &Harness) {
     for _ in 0..16 {
         let app = h.app.clone();
         let code = code.clone();
-        tasks.push(tokio::spawn(async move { app.redeem_recovery_code("dave", &code, &common::ctx()).await }));
+        tasks.push(tokio::spawn(async move { app.redeem_recovery_code("dave", &code, &ctx()).await }));
     }
     let mut wins = 0;
     for t in tasks {
@@ -278,7 +276,7 @@ async fn concurrent_guesses_are_bounded(h: &Harness) {
     let mut tasks = Vec::new();
     for _ in 0..24 {
         let app = h.app.clone();
-        tasks.push(tokio::spawn(async move { app.verify_totp("ivan", bad, &common::ctx()).await.unwrap() }));
+        tasks.push(tokio::spawn(async move { app.verify_totp("ivan", bad, &ctx()).await.unwrap() }));
     }
     let mut rejected = 0;
     for t in tasks {

@@ -4,13 +4,13 @@
 //! lever for strangers (per address, and the 100-failure ceilings), invitations and roles.
 //! Every test runs on SQLite and PostgreSQL with the manual clock.
 
-use crate::common::{Harness, ctx};
-use crate::{accepted, active_device, both};
+use crate::{accepted, active_device};
 use tessera_app::{AppError, ClientContext, ConfirmOutcome, LoginOutcome, Proof, Session};
 use tessera_core::CoreError;
 use tessera_core::policy::{AccountAccess, Assurance};
 use tessera_core::roles::Role;
 use tessera_core::session::Recency;
+use tessera_testkit::{Harness, both, ctx, ctx_from};
 use time::Duration;
 
 pub(crate) const PW: &str = "correct horse battery staple";
@@ -43,10 +43,6 @@ async fn sess(h: &Harness, t: &str) -> Session {
 
 async fn who(h: &Harness, t: &str) -> Option<(String, Assurance)> {
     h.app.session(t).await.unwrap().map(|s| (s.user_id().to_owned(), s.assurance()))
-}
-
-fn from(ip: &str) -> ClientContext {
-    ClientContext { ip: Some(ip.into()), user_agent: Some("suite/1.0".into()), browser: None }
 }
 
 /// A fresh code for `secret`: the clock moves to the next step first, so no code is replayed.
@@ -214,7 +210,7 @@ both!(unknown_email_costs_one_hash_and_answers_the_same);
 /// still works from elsewhere. IPv6 addresses count per /64.
 async fn password_failures_lock_per_address(h: &Harness) {
     h.app.create_user("ada@example.com", PW, &ctx()).await.unwrap();
-    let stranger = from("198.51.100.7");
+    let stranger = ctx_from("198.51.100.7");
     for _ in 0..4 {
         assert_eq!(
             h.app.begin_login("ada@example.com", "guess guess guess", &stranger).await.unwrap(),
@@ -229,19 +225,22 @@ async fn password_failures_lock_per_address(h: &Harness) {
         matches!(h.app.begin_login("ada@example.com", PW, &stranger).await.unwrap(), LoginOutcome::Locked { .. }),
         "the guesser's address stays locked even with the right password"
     );
-    let o = h.app.begin_login("ada@example.com", PW, &from("203.0.113.9")).await.unwrap();
+    let o = h.app.begin_login("ada@example.com", PW, &ctx_from("203.0.113.9")).await.unwrap();
     assert!(matches!(o, LoginOutcome::Authenticated { .. }), "the owner elsewhere is not locked out: {o:?}");
 
     // one IPv6 /64 is one address
     for i in 1..=5 {
-        h.app.begin_login("ada@example.com", "guess guess guess", &from(&format!("2001:db8:0:7::{i}"))).await.unwrap();
+        h.app
+            .begin_login("ada@example.com", "guess guess guess", &ctx_from(&format!("2001:db8:0:7::{i}")))
+            .await
+            .unwrap();
     }
     assert!(matches!(
-        h.app.begin_login("ada@example.com", PW, &from("2001:db8:0:7::99")).await.unwrap(),
+        h.app.begin_login("ada@example.com", PW, &ctx_from("2001:db8:0:7::99")).await.unwrap(),
         LoginOutcome::Locked { .. }
     ));
     assert!(matches!(
-        h.app.begin_login("ada@example.com", PW, &from("2001:db8:0:8::1")).await.unwrap(),
+        h.app.begin_login("ada@example.com", PW, &ctx_from("2001:db8:0:8::1")).await.unwrap(),
         LoginOutcome::Authenticated { .. }
     ));
 }
@@ -259,8 +258,11 @@ async fn hundred_password_failures_suspend_sign_in(h: &Harness) {
     let guess_all = |email: &'static str| async move {
         // 5 failures lock an address: spread the guesses over enough addresses.
         for i in 0..limit {
-            let o =
-                h.app.begin_login(email, "guess guess guess", &from(&format!("10.1.{}.{}", i / 5, 1))).await.unwrap();
+            let o = h
+                .app
+                .begin_login(email, "guess guess guess", &ctx_from(&format!("10.1.{}.{}", i / 5, 1)))
+                .await
+                .unwrap();
             assert!(matches!(o, LoginOutcome::Failed | LoginOutcome::Locked { .. }), "{o:?}");
         }
     };
@@ -276,22 +278,28 @@ async fn hundred_password_failures_suspend_sign_in(h: &Harness) {
 
     // The right password from a new address, a new browser, or a made-up browser token: refused.
     let before = h.app.password_verifications();
-    assert_eq!(h.app.begin_login("ada@example.com", PW, &from("192.0.2.1")).await.unwrap(), LoginOutcome::Suspended);
-    let forged = ClientContext { browser: Some("A".repeat(43)), ..from("192.0.2.2") };
+    assert_eq!(
+        h.app.begin_login("ada@example.com", PW, &ctx_from("192.0.2.1")).await.unwrap(),
+        LoginOutcome::Suspended
+    );
+    let forged = ClientContext { browser: Some("A".repeat(43)), ..ctx_from("192.0.2.2") };
     assert_eq!(h.app.begin_login("ada@example.com", PW, &forged).await.unwrap(), LoginOutcome::Suspended);
     assert_eq!(h.app.password_verifications(), before, "a suspended attempt is not even checked");
     // An unknown email answers the same once it has had as many failures.
     guess_all("nobody@example.com").await;
-    assert_eq!(h.app.begin_login("nobody@example.com", PW, &from("192.0.2.3")).await.unwrap(), LoginOutcome::Suspended);
+    assert_eq!(
+        h.app.begin_login("nobody@example.com", PW, &ctx_from("192.0.2.3")).await.unwrap(),
+        LoginOutcome::Suspended
+    );
 
     // The browser that signed Ada in before may still sign her in, and that success lifts it.
-    let browser = ClientContext { browser: Some(known.to_string()), ..from("192.0.2.4") };
+    let browser = ClientContext { browser: Some(known.to_string()), ..ctx_from("192.0.2.4") };
     assert!(matches!(
         h.app.begin_login("ada@example.com", PW, &browser).await.unwrap(),
         LoginOutcome::Authenticated { .. }
     ));
     assert!(matches!(
-        h.app.begin_login("ada@example.com", PW, &from("192.0.2.5")).await.unwrap(),
+        h.app.begin_login("ada@example.com", PW, &ctx_from("192.0.2.5")).await.unwrap(),
         LoginOutcome::Authenticated { .. }
     ));
 }
@@ -998,14 +1006,17 @@ async fn reauthentication_respects_the_suspension(h: &Harness) {
     for i in 0..h.app.config().password_throttle.suspend_after {
         let o = h
             .app
-            .reauthenticate(&s, Proof::Password("guess guess guess"), &from(&format!("10.2.{}.1", i / 5)))
+            .reauthenticate(&s, Proof::Password("guess guess guess"), &ctx_from(&format!("10.2.{}.1", i / 5)))
             .await
             .unwrap();
         assert!(matches!(o, LoginOutcome::Failed | LoginOutcome::Locked { .. }), "{o:?}");
     }
-    let o = h.app.reauthenticate(&s, Proof::Password(PW), &from("192.0.2.9")).await.unwrap();
+    let o = h.app.reauthenticate(&s, Proof::Password(PW), &ctx_from("192.0.2.9")).await.unwrap();
     assert_eq!(o, LoginOutcome::Suspended, "no more password checks in a session either");
-    assert_eq!(h.app.begin_login("ada@example.com", PW, &from("192.0.2.9")).await.unwrap(), LoginOutcome::Suspended);
+    assert_eq!(
+        h.app.begin_login("ada@example.com", PW, &ctx_from("192.0.2.9")).await.unwrap(),
+        LoginOutcome::Suspended
+    );
     // Support lifts it without touching anything else (a reset-mfa would lift it too).
     assert!(matches!(
         h.app.support_unlock("nobody@example.com", "asked by phone", "sam", &c).await,
@@ -1013,7 +1024,7 @@ async fn reauthentication_respects_the_suspension(h: &Harness) {
     ));
     h.app.support_unlock("ADA@example.com", "guessing from a botnet; ID checked", "sam", &c).await.unwrap();
     assert!(matches!(
-        h.app.begin_login("ada@example.com", PW, &from("192.0.2.9")).await.unwrap(),
+        h.app.begin_login("ada@example.com", PW, &ctx_from("192.0.2.9")).await.unwrap(),
         LoginOutcome::Authenticated { .. }
     ));
     let (events, _) = h.app.list_audit_events(s.user_id(), 100, "").await.unwrap();
@@ -1031,7 +1042,7 @@ async fn a_burst_of_wrong_passwords_is_checked_at_most_a_hundred_times(h: &Harne
         .map(|i| {
             let app = h.app.clone();
             tokio::spawn(async move {
-                let c = from(&format!("10.3.{}.{}", i / 4, i % 4 + 1));
+                let c = ctx_from(&format!("10.3.{}.{}", i / 4, i % 4 + 1));
                 app.begin_login("ada@example.com", "guess guess guess", &c).await.unwrap()
             })
         })
