@@ -9,36 +9,33 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use tessera_app::{App, AppConfig, ClientContext, EnrollRequest, KeyringSource, PwnedConfig, PwnedSource};
-use tessera_core::clock::ManualClock;
-use tessera_core::otp::{self, Secret, TotpParams};
-use tessera_store::{Store, StoreOptions};
+use tessera_app::{AppConfig, ClientContext, EnrollRequest, PwnedConfig, PwnedSource};
+use tessera_testkit::{Harness, T0, code_at};
 use tessera_web::WebConfig;
 use tower::ServiceExt;
 
-const T0: i64 = 1_767_225_610; // 2026-01-01 00:00:10 UTC
 const PASSWORD: &str = "correct horse battery staple";
 
+/// The pages over a testkit app (SQLite, the manual clock at `T0`): `h.app`, `h.clock` and the
+/// rest of the harness through `Deref`.
 struct H {
-    app: App,
-    clock: ManualClock,
+    kit: Harness,
     router: axum::Router,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for H {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.kit
+    }
 }
 
 async fn harness(web: WebConfig) -> H {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
-    let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
-    store.migrate().await.unwrap();
-    let (keys, _) = KeyringSource::from_file(&dir.path().join("keyring"), true).unwrap();
-    let clock = ManualClock::at_unix(T0);
     let config =
         AppConfig { pwned: PwnedConfig { source: PwnedSource::Off, ..Default::default() }, ..Default::default() };
-    let app = App::new(store, keys, Arc::new(clock.clone()), config);
-    let router = tessera_web::router(app.clone(), web);
-    H { app, clock, router, _dir: dir }
+    let kit = Harness::sqlite(config).await;
+    let router = tessera_web::router(kit.app.clone(), web);
+    H { kit, router }
 }
 
 /// A browser: a cookie jar and an address.
@@ -123,11 +120,6 @@ impl Browser {
         f.push(("csrf", &token));
         self.send(h, Method::POST, path, &f, &[]).await
     }
-}
-
-fn code_at(secret: &str, unix: i64) -> String {
-    let s = Secret::from_base32(secret).unwrap();
-    otp::format_code(otp::totp(&s, &TotpParams::default(), unix), 6)
 }
 
 /// A user with an active authenticator; returns (user id, secret).

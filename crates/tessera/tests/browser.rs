@@ -8,15 +8,9 @@
 //! SKIPPED, except under CI=true, where it fails.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn loud(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
+use tessera_testkit::{Serve, loud};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -79,7 +73,8 @@ fn web_pages_in_headless_chromium() {
         // A short re-authentication window, so the scenario can show a session going stale.
         ("TESSERA_REAUTH_WINDOW", "1m"),
     ];
-    let common::Serve { mut child, http: base, .. } = common::spawn(data.path(), &[], &env);
+    let serve = Serve::spawn(env!("CARGO_BIN_EXE_tessera"), data.path(), &[], &env);
+    let base = serve.http.clone();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-e2e");
     let _ = std::fs::remove_dir_all(&out);
     let status = Command::new("node")
@@ -89,8 +84,7 @@ fn web_pages_in_headless_chromium() {
         .env("DATA_DIR", data.path())
         .status()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(serve); // stops the server
     assert!(status.success(), "the browser scenario failed (screenshots so far in {})", out.display());
     for page in [
         "01-signup",

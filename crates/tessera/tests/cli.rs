@@ -5,10 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use tessera_app::{App, AppConfig, ClientContext, ConfirmOutcome, EnrollRequest, KeyringSource, Outcome};
+use tessera_app::{ClientContext, ConfirmOutcome, EnrollRequest, Outcome};
 use tessera_core::clock::{Clock, SystemClock};
-use tessera_core::otp::{self, Secret, TotpParams};
-use tessera_store::{Store, StoreOptions};
+use tessera_testkit::{app_over, code_at};
 
 fn tessera(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -36,19 +35,9 @@ fn fails(out: Output) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-async fn app(data: &Path) -> App {
-    let store = Store::connect(&format!("sqlite://{}", data.join("tessera.db").display()), StoreOptions::default())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let (keys, _) = KeyringSource::from_file(&data.join("keyring"), false).unwrap();
-    App::new(store, keys, Arc::new(SystemClock), AppConfig::default())
-}
-
+/// The code an app shows now (by the system clock), `steps` steps away.
 fn code_now(secret: &str, steps: i64) -> String {
-    let s = Secret::from_base32(secret).unwrap();
-    let p = TotpParams::default();
-    otp::format_code(otp::totp(&s, &p, SystemClock.now().unix_timestamp() + 30 * steps), 6)
+    code_at(secret, SystemClock.now().unix_timestamp() + 30 * steps)
 }
 
 fn current_key(status: &str) -> String {
@@ -69,7 +58,7 @@ async fn keys_generate_rotate_reencrypt_retire() {
     let old = current_key(&ok(tessera(&data, &["keys", "status"])));
 
     // two active devices sealed under the first key
-    let a = app(&data).await;
+    let a = app_over(&data, Arc::new(SystemClock)).await;
     let ctx = ClientContext::default();
     let mut secrets = Vec::new();
     for s in ["alice", "bob"] {
@@ -116,7 +105,7 @@ async fn keys_generate_rotate_reencrypt_retire() {
     let status = ok(tessera(&data, &["keys", "status"]));
     assert!(!status.contains(&old), "{status}");
     // and after retirement, a fresh process opens every device with the new key alone
-    let fresh = app(&data).await;
+    let fresh = app_over(&data, Arc::new(SystemClock)).await;
     for (s, _) in &secrets {
         assert_eq!(fresh.list_factors(s).await.unwrap().len(), 1);
     }
@@ -149,7 +138,7 @@ async fn support_reset_mfa_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_owned();
     ok(tessera(&data, &["keys", "generate"]));
-    let a = app(&data).await;
+    let a = app_over(&data, Arc::new(SystemClock)).await;
     let ctx = ClientContext::default();
     let uid = a.create_user("zoe@example.com", "a long enough password", &ctx).await.unwrap();
     let e = a
@@ -196,7 +185,7 @@ async fn support_signs_users_out_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_owned();
     ok(tessera(&data, &["keys", "generate"]));
-    let a = app(&data).await;
+    let a = app_over(&data, Arc::new(SystemClock)).await;
     let ctx = ClientContext::default();
     let mut tokens = Vec::new();
     for email in ["zoe@example.com", "yan@example.com"] {

@@ -2,8 +2,6 @@
 //! serve` runs it, with a manual clock) and the real binary (shutdown, two replicas).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -11,43 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_client::{Client, ClientError, Verification, pb};
 use tessera_core::clock::{Clock, ManualClock, SystemClock};
-use tessera_core::otp::{self, Secret, TotpParams};
 use tessera_server::{ConfigFile, Listeners, ServerConfig};
+use tessera_testkit::{PgDatabase, Serve, code_at, loud, test_clock};
 use tonic::Code;
 
 const TOKEN: &str = "test-service-token-0123456789";
 const SUPPORT: &str = "test-support-token-0123456789";
-const CI_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn loud(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
-
-fn pg_url() -> Option<String> {
-    std::env::var("TESSERA_TEST_DATABASE_URL")
-        .ok()
-        .or_else(|| std::env::var("CI").is_ok_and(|v| v == "true").then(|| CI_PG.to_owned()))
-}
-
-/// A fresh PostgreSQL database for one test (dropped by `drop_pg_db`).
-async fn create_pg_db(base: &str) -> (String, String) {
-    let name = format!("tessera_t_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
-    pool.close().await;
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    (format!("{prefix}/{name}"), name)
-}
-
-async fn drop_pg_db(base: &str, name: &str) {
-    let pool = sqlx::PgPool::connect(base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-}
-
 struct InProcess {
     grpc: SocketAddr,
     http: SocketAddr,
@@ -94,7 +61,7 @@ impl InProcess {
                 .unwrap();
         let mut cfg = ServerConfig::resolve_with_support(given, Some(TOKEN.into()), Some(SUPPORT.into())).unwrap();
         tweak(&mut cfg);
-        let clock = ManualClock::at_unix(1_767_225_610);
+        let clock = test_clock();
         let prepared = tessera_server::prepare(&cfg, Some(Arc::new(clock.clone()))).await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -124,11 +91,6 @@ impl InProcess {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap();
     }
-}
-
-fn code_at(secret: &str, t: i64) -> String {
-    let s = Secret::from_base32(secret).unwrap();
-    otp::format_code(otp::totp(&s, &TotpParams::default(), t), 6)
 }
 
 fn enroll(subject: &str) -> pb::EnrollTotpRequest {
@@ -247,15 +209,11 @@ async fn full_flow_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_flow_postgres() {
-    let Some(base) = pg_url() else {
-        loud("SKIPPED (PostgreSQL): gRPC end-to-end on PostgreSQL; set TESSERA_TEST_DATABASE_URL");
-        return;
-    };
-    let (url, name) = create_pg_db(&base).await;
-    let srv = InProcess::start(Some(url)).await;
+    let Some(db) = PgDatabase::create("gRPC end-to-end on PostgreSQL").await else { return };
+    let srv = InProcess::start(Some(db.url.clone())).await;
     full_flow(&srv).await;
     srv.stop().await;
-    drop_pg_db(&base, &name).await;
+    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,13 +288,11 @@ async fn status_codes() {
     srv.stop().await;
 }
 
-type Proc = common::Serve;
-
-fn spawn_serve(data: &std::path::Path, extra: &[&str]) -> Proc {
-    common::spawn(data, extra, &[("TESSERA_SERVICE_TOKEN", TOKEN)])
+fn spawn_serve(data: &std::path::Path, extra: &[&str]) -> Serve {
+    Serve::spawn(env!("CARGO_BIN_EXE_tessera"), data, extra, &[("TESSERA_SERVICE_TOKEN", TOKEN)])
 }
 
-fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
+fn sigterm(p: &mut Serve) -> std::process::ExitStatus {
     let st = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
     assert!(st.success());
     for _ in 0..100 {
@@ -372,14 +328,10 @@ async fn binary_serves_and_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_accept_a_code_once() {
-    let Some(base) = pg_url() else {
-        loud("SKIPPED (PostgreSQL): two-replica test; set TESSERA_TEST_DATABASE_URL");
-        return;
-    };
-    let (url, name) = create_pg_db(&base).await;
+    let Some(db) = PgDatabase::create("two-replica test").await else { return };
     let dir = tempfile::tempdir().unwrap();
     let keyring = dir.path().join("keyring");
-    let args = ["--database-url", url.as_str(), "--keyring", keyring.to_str().unwrap()];
+    let args = ["--database-url", db.url.as_str(), "--keyring", keyring.to_str().unwrap()];
     let mut a = spawn_serve(&dir.path().join("a"), &args);
     let mut b = spawn_serve(&dir.path().join("b"), &args);
     let ca = Client::connect(&format!("http://{}", a.grpc), TOKEN, Default::default()).await.unwrap();
@@ -407,7 +359,7 @@ async fn two_replicas_accept_a_code_once() {
     assert_eq!(cb.list_factors("dave").await.unwrap().len(), 1);
     assert!(sigterm(&mut a).success());
     assert!(sigterm(&mut b).success());
-    drop_pg_db(&base, &name).await;
+    db.cleanup().await;
 }
 
 /// The protected service's own first factor, as `RequireTotpLayer` expects it: a tiny password
@@ -930,15 +882,11 @@ async fn accounts_over_grpc_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_over_grpc_postgres() {
-    let Some(base) = pg_url() else {
-        loud("SKIPPED (PostgreSQL): accounts over gRPC on PostgreSQL; set TESSERA_TEST_DATABASE_URL");
-        return;
-    };
-    let (url, name) = create_pg_db(&base).await;
-    let srv = InProcess::start(Some(url)).await;
+    let Some(db) = PgDatabase::create("accounts over gRPC on PostgreSQL").await else { return };
+    let srv = InProcess::start(Some(db.url.clone())).await;
     accounts_over_grpc(&srv).await;
     srv.stop().await;
-    drop_pg_db(&base, &name).await;
+    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -950,15 +898,11 @@ async fn identity_scenario_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_scenario_postgres() {
-    let Some(base) = pg_url() else {
-        loud("SKIPPED (PostgreSQL): identity end-to-end on PostgreSQL; set TESSERA_TEST_DATABASE_URL");
-        return;
-    };
-    let (url, name) = create_pg_db(&base).await;
-    let srv = InProcess::start(Some(url)).await;
+    let Some(db) = PgDatabase::create("identity end-to-end on PostgreSQL").await else { return };
+    let srv = InProcess::start(Some(db.url.clone())).await;
     identity_scenario(&srv).await;
     srv.stop().await;
-    drop_pg_db(&base, &name).await;
+    db.cleanup().await;
 }
 
 /// Make a CA, a server certificate for 127.0.0.1/localhost and a client certificate with the

@@ -1,44 +1,32 @@
-//! Test harness: an App over a fresh SQLite file or a fresh PostgreSQL schema, with a
-//! manual clock.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+//! An `App` over a fresh SQLite file or a fresh PostgreSQL schema, with a manual clock at
+//! [`T0`](crate::T0), and [`both!`](crate::both) to run one test body on each store.
 
-use std::io::Write;
+use crate::{code_with, pg_url_or_skip, test_clock};
+use std::path::Path;
 use std::sync::Arc;
-use tessera_app::{App, AppConfig, ClientContext, KeyringSource};
-use tessera_core::clock::ManualClock;
-use tessera_core::otp::{self, Secret, TotpParams};
+use tessera_app::{App, AppConfig, KeyringSource};
+use tessera_core::clock::{Clock, ManualClock};
+use tessera_core::otp::TotpParams;
 use tessera_core::seal::Keyring;
 use tessera_store::{Store, StoreOptions};
 
-/// The PostgreSQL every CI machine has.
-pub const CI_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-/// 2026-01-01T00:00:10Z: 10 s into a 30 s step.
-pub const T0: i64 = 1_767_225_610;
-
+/// One test's app and everything under it. [`Harness::cleanup`] drops its PostgreSQL schema.
+#[derive(Debug)]
 pub struct Harness {
+    /// The use cases under test.
     pub app: App,
+    /// The app's clock: moves only when the test moves it.
     pub clock: ManualClock,
+    /// The app's store, for what the use cases do not show (attempt counters, the outbox).
     pub store: Store,
+    /// The keyring file's source (in `dir`).
     pub keys: KeyringSource,
+    /// The database URL.
     pub url: String,
+    /// The test's own PostgreSQL schema (None on SQLite).
     pub schema: Option<String>,
+    /// Holds the keyring and, on SQLite, the database file.
     pub dir: tempfile::TempDir,
-}
-
-/// Say something the test runner will not swallow (libtest captures print macros only).
-pub fn loud(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
-
-/// The PostgreSQL URL to test against, or None (skip) when none is configured outside CI.
-pub fn pg_url() -> Option<String> {
-    if let Ok(u) = std::env::var("TESSERA_TEST_DATABASE_URL") {
-        return Some(u);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        return Some(CI_PG_URL.to_owned());
-    }
-    None
 }
 
 impl Harness {
@@ -50,30 +38,28 @@ impl Harness {
         store.migrate().await.unwrap();
         let (keys, created) = KeyringSource::from_file(&dir.path().join("keyring"), true).unwrap();
         assert!(created);
-        let clock = ManualClock::at_unix(T0);
+        let clock = test_clock();
         let app = App::new(store.clone(), keys.clone(), Arc::new(clock.clone()), config);
         Self { app, clock, store, keys, url, schema, dir }
     }
 
+    /// An app over a fresh SQLite file.
     pub async fn sqlite(config: AppConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
         Self::build(url, None, dir, config).await
     }
 
+    /// An app over a fresh schema of the test PostgreSQL, or None (skipped, loudly) when none
+    /// is configured; see [`pg_url`](crate::pg_url).
     pub async fn postgres(config: AppConfig) -> Option<Self> {
-        let Some(url) = pg_url() else {
-            loud(
-                "SKIPPED (PostgreSQL): set TESSERA_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run the PostgreSQL half of the store suite (CI=true makes it mandatory)",
-            );
-            return None;
-        };
+        let url = pg_url_or_skip("the PostgreSQL half of the store suite")?;
         let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
         let dir = tempfile::tempdir().unwrap();
-        Some(Self::build(url, Some(schema.clone()), dir, config).await)
+        Some(Self::build(url, Some(schema), dir, config).await)
     }
 
-    /// Drop the test's PostgreSQL schema.
+    /// Close the store and drop the test's PostgreSQL schema.
     pub async fn cleanup(self) {
         self.store.close().await;
         if let Some(s) = &self.schema {
@@ -83,7 +69,7 @@ impl Harness {
         }
     }
 
-    /// Run raw SQL against the test's database (for tampering tests).
+    /// Run raw SQL against the test's database (for tampering tests); the rows it touched.
     pub async fn raw(&self, sql: String) -> u64 {
         sqlx::any::install_default_drivers();
         let mut opts = sqlx::any::AnyPoolOptions::new().max_connections(1);
@@ -108,48 +94,56 @@ impl Harness {
         self.code_with(secret, TotpParams::default(), steps)
     }
 
+    /// As [`Harness::code`], for a device with parameters `p`.
     pub fn code_with(&self, secret: &str, p: TotpParams, steps: i64) -> String {
-        let s = Secret::from_base32(secret).unwrap();
-        let t = self.clock_now() + steps * i64::from(p.period());
-        otp::format_code(otp::totp(&s, &p, t), p.digits())
+        code_with(secret, p, self.clock_now() + steps * i64::from(p.period()))
     }
 
+    /// The clock's time.
     pub fn clock_now_dt(&self) -> time::OffsetDateTime {
-        use tessera_core::clock::Clock;
         self.clock.now()
     }
 
+    /// The clock's time in Unix seconds.
     pub fn clock_now(&self) -> i64 {
-        use tessera_core::clock::Clock;
         self.clock.now().unix_timestamp()
     }
 
+    /// The keyring as the app has it now.
     pub fn keyring(&self) -> Arc<Keyring> {
         self.keys.get()
     }
 }
 
-pub fn ctx() -> ClientContext {
-    ClientContext { ip: Some("203.0.113.7".into()), user_agent: Some("suite/1.0".into()), browser: None }
+/// An app over the SQLite database and keyring that `tessera` commands made in `data` (its
+/// data directory), reading time from `clock`: to check what the real binary did.
+pub async fn app_over(data: &Path, clock: Arc<dyn Clock>) -> App {
+    let url = format!("sqlite://{}", data.join("tessera.db").display());
+    let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
+    store.migrate().await.unwrap();
+    let (keys, _) = KeyringSource::from_file(&data.join("keyring"), false).unwrap();
+    App::new(store, keys, clock, AppConfig::default())
 }
 
-/// One test body, run against SQLite and against PostgreSQL.
+/// One test body, `async fn NAME(h: &Harness)`, run against SQLite and against PostgreSQL:
+/// `both!(NAME)` (default configuration) or `both!(NAME, config)` makes the tests
+/// `NAME::sqlite` and `NAME::postgres`. The calling crate needs tokio's `macros` feature.
 #[macro_export]
 macro_rules! both {
     ($name:ident) => {
-        $crate::both!($name, tessera_app::AppConfig::default());
+        $crate::both!($name, ::core::default::Default::default());
     };
     ($name:ident, $config:expr) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {
-                let h = $crate::common::Harness::sqlite($config).await;
+                let h = $crate::Harness::sqlite($config).await;
                 super::$name(&h).await;
                 h.cleanup().await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
-                if let Some(h) = $crate::common::Harness::postgres($config).await {
+                if let Some(h) = $crate::Harness::postgres($config).await {
                     super::$name(&h).await;
                     h.cleanup().await;
                 }
