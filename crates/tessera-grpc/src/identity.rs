@@ -303,6 +303,12 @@ impl IdentityService for IdentitySvc {
         .await
     }
 
+    async fn add_member(&self, _req: Request<pb::AddMemberRequest>) -> Result<Response<pb::AddMemberResponse>, Status> {
+        Err(Status::unimplemented(
+            "AddMember was removed: invite the person with InviteMember; they join by accepting (AcceptInvitation)",
+        ))
+    }
+
     async fn invite_member(
         &self,
         req: Request<pb::InviteMemberRequest>,

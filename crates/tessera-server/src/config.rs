@@ -70,7 +70,7 @@ pub struct ConfigFile {
     /// [default: none; notices stay queued in the outbox].
     #[arg(long, env = "TESSERA_SMTP_URL")]
     pub smtp_url: Option<String>,
-    /// Sender of notifications [default: Tessera <no-reply@localhost>].
+    /// Sender of notifications (default: `Tessera <no-reply@localhost>`).
     #[arg(long, env = "TESSERA_SMTP_FROM")]
     pub smtp_from: Option<String>,
     /// POSTs to the sign-up, login, code and re-authentication pages per client per minute;

@@ -674,6 +674,11 @@ async fn accounts_over_grpc(srv: &InProcess) {
     let mut id = c.identity();
     let pw = "correct horse battery staple";
     let ctx = || Some(pb::ClientContext { ip: "192.0.2.1".into(), user_agent: "e2e".into(), ..Default::default() });
+    // AddMember stays in the contract, removed: it added anyone by id without their consent.
+    #[allow(deprecated)]
+    let e = id.add_member(pb::AddMemberRequest { account_id: "a".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("InviteMember"), "{}", e.message());
     // Two users with authenticators, enrolled by the service; each signs in with a code.
     let mut users = Vec::new();
     for email in ["owner@example.com", "member@example.com"] {
@@ -1103,7 +1108,7 @@ fn current_key_of(status: &str) -> String {
 }
 
 /// Wait until the server's metrics say `key` seals new secrets (the swap happened).
-async fn wait_for_current_key(p: &Proc, key: &str) {
+async fn wait_for_current_key(p: &Serve, key: &str) {
     let admin = p.admin.trim_start_matches("http://").parse::<SocketAddr>().unwrap();
     let want = format!("tessera_keyring_current{{key_id=\"{key}\"}} 1");
     for _ in 0..100 {
