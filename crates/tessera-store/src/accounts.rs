@@ -4,10 +4,11 @@
 //! no concurrent change slips between the check and the write.
 
 use crate::audit::{self, NewAuditEvent};
-use crate::identity::{NewNotification, insert_notification};
+use crate::outbox::{NewNotification, insert_notification};
 use crate::{Backend, Store, StoreError};
 use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
+use tessera_core::policy::AccountPolicy;
 use tessera_core::roles::{self, Refusal, Role};
 use time::OffsetDateTime;
 
@@ -450,4 +451,151 @@ pub enum MemberChangeError {
     NotAMember,
     /// The roles refuse it.
     Refused(Refusal),
+}
+
+#[derive(sqlx::FromRow)]
+struct PolicyRow {
+    id: String,
+    require_mfa: i64,
+    grace_until: Option<i64>,
+}
+
+impl From<PolicyRow> for AccountPolicy {
+    fn from(r: PolicyRow) -> Self {
+        AccountPolicy { account_id: r.id, require_mfa: r.require_mfa != 0, grace_until: r.grace_until.map(from_millis) }
+    }
+}
+
+/// One of a user's accounts, as the pages list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipRow {
+    /// The account's policy (id, require_mfa, grace).
+    pub policy: AccountPolicy,
+    /// The account's name.
+    pub name: String,
+    /// The user's role in it.
+    pub role: Role,
+}
+
+/// A member of an account, as its settings page lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    /// User id.
+    pub user_id: String,
+    /// Email as given.
+    pub email: String,
+    /// Their role.
+    pub role: Role,
+    /// Whether they have an active second factor.
+    pub has_mfa: bool,
+}
+
+pub(crate) fn parse_role(r: &str) -> Result<Role, StoreError> {
+    Role::parse(r).ok_or_else(|| StoreError::Corrupt(format!("role {r:?}")))
+}
+
+impl Store {
+    /// Create an account with its first owner, in one transaction.
+    pub async fn create_account(
+        &self,
+        id: &str,
+        name: &str,
+        owner: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO accounts (id, name, require_mfa, created_at) VALUES ($1, $2, 0, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO memberships (user_id, account_id, role) VALUES ($1, $2, 'owner')")
+            .bind(owner)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+    /// A member's role in an account, if they are one.
+    pub async fn member_role(&self, account_id: &str, user_id: &str) -> Result<Option<Role>, StoreError> {
+        let r: Option<String> =
+            sqlx::query_scalar("SELECT role FROM memberships WHERE account_id = $1 AND user_id = $2")
+                .bind(account_id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        r.map(|r| parse_role(&r)).transpose()
+    }
+    /// Set an account's MFA policy; `false` if there is no such account.
+    pub async fn set_account_policy(
+        &self,
+        account_id: &str,
+        require_mfa: bool,
+        grace_until: Option<OffsetDateTime>,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE accounts SET require_mfa = $2, grace_until = $3 WHERE id = $1")
+            .bind(account_id)
+            .bind(i64::from(require_mfa))
+            .bind(grace_until.map(to_millis))
+            .execute(&mut *self.write().await?)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+    /// The current policy of one account.
+    pub async fn account_policy(&self, account_id: &str) -> Result<Option<AccountPolicy>, StoreError> {
+        Ok(sqlx::query_as::<_, PolicyRow>("SELECT id, require_mfa, grace_until FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(AccountPolicy::from))
+    }
+    /// The current policies of every account the user belongs to.
+    pub async fn account_policies_of(&self, user_id: &str) -> Result<Vec<AccountPolicy>, StoreError> {
+        Ok(sqlx::query_as::<_, PolicyRow>(
+            "SELECT a.id, a.require_mfa, a.grace_until FROM accounts a \
+             JOIN memberships m ON m.account_id = a.id WHERE m.user_id = $1 ORDER BY a.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(AccountPolicy::from)
+        .collect())
+    }
+    /// The accounts a user belongs to, by name.
+    pub async fn memberships_of(&self, user_id: &str) -> Result<Vec<MembershipRow>, StoreError> {
+        let rows: Vec<(String, String, i64, Option<i64>, String)> = sqlx::query_as(
+            "SELECT a.id, a.name, a.require_mfa, a.grace_until, m.role FROM accounts a \
+             JOIN memberships m ON m.account_id = a.id WHERE m.user_id = $1 ORDER BY a.name, a.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, name, req, grace, role)| {
+                Ok(MembershipRow {
+                    policy: PolicyRow { id, require_mfa: req, grace_until: grace }.into(),
+                    name,
+                    role: parse_role(&role)?,
+                })
+            })
+            .collect()
+    }
+    /// An account's members with whether each has an active factor, by email.
+    pub async fn members_of(&self, account_id: &str) -> Result<Vec<MemberRow>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT u.id, u.email, m.role, \
+             (SELECT COUNT(*) FROM factors f WHERE f.subject_id = u.id AND f.status = 'active') \
+             FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.account_id = $1 ORDER BY u.email_norm",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(user_id, email, role, n)| Ok(MemberRow { user_id, email, role: parse_role(&role)?, has_mfa: n > 0 }))
+            .collect()
+    }
 }

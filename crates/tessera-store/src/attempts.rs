@@ -394,3 +394,11 @@ impl Store {
         .unwrap_or_default())
     }
 }
+
+impl Store {
+    /// Reset a subject's counters of one kind (after a success outside a larger transaction).
+    pub async fn reset_attempts(&self, subject_id: &str, kind: &str) -> Result<(), StoreError> {
+        let mut c = self.write().await?;
+        reset(&mut c, subject_id, kind).await
+    }
+}

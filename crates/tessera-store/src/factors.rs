@@ -357,7 +357,7 @@ impl Store {
         // The counters row first (the lock order of `attempts::gate_accept_pg`); nothing is
         // kept unless the whole confirmation commits.
         attempts::reset(&mut tx, c.subject_id, attempts::SECOND_FACTOR).await?;
-        crate::identity::lock_user(&mut tx, self.backend, c.subject_id).await?;
+        crate::users::lock_user(&mut tx, self.backend, c.subject_id).await?;
         // Pending, unexpired, started by the confirming session — which must still be live (a
         // session revoked after it was resolved must not finish its setup).
         let n = sqlx::query(
@@ -468,5 +468,16 @@ impl Store {
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+impl Store {
+    /// Whether the subject has at least one active factor.
+    pub async fn has_active_factor(&self, subject_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
+            .bind(subject_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
     }
 }

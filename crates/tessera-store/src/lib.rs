@@ -19,22 +19,25 @@ mod batch;
 mod checkpoint;
 mod error;
 mod factors;
-mod identity;
 mod keys;
+mod outbox;
 mod recovery;
 mod sessions;
+mod users;
 
 pub use accounts::{
-    Acceptance as InvitationAcceptance, InvitationMails, InvitationRow, MemberChangeError, NewInvitation,
+    Acceptance as InvitationAcceptance, InvitationMails, InvitationRow, MemberChangeError, MemberRow, MembershipRow,
+    NewInvitation,
 };
 pub use attempts::{Acceptance, CheckError, DeviceCheck, GateAccept, GateResult, PASSWORD, SECOND_FACTOR};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
 pub use factors::{ConfirmOutcome, Confirmation, NewTotpFactor, SealedSecret, TotpDevice};
-pub use identity::{MemberRow, MembershipRow, NewNotification, ResetReport, UserRow};
 pub use keys::{KeyUsage, SealedRow};
+pub use outbox::NewNotification;
 pub use recovery::NewRecoveryCode;
 pub use sessions::{NewSession, Rotation, SessionRow};
+pub use users::{ResetReport, UserRow};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Executor};

@@ -257,7 +257,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         // The user row serialises this against a first factor's confirmation (which takes it too).
-        crate::identity::lock_user(&mut tx, self.backend(), &session.user_id).await?;
+        crate::users::lock_user(&mut tx, self.backend(), &session.user_id).await?;
         let factors: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
                 .bind(&session.user_id)
