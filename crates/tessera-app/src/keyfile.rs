@@ -85,11 +85,35 @@ fn write_temp(path: &Path, keyring: &Keyring) -> Result<tempfile::NamedTempFile,
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| kerr(format!("cannot write in {}: {e}", dir.display())))?;
+    same_owner(path, f.as_file())?;
     let text = zeroize::Zeroizing::new(keyring.to_text());
     f.write_all(text.as_bytes())
         .and_then(|_| f.as_file().sync_all())
         .map_err(|e| kerr(format!("cannot write beside {}: {e}", path.display())))?;
     Ok(f)
+}
+
+/// Refuse to replace a keyring owned by another user (say, `sudo tessera keys rotate` on the
+/// service's file): the servers could not read the new file and would keep the old keys, while
+/// `keys reencrypt` moved secrets to a key they never load.
+#[cfg(unix)]
+fn same_owner(path: &Path, ours: &std::fs::File) -> Result<(), AppError> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(existing), Ok(mine)) = (std::fs::metadata(path), ours.metadata()) else { return Ok(()) };
+    if existing.uid() != mine.uid() {
+        return Err(kerr(format!(
+            "{} belongs to uid {}, and this command runs as uid {}: run it as the keyring's owner",
+            path.display(),
+            existing.uid(),
+            mine.uid()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn same_owner(_path: &Path, _ours: &std::fs::File) -> Result<(), AppError> {
+    Ok(())
 }
 
 /// Replace the keyring file at `path` atomically (temp file, 0600, rename).
@@ -112,17 +136,25 @@ pub fn create_file(path: &Path, keyring: &Keyring) -> Result<bool, AppError> {
 }
 
 /// Hold an exclusive lock on `<path>.lock` while changing the keyring file, so two
-/// `tessera keys` commands cannot lose each other's change (read, modify, write).
+/// `tessera keys` commands cannot lose each other's change (read, modify, write). The lock file
+/// is opened without following a symlink and must be a regular file (someone who may write in
+/// the keyring's directory cannot point it elsewhere, or hang us on a FIFO).
 pub fn lock(path: &Path) -> Result<std::fs::File, AppError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&name)
-        .map_err(|e| kerr(format!("cannot open {}: {e}", Path::new(&name).display())))?;
-    f.lock().map_err(|e| kerr(format!("cannot lock {}: {e}", Path::new(&name).display())))?;
+    let shown = Path::new(&name).display().to_string();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let f = opts.open(&name).map_err(|e| kerr(format!("cannot open {shown}: {e}")))?;
+    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(kerr(format!("{shown} is not a regular file")));
+    }
+    f.lock().map_err(|e| kerr(format!("cannot lock {shown}: {e}")))?;
     Ok(f)
 }
 
@@ -304,5 +336,33 @@ mod tests {
         assert!(src.reload_if_changed().is_err());
         assert_eq!(src.get().current_id(), new);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp files left");
+    }
+
+    #[test]
+    fn the_lock_file_is_never_followed_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keyring");
+        let (src, _) = KeyringSource::from_file(&p, true).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("keyring.lock")).unwrap();
+        assert!(src.rotate().is_err(), "a symlinked lock file is refused");
+        assert!(!elsewhere.exists(), "and nothing was created where it points");
+    }
+
+    #[test]
+    fn another_users_keyring_is_not_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keyring");
+        let (src, _) = KeyringSource::from_file(&p, true).unwrap();
+        let me = std::fs::metadata(&p).unwrap().uid();
+        if std::os::unix::fs::chown(&p, Some(me + 4242), None).is_err() {
+            eprintln!("SKIPPED (keyring owner check): needs root to give the file to another uid");
+            return;
+        }
+        let before = std::fs::read(&p).unwrap();
+        let e = src.rotate().unwrap_err().to_string();
+        assert!(e.contains("run it as the keyring's owner"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), before, "the file is untouched");
     }
 }

@@ -105,13 +105,28 @@ impl App {
         Ok(self.store.key_usage().await?.iter().any(|u| u.key_id == id && (u.totp_secrets > 0 || u.recovery_codes > 0)))
     }
 
-    /// Remove key `id` from the keyring file, only if it is not current and no row uses it
+    /// Remove key `id` from the keyring file, only if it is not current, no row uses it
     /// (`reencrypt` moves the TOTP secrets; recovery codes under it go when their owners use or
-    /// regenerate them).
-    pub async fn retire_key(&self, id: &KeyId) -> Result<(), AppError> {
+    /// regenerate them), and the file has not changed for `grace`: a replica that has not yet
+    /// swapped a rotation in still seals under the old key, and rows it wrote after this check
+    /// would never open again. `grace` must exceed every replica's keyring check interval.
+    pub async fn retire_key(&self, id: &KeyId, grace: time::Duration) -> Result<(), AppError> {
         let _lock = crate::keyfile::lock(self.keys.path())?;
         if crate::keyfile::read_file(self.keys.path())?.current_id() == *id {
             return Err(AppError::FailedPrecondition(format!("key {id} is the current key; rotate first")));
+        }
+        let changed = std::fs::metadata(self.keys.path())
+            .and_then(|m| m.modified())
+            .map(time::OffsetDateTime::from)
+            .map_err(|e| AppError::FailedPrecondition(format!("cannot read the keyring's change time: {e}")))?;
+        let age = self.clock.now() - changed;
+        if age < grace {
+            return Err(AppError::FailedPrecondition(format!(
+                "the keyring changed {}s ago: replicas may still seal under key {id}; retry in {}s, once every \
+                 replica shows the current key in tessera_keyring_current (or lower --grace)",
+                age.whole_seconds().max(0),
+                (grace - age).whole_seconds().max(1)
+            )));
         }
         if self.key_in_use(id.as_str()).await? {
             return Err(AppError::FailedPrecondition(format!(

@@ -30,7 +30,9 @@ impl KeyId {
     pub fn new(s: &str) -> Result<Self, CoreError> {
         if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(CoreError::Keyring(format!("key id {s:?} must be 1-32 characters of a-z, 0-9 and -")));
+            // A long value is not echoed: in a hand-edited keyring it may be a key.
+            let shown = if s.len() <= 32 { format!("{s:?}") } else { format!("of {} characters", s.len()) };
+            return Err(CoreError::Keyring(format!("key id {shown} must be 1-32 characters of a-z, 0-9 and -")));
         }
         Ok(Self(s.to_owned()))
     }
@@ -366,5 +368,16 @@ mod tests {
         let id = k.current_id();
         assert_ne!(k.mac(&id, b"a").unwrap(), k.mac(&id, b"b").unwrap());
         assert!(k.mac(&KeyId::new("k-none").unwrap(), b"a").is_err());
+    }
+
+    #[test]
+    fn a_malformed_line_never_echoes_key_material() {
+        // `key k-1 <base64>` with the `=` missing: the whole key would be taken as the id.
+        let key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq8M=";
+        let e = Keyring::parse(&format!("current = k-1\nkey k-1 {key}\n")).unwrap_err().to_string();
+        assert!(!e.contains("q83vEjRW"), "{e}");
+        let e = KeyId::new(&format!("k-1 {key}")).unwrap_err().to_string();
+        assert!(!e.contains("q83vEjRW") && e.contains("of 48 characters"), "{e}");
+        assert!(KeyId::new("Bad").unwrap_err().to_string().contains("\"Bad\""), "short ids are shown");
     }
 }

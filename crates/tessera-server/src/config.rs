@@ -68,7 +68,7 @@ pub struct ConfigFile {
     pub pwned_threshold: Option<u64>,
     /// SMTP relay for notifications, e.g. smtp://127.0.0.1:25 or smtps://user:pass@host:465
     /// [default: none; notices stay queued in the outbox].
-    #[arg(long, env = "TESSERA_SMTP_URL")]
+    #[arg(long, env = "TESSERA_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
     /// Sender of notifications (default: `Tessera <no-reply@localhost>`).
     #[arg(long, env = "TESSERA_SMTP_FROM")]

@@ -9,7 +9,7 @@ mod http;
 mod listen;
 
 use config::redact as redact_url;
-pub use config::{ConfigFile, GrpcTls, ServerConfig, TokenSource, redact};
+pub use config::{ConfigFile, GrpcTls, ServerConfig, TokenSource, parse_duration, redact};
 pub use listen::HttpLimits;
 
 use std::future::Future;

@@ -196,7 +196,16 @@ pub(crate) async fn guard(State(web): State<Web>, mut req: Request, next: Next) 
         return finish(r, set_cookie);
     }
     let req = Request::from_parts(parts, Body::from(bytes));
-    finish(in_words(next.run(req).await, &token), set_cookie)
+    // A POST changes state: run it to its end on its own task, so neither the request timeout
+    // nor a client that hangs up cancels a use case between two of its writes (say, after a
+    // failure was counted and before its audit row and notice).
+    match tokio::spawn(next.run(req)).await {
+        Ok(r) => finish(in_words(r, &token), set_cookie),
+        Err(e) => {
+            tracing::error!(error = %e, "page handler failed");
+            finish(views::internal("the request could not be completed"), set_cookie)
+        }
+    }
 }
 
 /// A bare 4xx from the framework (unknown path, wrong method, unreadable form) becomes a page

@@ -121,6 +121,11 @@ enum KeysCommand {
     Retire {
         /// The key id (see `keys status`).
         key_id: String,
+        /// Refuse while the keyring file changed less than this long ago: every replica must
+        /// have swapped the rotated keyring in (longer than any replica's
+        /// --keyring-check-interval; `tessera_keyring_current` on /metrics shows each one's key).
+        #[arg(long, default_value = "60s")]
+        grace: String,
     },
 }
 
@@ -255,11 +260,11 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<()> {
     let path = cli.keyring_path();
     match cmd {
         KeysCommand::Generate => {
-            if path.exists() {
+            let k = Keyring::generate()?;
+            // Never over a keyring a starting server may have just created.
+            if !keyfile::create_file(&path, &k)? {
                 bail!("{} already exists; use `tessera keys rotate` to add a key", path.display());
             }
-            let k = Keyring::generate()?;
-            keyfile::write_file(&path, &k)?;
             println!("created keyring {} with key {}", path.display(), k.current_id());
             eprintln!("BACK UP {} now: without it no enrolled authenticator can be verified.", path.display());
         }
@@ -297,9 +302,10 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<()> {
                 r.rewritten, r.skipped
             );
         }
-        KeysCommand::Retire { key_id } => {
+        KeysCommand::Retire { key_id, grace } => {
             let id = KeyId::new(key_id)?;
-            cli.app().await?.retire_key(&id).await?;
+            let grace = tessera_server::parse_duration(grace, "--grace")?;
+            cli.app().await?.retire_key(&id, grace).await?;
             println!("retired key {id}");
         }
     }
