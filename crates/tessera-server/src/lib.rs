@@ -7,6 +7,7 @@
 mod config;
 mod http;
 mod listen;
+mod run_to_end;
 
 use config::redact as redact_url;
 pub use config::{ConfigFile, GrpcTls, ServerConfig, TokenSource, parse_duration, redact};
@@ -203,6 +204,7 @@ pub async fn run(
         builder = builder.tls_config(tls)?;
     }
     let grpc = builder
+        .layer(run_to_end::RunToEndLayer)
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
