@@ -67,17 +67,8 @@ pub struct Prepared {
 /// the service tokens (a token file created on first start when none is configured).
 pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Result<Prepared, ServerError> {
     let mut summary = Vec::new();
-    if cfg.database_url.starts_with("sqlite:") {
-        create_private_dir(&cfg.data_dir)?;
-    }
-    let store = Store::connect(
-        &cfg.database_url,
-        StoreOptions { max_connections: cfg.db_max_connections, ..Default::default() },
-    )
-    .await?;
-    store.migrate().await?;
+    let store = open_store(cfg).await?;
     summary.push(format!("database: {}", config::redact(&cfg.database_url)));
-
     let (keys, created) = KeyringSource::from_file(&cfg.keyring_file, true)?;
     if created {
         tracing::warn!(
@@ -96,19 +87,13 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         let nets: Vec<String> = cfg.web.trusted_proxies.nets().iter().map(ToString::to_string).collect();
         summary.push(format!("trusted proxies (X-Forwarded-For believed from): {}", nets.join(", ")));
     }
-    let app_cfg = AppConfig {
-        issuer: cfg.issuer.clone(),
-        pwned: cfg.pwned.clone(),
-        sessions: cfg.sessions,
-        ..AppConfig::default()
-    };
     summary.push(format!(
         "sessions: idle timeout {}, lifetime {}, re-authentication window {}",
         cfg.sessions.idle_timeout, cfg.sessions.lifetime, cfg.sessions.reauth_window
     ));
     summary
         .push(format!("breached-password check: {:?}, fail-{:?}", cfg.pwned.source, cfg.pwned.failure).to_lowercase());
-    let app = App::new(store, keys, clock.unwrap_or_else(|| Arc::new(SystemClock)), app_cfg);
+    let app = App::new(store, keys, clock.unwrap_or_else(|| Arc::new(SystemClock)), app_cfg(cfg));
     let mailer = match &cfg.smtp {
         Some((url, from)) => {
             summary.push(format!("notifications: SMTP {}", redact_url(url)));
@@ -146,6 +131,33 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         http: cfg.http,
         keyring_check_interval: cfg.keyring_check_interval,
     })
+}
+
+/// Open the database `serve` and every command start from: the SQLite data directory created
+/// readable by its owner only, migrations applied.
+pub async fn open_store(cfg: &ServerConfig) -> Result<Store, ServerError> {
+    if cfg.database_url.starts_with("sqlite:") {
+        create_private_dir(&cfg.data_dir)?;
+    }
+    let store = Store::connect(
+        &cfg.database_url,
+        StoreOptions { max_connections: cfg.db_max_connections, ..Default::default() },
+    )
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// The use cases over `open_store` and the existing keyring, for the command line's offline
+/// commands (`keys`, `support`): the same settings as `serve`, no listener.
+pub async fn open_app(cfg: &ServerConfig) -> Result<App, ServerError> {
+    let store = open_store(cfg).await?;
+    let (keys, _) = KeyringSource::from_file(&cfg.keyring_file, false)?;
+    Ok(App::new(store, keys, Arc::new(SystemClock), app_cfg(cfg)))
+}
+
+fn app_cfg(cfg: &ServerConfig) -> AppConfig {
+    AppConfig { issuer: cfg.issuer.clone(), pwned: cfg.pwned.clone(), sessions: cfg.sessions, ..AppConfig::default() }
 }
 
 /// Create the data directory readable by its owner only (it holds the database).

@@ -3,12 +3,10 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::sync::Arc;
-use tessera_app::{App, AppConfig, KeyringSource, keyfile};
-use tessera_core::clock::SystemClock;
+use tessera_app::{App, KeyringSource, keyfile};
 use tessera_core::seal::{KeyId, Keyring};
 use tessera_server::{ConfigFile, Listeners, ServerConfig, redact};
-use tessera_store::{Store, StoreOptions};
+use tessera_store::Store;
 
 /// Tessera: multi-factor authentication as a service.
 #[derive(Parser, Debug)]
@@ -141,21 +139,25 @@ impl Cli {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir().join("tessera.db").display()))
     }
+    /// The settings the offline commands share with `serve` (the data directory, database and
+    /// keyring flags over the defaults).
+    fn config(&self) -> Result<ServerConfig> {
+        let given = ConfigFile {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            keyring_file: self.keyring.clone(),
+            ..ConfigFile::default()
+        };
+        Ok(ServerConfig::resolve(given, None)?)
+    }
     async fn store(&self) -> Result<Store> {
-        if self.database_url.is_none() {
-            let dir = self.data_dir();
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        }
         let url = self.database_url();
-        let store = Store::connect(&url, StoreOptions::default())
+        tessera_server::open_store(&self.config()?)
             .await
-            .with_context(|| format!("cannot open the database ({})", redact(&url)))?;
-        store.migrate().await.context("migrations failed")?;
-        Ok(store)
+            .with_context(|| format!("cannot open the database ({})", redact(&url)))
     }
     async fn app(&self) -> Result<App> {
-        let (keys, _) = KeyringSource::from_file(&self.keyring_path(), false)?;
-        Ok(App::new(self.store().await?, keys, Arc::new(SystemClock), AppConfig::default()))
+        Ok(tessera_server::open_app(&self.config()?).await?)
     }
 }
 

@@ -49,6 +49,8 @@ async fn keys_generate_rotate_reencrypt_retire() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     assert!(ok(tessera(&data, &["migrate"])).contains("migrations applied"));
+    // The commands open the store as `serve` does: the data directory is the owner's alone.
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
     let out = tessera(&data, &["keys", "generate"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("BACK UP"));
     ok(out);
