@@ -112,7 +112,9 @@ impl App {
     /// would never open again. `grace` must exceed every replica's keyring check interval.
     pub async fn retire_key(&self, id: &KeyId, grace: time::Duration) -> Result<(), AppError> {
         let _lock = crate::keyfile::lock(self.keys.path())?;
-        if crate::keyfile::read_file(self.keys.path())?.current_id() == *id {
+        // Read once: the lock keeps other `keys` commands from changing it meanwhile.
+        let mut k = crate::keyfile::read_file(self.keys.path())?;
+        if k.current_id() == *id {
             return Err(AppError::FailedPrecondition(format!("key {id} is the current key; rotate first")));
         }
         let changed = std::fs::metadata(self.keys.path())
@@ -134,7 +136,6 @@ impl App {
                  recovery codes under it go when users regenerate or use them"
             )));
         }
-        let mut k = crate::keyfile::read_file(self.keys.path())?;
         k.retire(id)?;
         crate::keyfile::write_file(self.keys.path(), &k)?;
         self.keys.reload()?;

@@ -169,6 +169,9 @@ async fn every_post_needs_the_csrf_token_and_every_page_the_headers() {
     let r = b.send(&h, Method::POST, "/signup", &form, &[]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.body.contains("security token was missing or out of date"));
+    // The refusal carries the security headers too (they are layers around every page).
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    assert!(r.headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
     let wrong = "A".repeat(43);
     let mut f = form.to_vec();
     f.push(("csrf", &wrong));

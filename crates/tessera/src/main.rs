@@ -128,17 +128,6 @@ enum KeysCommand {
 }
 
 impl Cli {
-    fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("./tessera-data"))
-    }
-    fn keyring_path(&self) -> PathBuf {
-        self.keyring.clone().unwrap_or_else(|| self.data_dir().join("keyring"))
-    }
-    fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir().join("tessera.db").display()))
-    }
     /// The settings the offline commands share with `serve` (the data directory, database and
     /// keyring flags over the defaults).
     fn config(&self) -> Result<ServerConfig> {
@@ -151,10 +140,10 @@ impl Cli {
         Ok(ServerConfig::resolve(given, None)?)
     }
     async fn store(&self) -> Result<Store> {
-        let url = self.database_url();
-        tessera_server::open_store(&self.config()?)
+        let cfg = self.config()?;
+        tessera_server::open_store(&cfg)
             .await
-            .with_context(|| format!("cannot open the database ({})", redact(&url)))
+            .with_context(|| format!("cannot open the database ({})", redact(&cfg.database_url)))
     }
     async fn app(&self) -> Result<App> {
         Ok(tessera_server::open_app(&self.config()?).await?)
@@ -229,7 +218,7 @@ async fn main() -> Result<()> {
         Command::Serve(_) => {}
         Command::Migrate => {
             cli.store().await?;
-            println!("migrations applied to {}", redact(&cli.database_url()));
+            println!("migrations applied to {}", redact(&cli.config()?.database_url));
         }
         Command::Keys(k) => keys(&cli, k).await?,
         Command::Support(SupportCommand::ResetMfa { user, reason, ticket, actor }) => {
@@ -259,7 +248,7 @@ async fn main() -> Result<()> {
 }
 
 async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<()> {
-    let path = cli.keyring_path();
+    let path = cli.config()?.keyring_file;
     match cmd {
         KeysCommand::Generate => {
             let k = Keyring::generate()?;

@@ -256,3 +256,17 @@ fn security_md_names_only_tests_that_exist() {
     }
     assert!(named > 30, "the mapping names its tests ({named} found)");
 }
+
+/// `serve --help` shows where each setting's environment variable is, never its value: the
+/// SMTP URL may carry the relay's password.
+#[test]
+fn help_never_prints_the_smtp_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .env("TESSERA_SMTP_URL", "smtps://mailer:hunter2-secret@relay.example:465")
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = ok(out);
+    assert!(help.contains("TESSERA_SMTP_URL"), "{help}");
+    assert!(!help.contains("hunter2-secret"), "{help}");
+}
