@@ -3,7 +3,7 @@
 
 use crate::auth::Scope;
 use crate::convert;
-use crate::service::{call, request_id, status};
+use crate::service::status;
 use tessera_app::{App, LoginOutcome, Proof, Session};
 use tessera_core::policy::{AccountAccess, Assurance};
 use tessera_core::roles::Role;
@@ -93,14 +93,14 @@ fn invitation(i: tessera_app::InvitationRow) -> pb::Invitation {
 
 impl IdentitySvc {
     /// The live session of a request's `session_token` (UNAUTHENTICATED otherwise).
-    async fn session(&self, token: &str, rid: &str) -> Result<Session, Status> {
+    async fn session(&self, token: &str) -> Result<Session, Status> {
         if token.is_empty() {
             return Err(Status::invalid_argument("session_token: required"));
         }
         self.app
             .session(token)
             .await
-            .map_err(|e| status(e, rid))?
+            .map_err(status)?
             .ok_or_else(|| Status::unauthenticated("session_token: unknown, expired or revoked session"))
     }
 }
@@ -119,188 +119,130 @@ impl IdentityService for IdentitySvc {
         &self,
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("CreateUser", rid.clone(), async {
-            let user_id = self
-                .app
-                .create_user(&r.email, &r.password, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(pb::CreateUserResponse { user_id })
-        })
-        .await
+        let user_id = self.app.create_user(&r.email, &r.password, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::CreateUserResponse { user_id }))
     }
 
     async fn begin_login(&self, req: Request<pb::BeginLoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("BeginLogin", rid.clone(), async {
-            require_ip(&r.context)?;
-            let o = self
-                .app
-                .begin_login(&r.email, &r.password, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(login_response(o))
-        })
-        .await
+        require_ip(&r.context)?;
+        let o = self.app.begin_login(&r.email, &r.password, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(login_response(o)))
     }
 
     async fn complete_login_totp(
         &self,
         req: Request<pb::CompleteLoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("CompleteLoginTotp", rid.clone(), async {
-            let o = self
-                .app
-                .complete_login_totp(&r.challenge, &r.code, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(login_response(o))
-        })
-        .await
+        let o = self.app.complete_login_totp(&r.challenge, &r.code, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(login_response(o)))
     }
 
     async fn complete_login_recovery(
         &self,
         req: Request<pb::CompleteLoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("CompleteLoginRecovery", rid.clone(), async {
-            let o = self
-                .app
-                .complete_login_recovery(&r.challenge, &r.code, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(login_response(o))
-        })
-        .await
+        let o =
+            self.app.complete_login_recovery(&r.challenge, &r.code, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(login_response(o)))
     }
 
     async fn get_session(
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("GetSession", rid.clone(), async {
-            let s = self.session(&r.session_token, &rid).await?;
-            let recently_authenticated = match self.app.require_recent(&s).await {
-                Ok(()) => true,
-                Err(tessera_app::AppError::ReauthRequired(_)) => false,
-                Err(e) => return Err(status(e, &rid)),
-            };
-            let mut resp = pb::GetSessionResponse {
-                user_id: s.user_id().to_owned(),
-                assurance: assurance(s.assurance()),
-                session_id: s.id().to_owned(),
-                password_verified_at: s.password_verified_at().map(convert::ts),
-                second_factor_verified_at: s.second_factor_verified_at().map(convert::ts),
-                expires_at: Some(convert::ts(s.expires_at())),
-                idle_expires_at: Some(convert::ts(self.app.session_ends_at(&s))),
-                recently_authenticated,
-                ..Default::default()
-            };
-            if !r.account_id.is_empty() {
-                let (_, access) = self.app.account_for(&s, &r.account_id).await.map_err(|e| status(e, &rid))?;
-                resp.account_access = match access {
-                    AccountAccess::Open => pb::AccountAccess::Open,
-                    AccountAccess::OpenUntil(until) => {
-                        resp.grace_until = Some(convert::ts(until));
-                        pb::AccountAccess::OpenUntilGraceDeadline
-                    }
-                    AccountAccess::EnrolmentRequired => pb::AccountAccess::EnrolmentRequired,
-                    AccountAccess::SecondFactorRequired => pb::AccountAccess::SecondFactorRequired,
-                } as i32;
-            }
-            Ok(resp)
-        })
-        .await
+        let s = self.session(&r.session_token).await?;
+        let recently_authenticated = match self.app.require_recent(&s).await {
+            Ok(()) => true,
+            Err(tessera_app::AppError::ReauthRequired(_)) => false,
+            Err(e) => return Err(status(e)),
+        };
+        let mut resp = pb::GetSessionResponse {
+            user_id: s.user_id().to_owned(),
+            assurance: assurance(s.assurance()),
+            session_id: s.id().to_owned(),
+            password_verified_at: s.password_verified_at().map(convert::ts),
+            second_factor_verified_at: s.second_factor_verified_at().map(convert::ts),
+            expires_at: Some(convert::ts(s.expires_at())),
+            idle_expires_at: Some(convert::ts(self.app.session_ends_at(&s))),
+            recently_authenticated,
+            ..Default::default()
+        };
+        if !r.account_id.is_empty() {
+            let (_, access) = self.app.account_for(&s, &r.account_id).await.map_err(status)?;
+            resp.account_access = match access {
+                AccountAccess::Open => pb::AccountAccess::Open,
+                AccountAccess::OpenUntil(until) => {
+                    resp.grace_until = Some(convert::ts(until));
+                    pb::AccountAccess::OpenUntilGraceDeadline
+                }
+                AccountAccess::EnrolmentRequired => pb::AccountAccess::EnrolmentRequired,
+                AccountAccess::SecondFactorRequired => pb::AccountAccess::SecondFactorRequired,
+            } as i32;
+        }
+        Ok(Response::new(resp))
     }
 
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("Logout", rid.clone(), async {
-            let revoked =
-                self.app.logout(&r.session_token, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
-            Ok(pb::LogoutResponse { sessions_revoked: u64::from(revoked) })
-        })
-        .await
+        let revoked = self.app.logout(&r.session_token, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::LogoutResponse { sessions_revoked: u64::from(revoked) }))
     }
 
     async fn logout_everywhere(
         &self,
         req: Request<pb::LogoutEverywhereRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("LogoutEverywhere", rid.clone(), async {
-            let n =
-                self.app.logout_everywhere(&r.user_id, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
-            Ok(pb::LogoutResponse { sessions_revoked: n })
-        })
-        .await
+        let n = self.app.logout_everywhere(&r.user_id, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::LogoutResponse { sessions_revoked: n }))
     }
 
     async fn create_account(
         &self,
         req: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::CreateAccountResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("CreateAccount", rid.clone(), async {
-            let s = self.session(&r.session_token, &rid).await?;
-            let account_id =
-                self.app.create_account(&s, &r.name, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
-            Ok(pb::CreateAccountResponse { account_id })
-        })
-        .await
+        let s = self.session(&r.session_token).await?;
+        let account_id = self.app.create_account(&s, &r.name, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::CreateAccountResponse { account_id }))
     }
 
     async fn set_account_policy(
         &self,
         req: Request<pb::SetAccountPolicyRequest>,
     ) -> Result<Response<pb::SetAccountPolicyResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("SetAccountPolicy", rid.clone(), async {
-            let grace = from_ts(r.grace_until, "grace_until")?;
-            let s = self.session(&r.session_token, &rid).await?;
-            self.app
-                .set_account_policy(&s, &r.account_id, r.require_mfa, grace, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(pb::SetAccountPolicyResponse {})
-        })
-        .await
+        let grace = from_ts(r.grace_until, "grace_until")?;
+        let s = self.session(&r.session_token).await?;
+        self.app
+            .set_account_policy(&s, &r.account_id, r.require_mfa, grace, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetAccountPolicyResponse {}))
     }
 
     async fn reauthenticate(
         &self,
         req: Request<pb::ReauthenticateRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("Reauthenticate", rid.clone(), async {
-            let s = self.session(&r.session_token, &rid).await?;
-            let proof = match &r.proof {
-                Some(pb::reauthenticate_request::Proof::TotpCode(c)) => Proof::Totp(c),
-                Some(pb::reauthenticate_request::Proof::RecoveryCode(c)) => Proof::RecoveryCode(c),
-                Some(pb::reauthenticate_request::Proof::Password(p)) => {
-                    require_ip(&r.context)?;
-                    Proof::Password(p)
-                }
-                None => return Err(Status::invalid_argument("proof: give totp_code, recovery_code or password")),
-            };
-            let o = self.app.reauthenticate(&s, proof, &convert::ctx(r.context)).await.map_err(|e| status(e, &rid))?;
-            Ok(login_response(o))
-        })
-        .await
+        let s = self.session(&r.session_token).await?;
+        let proof = match &r.proof {
+            Some(pb::reauthenticate_request::Proof::TotpCode(c)) => Proof::Totp(c),
+            Some(pb::reauthenticate_request::Proof::RecoveryCode(c)) => Proof::RecoveryCode(c),
+            Some(pb::reauthenticate_request::Proof::Password(p)) => {
+                require_ip(&r.context)?;
+                Proof::Password(p)
+            }
+            None => return Err(Status::invalid_argument("proof: give totp_code, recovery_code or password")),
+        };
+        let o = self.app.reauthenticate(&s, proof, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(login_response(o)))
     }
 
     async fn add_member(&self, _req: Request<pb::AddMemberRequest>) -> Result<Response<pb::AddMemberResponse>, Status> {
@@ -313,135 +255,104 @@ impl IdentityService for IdentitySvc {
         &self,
         req: Request<pb::InviteMemberRequest>,
     ) -> Result<Response<pb::InviteMemberResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("InviteMember", rid.clone(), async {
-            let role = role(&r.role)?;
-            let s = self.session(&r.session_token, &rid).await?;
-            let invitation_id = self
-                .app
-                .invite_member(&s, &r.account_id, &r.email, role, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(pb::InviteMemberResponse { invitation_id })
-        })
-        .await
+        let role = role(&r.role)?;
+        let s = self.session(&r.session_token).await?;
+        let invitation_id = self
+            .app
+            .invite_member(&s, &r.account_id, &r.email, role, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::InviteMemberResponse { invitation_id }))
     }
 
     async fn list_invitations(
         &self,
         req: Request<pb::ListInvitationsRequest>,
     ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("ListInvitations", rid.clone(), async {
-            let s = self.session(&r.session_token, &rid).await?;
-            let list = self.app.my_invitations(&s).await.map_err(|e| status(e, &rid))?;
-            Ok(pb::ListInvitationsResponse { invitations: list.into_iter().map(invitation).collect() })
-        })
-        .await
+        let s = self.session(&r.session_token).await?;
+        let list = self.app.my_invitations(&s).await.map_err(status)?;
+        Ok(Response::new(pb::ListInvitationsResponse { invitations: list.into_iter().map(invitation).collect() }))
     }
 
     async fn accept_invitation(
         &self,
         req: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("AcceptInvitation", rid.clone(), async {
-            let s = self.session(&r.session_token, &rid).await?;
-            let account_id = self
-                .app
-                .accept_invitation(&s, &r.invitation_id, &r.code, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(pb::AcceptInvitationResponse { account_id })
-        })
-        .await
+        let s = self.session(&r.session_token).await?;
+        let account_id = self
+            .app
+            .accept_invitation(&s, &r.invitation_id, &r.code, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AcceptInvitationResponse { account_id }))
     }
 
     async fn list_members(
         &self,
         req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("ListMembers", rid.clone(), async {
-            let s = self.session(&r.session_token, &rid).await?;
-            let members = self.app.members(&s, &r.account_id).await.map_err(|e| status(e, &rid))?;
-            let invitations = self.app.account_invitations(&s, &r.account_id).await.map_err(|e| status(e, &rid))?;
-            Ok(pb::ListMembersResponse {
-                members: members
-                    .into_iter()
-                    .map(|m| pb::Member {
-                        user_id: m.user_id,
-                        email: m.email,
-                        role: m.role.as_str().to_owned(),
-                        has_mfa: m.has_mfa,
-                    })
-                    .collect(),
-                invitations: invitations.into_iter().map(invitation).collect(),
-            })
-        })
-        .await
+        let s = self.session(&r.session_token).await?;
+        let members = self.app.members(&s, &r.account_id).await.map_err(status)?;
+        let invitations = self.app.account_invitations(&s, &r.account_id).await.map_err(status)?;
+        Ok(Response::new(pb::ListMembersResponse {
+            members: members
+                .into_iter()
+                .map(|m| pb::Member {
+                    user_id: m.user_id,
+                    email: m.email,
+                    role: m.role.as_str().to_owned(),
+                    has_mfa: m.has_mfa,
+                })
+                .collect(),
+            invitations: invitations.into_iter().map(invitation).collect(),
+        }))
     }
 
     async fn remove_member(
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("RemoveMember", rid.clone(), async {
-            let s = self.session(&r.session_token, &rid).await?;
-            self.app
-                .remove_member(&s, &r.account_id, &r.user_id, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(pb::RemoveMemberResponse {})
-        })
-        .await
+        let s = self.session(&r.session_token).await?;
+        self.app.remove_member(&s, &r.account_id, &r.user_id, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::RemoveMemberResponse {}))
     }
 
     async fn change_member_role(
         &self,
         req: Request<pb::ChangeMemberRoleRequest>,
     ) -> Result<Response<pb::ChangeMemberRoleResponse>, Status> {
-        let rid = request_id(&req);
         let r = req.into_inner();
-        call("ChangeMemberRole", rid.clone(), async {
-            let role = role(&r.role)?;
-            let s = self.session(&r.session_token, &rid).await?;
-            self.app
-                .change_member_role(&s, &r.account_id, &r.user_id, role, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(pb::ChangeMemberRoleResponse {})
-        })
-        .await
+        let role = role(&r.role)?;
+        let s = self.session(&r.session_token).await?;
+        self.app
+            .change_member_role(&s, &r.account_id, &r.user_id, role, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ChangeMemberRoleResponse {}))
     }
 
     async fn support_reset_mfa(
         &self,
         req: Request<pb::SupportResetMfaRequest>,
     ) -> Result<Response<pb::SupportResetMfaResponse>, Status> {
-        let rid = request_id(&req);
         if req.extensions().get::<Scope>() != Some(&Scope::Support) {
             return Err(Status::permission_denied("SupportResetMfa needs a support-scoped service token"));
         }
         let r = req.into_inner();
-        call("SupportResetMfa", rid.clone(), async {
-            let rep = self
-                .app
-                .support_reset_mfa(&r.email, &r.reason, &r.ticket, &r.actor, &convert::ctx(r.context))
-                .await
-                .map_err(|e| status(e, &rid))?;
-            Ok(pb::SupportResetMfaResponse {
-                factors_removed: rep.factors,
-                recovery_codes_removed: rep.recovery_codes,
-                sessions_revoked: rep.sessions,
-            })
-        })
-        .await
+        let rep = self
+            .app
+            .support_reset_mfa(&r.email, &r.reason, &r.ticket, &r.actor, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SupportResetMfaResponse {
+            factors_removed: rep.factors,
+            recovery_codes_removed: rep.recovery_codes,
+            sessions_revoked: rep.sessions,
+        }))
     }
 }

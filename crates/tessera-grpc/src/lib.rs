@@ -3,13 +3,15 @@
 //!
 //! Each handler validates what the proto cannot (ids), converts to domain types, calls one
 //! use case, converts back, and maps `AppError` to a `Status` in exactly one place
-//! ([`status`]). Service-token authentication is an interceptor ([`TokenAuth`]).
+//! ([`status`]). Service-token authentication is an interceptor ([`TokenAuth`]); request ids,
+//! the call's span and its metrics are tower layers ([`edge`]).
 //!
 //! Architecture invariant: only this crate (server side) and tessera-client know protobuf
 //! types; nothing here touches the store.
 
 mod auth;
 mod convert;
+pub mod edge;
 mod identity;
 mod service;
 

@@ -217,6 +217,7 @@ pub async fn run(
     }
     let grpc = builder
         .layer(run_to_end::RunToEndLayer)
+        .layer(tessera_grpc::edge::layer())
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

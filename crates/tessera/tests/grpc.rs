@@ -288,6 +288,75 @@ async fn status_codes() {
     srv.stop().await;
 }
 
+/// The gRPC edge (tower-http's request id and trace layers, the call metrics): a well-formed
+/// `x-request-id` is echoed, on errors too; a malformed one is replaced by a UUID; the metrics
+/// name our RPCs and count everything else as `other`, so a caller cannot mint label values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_echoed_and_calls_counted() {
+    let srv = InProcess::start(None).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", srv.grpc)).unwrap().connect().await.unwrap();
+    let mut raw = pb::factor_service_client::FactorServiceClient::new(channel.clone());
+    let req = |subject: &str, id: Option<&str>| {
+        let mut r = tonic::Request::new(pb::ListFactorsRequest { subject_id: subject.into() });
+        r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        if let Some(id) = id {
+            r.metadata_mut().insert("x-request-id", id.parse().unwrap());
+        }
+        r
+    };
+    let id_of = |m: &tonic::metadata::MetadataMap| m.get("x-request-id").unwrap().to_str().unwrap().to_owned();
+    let ok = raw.list_factors(req("ids", Some("trace-abc-123"))).await.unwrap();
+    assert_eq!(id_of(ok.metadata()), "trace-abc-123");
+    let err = raw.list_factors(req("", Some("trace-err-1"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(id_of(err.metadata()), "trace-err-1", "an error carries the id too");
+    let long = "a".repeat(65);
+    for bad in ["has space", "semi;colon", long.as_str()] {
+        let r = raw.list_factors(req("ids", Some(bad))).await.unwrap();
+        let id = id_of(r.metadata());
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{bad:?} replaced by a UUID, not {id:?}");
+    }
+    let r = raw.list_factors(req("ids", None)).await.unwrap();
+    assert!(uuid::Uuid::parse_str(&id_of(r.metadata())).is_ok());
+    let mut bare = tonic::Request::new(pb::ListFactorsRequest { subject_id: "ids".into() });
+    bare.metadata_mut().insert("x-request-id", "unauth-1".parse().unwrap());
+    let err = raw.list_factors(bare).await.unwrap_err();
+    assert_eq!((err.code(), id_of(err.metadata())), (Code::Unauthenticated, "unauth-1".to_owned()));
+
+    // A made-up method of a real service: refused (by the interceptor, without a token; as
+    // UNIMPLEMENTED with one), and counted as `other` either way.
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for (token, want) in [(None, Code::Unauthenticated), (Some(TOKEN), Code::Unimplemented)] {
+        grpc.ready().await.unwrap();
+        let mut r = tonic::Request::new(pb::ListFactorsRequest::default());
+        if let Some(t) = token {
+            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let path = http::uri::PathAndQuery::from_static("/tessera.v1.FactorService/MintALabel");
+        let err =
+            grpc.unary::<_, pb::ListFactorsResponse, _>(r, path, tonic_prost::ProstCodec::default()).await.unwrap_err();
+        assert_eq!(err.code(), want);
+    }
+
+    let (_, metrics) = http_get(srv.admin, "/metrics");
+    let line = |method: &str, code: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("tessera_grpc_requests_total{")
+                && l.contains(&format!("method=\"{method}\""))
+                && l.contains(&format!("code=\"{code}\""))
+        })
+    };
+    assert!(line("ListFactors", "Ok"), "{metrics}");
+    assert!(line("ListFactors", "InvalidArgument"), "{metrics}");
+    assert!(line("ListFactors", "Unauthenticated"), "{metrics}");
+    assert!(line("other", "Unimplemented"), "{metrics}");
+    assert!(line("other", "Unauthenticated"), "{metrics}");
+    assert!(!metrics.contains("MintALabel"), "a caller's path never becomes a label: {metrics}");
+    assert!(metrics.contains("tessera_grpc_request_seconds_bucket{method=\"ListFactors\""), "{metrics}");
+    srv.stop().await;
+}
+
 fn spawn_serve(data: &std::path::Path, extra: &[&str]) -> Serve {
     Serve::spawn(env!("CARGO_BIN_EXE_tessera"), data, extra, &[("TESSERA_SERVICE_TOKEN", TOKEN)])
 }
