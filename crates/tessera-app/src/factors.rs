@@ -10,8 +10,8 @@ use tessera_core::seal::{Aad, KeyId, Keyring, Sealed};
 use tessera_core::throttle::Gate;
 use tessera_core::{CoreError, otpauth, qr, validate};
 use tessera_store::{
-    Acceptance, AuditEvent, ConfirmOutcome as StoreConfirm, Confirmation, DeviceCheck, GateAccept, GateResult,
-    NewAuditEvent, NewRecoveryCode, NewTotpFactor, SECOND_FACTOR, SealedSecret, StoreError, TotpDevice,
+    Acceptance, Activation, AuditEvent, DeviceCheck, GateAccept, GateResult, NewAuditEvent, NewRecoveryCode,
+    NewTotpFactor, Rotation, SECOND_FACTOR, SealedSecret, StoreError, TotpDevice,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -406,54 +406,84 @@ impl App {
         let mut ev_codes = self.event(now, subject, None, AuditKind::RecoveryCodesGenerated, ctx);
         ev_codes.detail = json!({ "count": rows.len(), "reason": "first factor" }).to_string();
         let (token, hash) = self.fresh_token()?;
-        let c = Confirmation {
-            subject_id: subject,
-            factor_id,
-            session_id,
-            pending_cutoff: now - PENDING_TTL,
-            step,
-            now,
-            first_codes: &rows,
-            audit_confirm: &ev_confirm,
-            audit_codes: &ev_codes,
-            raise: session_id.map(|id| (id, hash.as_slice())),
-            idle_cutoff: self.config.sessions.idle_cutoff(now),
-        };
-        match self.store.confirm_totp(&c).await? {
-            StoreConfirm::Confirmed { first, sessions_revoked, raised } => {
-                metrics::counter!("tessera_enrolments_total", "stage" => "confirmed").increment(1);
-                let factor = self
-                    .store
-                    .totp_device(subject, factor_id)
-                    .await?
-                    .map(|d| d.factor)
-                    .ok_or(AppError::NotFound("factor"))?;
-                if first && sessions_revoked > 0 {
-                    tracing::info!(subject, sessions_revoked, "first factor confirmed: other sessions signed out");
-                }
-                self.notify_user(
-                    subject,
-                    "factor_added",
-                    json!({ "label": factor.label, "at": now.unix_timestamp(), "sessions_revoked": sessions_revoked,
-                            "ip": ctx.ip(), "user_agent": ctx.user_agent() }),
-                    now,
-                )
-                .await?;
-                Ok(ConfirmOutcome::Confirmed {
-                    factor: Box::new(factor),
-                    recovery_codes: if first { shown } else { Vec::new() },
-                    sessions_revoked,
-                    session_token: raised.then_some(token),
-                })
-            }
-            StoreConfirm::NotPending => Err(AppError::FailedPrecondition(
+        let idle_cutoff = self.config.sessions.idle_cutoff(now);
+        let mut change = self.store.begin_confirmation(subject).await?;
+        let activation = Activation { factor_id, session_id, pending_cutoff: now - PENDING_TTL, idle_cutoff, now };
+        if !change.activate_pending(&activation).await? {
+            return Err(AppError::FailedPrecondition(
                 "this setup is no longer pending (finished, cancelled or expired)".into(),
-            )),
-            StoreConfirm::Replayed => {
-                let ev = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmFailed, ctx);
-                Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_confirm())
+            ));
+        }
+        if !change.use_step(factor_id, step).await? {
+            drop(change);
+            let ev = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmFailed, ctx);
+            return Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_confirm());
+        }
+        change.audit(&ev_confirm).await?;
+        // The rule of the first factor: it brings the recovery codes, and every other session
+        // ends (they were opened with the password alone); the confirming one is raised.
+        let first = change.active_factors().await? == 1;
+        let (mut sessions_revoked, mut raised) = (0, false);
+        if first {
+            change.replace_recovery_codes(&rows, now).await?;
+            change.audit(&ev_codes).await?;
+            sessions_revoked = change.revoke_other_sessions(session_id, now).await?;
+            if let Some(session_id) = session_id {
+                let r = Rotation {
+                    session_id,
+                    user_id: subject,
+                    new_token_hash: &hash,
+                    aal: 2,
+                    password_verified_at: None,
+                    mfa_verified_at: Some(now),
+                };
+                raised = change.rotate_session(&r, now, idle_cutoff).await?;
             }
         }
+        change.commit().await?;
+        metrics::counter!("tessera_enrolments_total", "stage" => "confirmed").increment(1);
+        let factor =
+            self.store.totp_device(subject, factor_id).await?.map(|d| d.factor).ok_or(AppError::NotFound("factor"))?;
+        if first && sessions_revoked > 0 {
+            tracing::info!(subject, sessions_revoked, "first factor confirmed: other sessions signed out");
+        }
+        self.notify_user(
+            subject,
+            "factor_added",
+            json!({ "label": factor.label, "at": now.unix_timestamp(), "sessions_revoked": sessions_revoked,
+                    "ip": ctx.ip(), "user_agent": ctx.user_agent() }),
+            now,
+        )
+        .await?;
+        Ok(ConfirmOutcome::Confirmed {
+            factor: Box::new(factor),
+            recovery_codes: if first { shown } else { Vec::new() },
+            sessions_revoked,
+            session_token: raised.then_some(token),
+        })
+    }
+
+    /// Delete a factor of `subject` (`pending_only`: only while it is a pending setup), with
+    /// the rule of the last factor: when no active factor remains, the recovery codes go too
+    /// (they are a backup for factors, not a factor of their own). `false` if there was no
+    /// such factor.
+    pub(crate) async fn delete_factor(
+        &self,
+        subject: &str,
+        factor_id: &str,
+        pending_only: bool,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, AppError> {
+        let mut change = self.store.begin_factor_change(subject).await?;
+        if !change.delete_factor(factor_id, pending_only).await? {
+            return Ok(false);
+        }
+        if change.active_factors().await? == 0 {
+            change.void_recovery_codes().await?;
+        }
+        change.audit(audit).await?;
+        change.commit().await?;
+        Ok(true)
     }
 
     /// Check a TOTP code against every active device of the subject. A code is accepted at
@@ -578,7 +608,7 @@ impl App {
         let subject = validate::subject_id(subject_id)?;
         let now = self.clock.now();
         let ev = self.event(now, subject, Some(factor_id), AuditKind::FactorRemoved, ctx);
-        if self.store.remove_factor(subject, factor_id, false, &ev).await? {
+        if self.delete_factor(subject, factor_id, false, &ev).await? {
             self.factor_removed_notice(subject, now, ctx).await
         } else {
             Err(AppError::NotFound("factor"))

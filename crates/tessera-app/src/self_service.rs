@@ -93,7 +93,7 @@ impl App {
             .iter()
             .any(|f| f.id == factor_id && f.status == tessera_core::factor::FactorStatus::Active);
         let ev = self.event(now, s.user_id(), Some(factor_id), tessera_core::factor::AuditKind::FactorRemoved, ctx);
-        if self.store.remove_factor(s.user_id(), factor_id, recent.is_err(), &ev).await? {
+        if self.delete_factor(s.user_id(), factor_id, recent.is_err(), &ev).await? {
             // Cancelling a setup removes no factor: only a removed factor is worth a notice.
             if was_active {
                 return self.factor_removed_notice(s.user_id(), now, ctx).await;

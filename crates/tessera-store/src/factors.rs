@@ -52,11 +52,9 @@ pub struct TotpDevice {
     pub last_used_step: Option<u64>,
 }
 
-/// A confirmation to apply: a pending device whose first code matched.
-#[derive(Debug, Clone)]
-pub struct Confirmation<'a> {
-    /// Owner.
-    pub subject_id: &'a str,
+/// A pending device to activate (see [`FactorChange::activate_pending`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Activation<'a> {
     /// The pending device.
     pub factor_id: &'a str,
     /// The session confirming it: it must be the one that started the device (`None`: a
@@ -64,42 +62,154 @@ pub struct Confirmation<'a> {
     pub session_id: Option<&'a str>,
     /// Devices started at or before this instant have expired.
     pub pending_cutoff: OffsetDateTime,
-    /// The matched time step (it counts as used).
-    pub step: u64,
+    /// The owner session must have been seen after this instant (it is not idle).
+    pub idle_cutoff: OffsetDateTime,
     /// Now.
     pub now: OffsetDateTime,
-    /// Recovery codes to store if this is the subject's first active factor.
-    pub first_codes: &'a [NewRecoveryCode],
-    /// Audit events: the confirmation; the first recovery codes.
-    pub audit_confirm: &'a NewAuditEvent,
-    /// See `audit_confirm`.
-    pub audit_codes: &'a NewAuditEvent,
-    /// If this is the first factor: raise this session to the second-factor level under a new
-    /// token (its stable id and the new token's hash). Every other session of the subject is
-    /// revoked in any case when it is the first: they were opened with the password alone.
-    pub raise: Option<(&'a str, &'a [u8])>,
-    /// Sessions idle since before this instant are not raised.
-    pub idle_cutoff: OffsetDateTime,
 }
 
-/// What confirming a pending device did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfirmOutcome {
-    /// Active now; `first` when it is the subject's first active factor (the recovery codes
-    /// passed in were stored, the other sessions revoked and `raise` applied).
-    Confirmed {
-        /// Whether this is the subject's first active factor.
-        first: bool,
-        /// Other sessions of the subject revoked (first factor only).
-        sessions_revoked: u64,
-        /// Whether the confirming session was raised under its new token.
-        raised: bool,
-    },
-    /// The factor is not pending (already active, gone, expired, or started by another
-    /// session).
-    NotPending,
-    /// The step was already used.
-    Replayed,
+/// A change to one subject's factors, in one write transaction: rolled back if dropped
+/// uncommitted. The store provides the steps, each one statement; the app decides which to
+/// take, so the rules about factors ("the first active factor gets recovery codes", "without
+/// an active factor the recovery codes are void") are written once, in `tessera-app`.
+///
+/// Begun with the subject's row locked (PostgreSQL; SQLite has one writer), so two changes to
+/// one subject's factors are serialised and each counts the factors the other left.
+pub struct FactorChange {
+    tx: crate::WriteTx,
+    subject_id: String,
+}
+
+impl std::fmt::Debug for FactorChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FactorChange").field("subject_id", &self.subject_id).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Begin a change to `subject_id`'s factors that confirms a device: the subject's
+    /// second-factor failures are reset first (nothing is kept unless the change commits; the
+    /// counters row before the user row is the lock order of the verification path).
+    pub async fn begin_confirmation(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
+        let mut tx = self.begin().await?;
+        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
+        crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
+        Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
+    }
+
+    /// Begin any other change to `subject_id`'s factors.
+    pub async fn begin_factor_change(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
+        let mut tx = self.begin().await?;
+        crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
+        Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
+    }
+}
+
+impl FactorChange {
+    /// Mark a pending device active — only if it is still pending, unexpired and started by
+    /// the confirming session, which must still be live and not idle (a session revoked after
+    /// the page was resolved must not finish its setup). `false` (nothing changed) otherwise.
+    pub async fn activate_pending(&mut self, a: &Activation<'_>) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3, session_id = NULL \
+             WHERE id = $1 AND subject_id = $2 AND status = 'pending' AND created_at > $4 \
+             AND COALESCE(session_id, '') = COALESCE($5, '') \
+             AND ($5 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $5 AND s.user_id = $2 \
+                  AND s.revoked_at IS NULL AND s.expires_at > $3 AND s.last_seen_at > $6))",
+        )
+        .bind(a.factor_id)
+        .bind(&self.subject_id)
+        .bind(to_millis(a.now))
+        .bind(to_millis(a.pending_cutoff))
+        .bind(a.session_id)
+        .bind(to_millis(a.idle_cutoff))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Record `step` as the device's last used time step; `false` if it (or a later one) was
+    /// already used: the code is a replay.
+    pub async fn use_step(&mut self, factor_id: &str, step: u64) -> Result<bool, StoreError> {
+        use_step(&mut self.tx, factor_id, step).await
+    }
+
+    /// How many active factors the subject has, as this change sees them.
+    pub async fn active_factors(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::try_from(active_count(&mut self.tx, &self.subject_id).await?).unwrap_or(0))
+    }
+
+    /// Delete a factor and its secret (`pending_only`: only if it is still a pending setup —
+    /// decided in the deleting statement, so a setup confirmed meanwhile is not removed).
+    /// `false` if there was no such factor.
+    pub async fn delete_factor(&mut self, factor_id: &str, pending_only: bool) -> Result<bool, StoreError> {
+        // The factor row first, then its secret: the order confirming locks them in.
+        let n = sqlx::query("DELETE FROM factors WHERE id = $1 AND subject_id = $2 AND ($3 = 0 OR status = 'pending')")
+            .bind(factor_id)
+            .bind(&self.subject_id)
+            .bind(i64::from(pending_only))
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        // (The foreign key's cascade has removed the secret with its row; this is a no-op then.)
+        sqlx::query(
+            "DELETE FROM totp_secrets WHERE factor_id = $1 AND NOT EXISTS (SELECT 1 FROM factors WHERE id = $1)",
+        )
+        .bind(factor_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(n == 1)
+    }
+
+    /// Replace every recovery code of the subject by `codes`.
+    pub async fn replace_recovery_codes(
+        &mut self,
+        codes: &[NewRecoveryCode],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        recovery::replace(&mut self.tx, &self.subject_id, codes, now).await
+    }
+
+    /// Delete every recovery code of the subject.
+    pub async fn void_recovery_codes(&mut self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM recovery_codes WHERE subject_id = $1")
+            .bind(&self.subject_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Revoke every live session of the subject except `keep`; returns how many.
+    pub async fn revoke_other_sessions(&mut self, keep: Option<&str>, now: OffsetDateTime) -> Result<u64, StoreError> {
+        sessions::revoke_others(&mut self.tx, &self.subject_id, keep, now).await
+    }
+
+    /// Give a live, not idle session of the subject a new token and level (see [`Rotation`]);
+    /// `false` if it is no longer live.
+    ///
+    /// [`Rotation`]: crate::Rotation
+    pub async fn rotate_session(
+        &mut self,
+        r: &sessions::Rotation<'_>,
+        now: OffsetDateTime,
+        idle_cutoff: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        if r.user_id != self.subject_id {
+            return Ok(false);
+        }
+        sessions::rotate(&mut self.tx, r, now, idle_cutoff).await
+    }
+
+    /// Append an audit event.
+    pub async fn audit(&mut self, ev: &NewAuditEvent) -> Result<(), StoreError> {
+        audit::insert(&mut self.tx, ev).await
+    }
+
+    /// Commit the change.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -347,65 +457,6 @@ impl Store {
             .collect()
     }
 
-    /// Activate a pending device whose first code matched (see [`Confirmation`]): in one
-    /// transaction, mark it active — only if it is still pending, unexpired and started by the
-    /// confirming session — record the step as used, reset the counters, and, if it is the
-    /// subject's first active factor, replace their recovery codes with the first batch, revoke
-    /// every other session of the subject and raise the confirming one under its new token.
-    pub async fn confirm_totp(&self, c: &Confirmation<'_>) -> Result<ConfirmOutcome, StoreError> {
-        let mut tx = self.begin().await?;
-        // The counters row first (the lock order of `attempts::gate_accept_pg`); nothing is
-        // kept unless the whole confirmation commits.
-        attempts::reset(&mut tx, c.subject_id, attempts::SECOND_FACTOR).await?;
-        crate::users::lock_user(&mut tx, self.backend, c.subject_id).await?;
-        // Pending, unexpired, started by the confirming session — which must still be live (a
-        // session revoked after it was resolved must not finish its setup).
-        let n = sqlx::query(
-            "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3, session_id = NULL \
-             WHERE id = $1 AND subject_id = $2 AND status = 'pending' AND created_at > $4 \
-             AND COALESCE(session_id, '') = COALESCE($5, '') \
-             AND ($5 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $5 AND s.user_id = $2 \
-                  AND s.revoked_at IS NULL AND s.expires_at > $3 AND s.last_seen_at > $6))",
-        )
-        .bind(c.factor_id)
-        .bind(c.subject_id)
-        .bind(to_millis(c.now))
-        .bind(to_millis(c.pending_cutoff))
-        .bind(c.session_id)
-        .bind(to_millis(c.idle_cutoff))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n != 1 {
-            return Ok(ConfirmOutcome::NotPending);
-        }
-        if !use_step(&mut tx, c.factor_id, c.step).await? {
-            return Ok(ConfirmOutcome::Replayed);
-        }
-        let first = active_count(&mut tx, c.subject_id).await? == 1;
-        audit::insert(&mut tx, c.audit_confirm).await?;
-        let (mut sessions_revoked, mut raised) = (0, false);
-        if first {
-            recovery::replace(&mut tx, c.subject_id, c.first_codes, c.now).await?;
-            audit::insert(&mut tx, c.audit_codes).await?;
-            let keep = c.raise.map(|(id, _)| id);
-            sessions_revoked = sessions::revoke_others(&mut tx, c.subject_id, keep, c.now).await?;
-            if let Some((session_id, new_token_hash)) = c.raise {
-                let r = sessions::Rotation {
-                    session_id,
-                    user_id: c.subject_id,
-                    new_token_hash,
-                    aal: 2,
-                    password_verified_at: None,
-                    mfa_verified_at: Some(c.now),
-                };
-                raised = sessions::rotate(&mut tx, &r, c.now, c.idle_cutoff).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(ConfirmOutcome::Confirmed { first, sessions_revoked, raised })
-    }
-
     /// Take the subject's TOTP devices out of use (too many consecutive failures); returns how
     /// many were still in use. `audit` is appended only when some were.
     pub async fn disable_totp(
@@ -429,45 +480,6 @@ impl Store {
             tx.commit().await?;
         }
         Ok(n)
-    }
-
-    /// Remove a factor (`pending_only`: only if it is still a pending setup — decided in the
-    /// deleting statement, so a setup confirmed meanwhile is not removed). When no active factor
-    /// remains, the subject's recovery codes go too (they are a backup for factors, not a factor
-    /// of their own). `false` if there was no such factor.
-    pub async fn remove_factor(
-        &self,
-        subject_id: &str,
-        factor_id: &str,
-        pending_only: bool,
-        audit: &NewAuditEvent,
-    ) -> Result<bool, StoreError> {
-        let pending_only = i64::from(pending_only);
-        let mut tx = self.begin().await?;
-        // The factor row first, then its secret: the order `confirm_totp` locks them in.
-        let n = sqlx::query("DELETE FROM factors WHERE id = $1 AND subject_id = $2 AND ($3 = 0 OR status = 'pending')")
-            .bind(factor_id)
-            .bind(subject_id)
-            .bind(pending_only)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        // (The foreign key's cascade has removed the secret with its row; this is a no-op then.)
-        sqlx::query(
-            "DELETE FROM totp_secrets WHERE factor_id = $1 AND NOT EXISTS (SELECT 1 FROM factors WHERE id = $1)",
-        )
-        .bind(factor_id)
-        .execute(&mut *tx)
-        .await?;
-        if n != 1 {
-            return Ok(false);
-        }
-        if active_count(&mut tx, subject_id).await? == 0 {
-            sqlx::query("DELETE FROM recovery_codes WHERE subject_id = $1").bind(subject_id).execute(&mut *tx).await?;
-        }
-        audit::insert(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 }
 

@@ -32,7 +32,7 @@ pub use accounts::{
 pub use attempts::{Acceptance, CheckError, DeviceCheck, GateAccept, GateResult, PASSWORD, SECOND_FACTOR};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
-pub use factors::{ConfirmOutcome, Confirmation, NewTotpFactor, SealedSecret, TotpDevice};
+pub use factors::{Activation, FactorChange, NewTotpFactor, SealedSecret, TotpDevice};
 pub use keys::{KeyUsage, SealedRow};
 pub use outbox::NewNotification;
 pub use recovery::NewRecoveryCode;

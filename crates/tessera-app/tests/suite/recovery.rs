@@ -60,3 +60,22 @@ async fn recovery_codes_work_once_and_regenerate(h: &Harness) {
     assert!(matches!(h.app.regenerate_recovery_codes("nobody", &ctx()).await, Err(AppError::FailedPrecondition(_))));
 }
 both!(recovery_codes_work_once_and_regenerate);
+
+/// The two rules of recovery codes and factors, decided in the app: the first active factor
+/// brings a batch; a second factor leaves it alone; removing a factor keeps the codes while
+/// another active factor remains, and removing the last one voids them.
+async fn codes_follow_the_first_and_the_last_factor(h: &Harness) {
+    let (first, codes) = active_device(h, "gus").await;
+    assert_eq!(codes.len(), 10, "the first factor brings codes");
+    let (second, more) = active_device(h, "gus").await;
+    assert!(more.is_empty(), "a second factor brings none");
+    let (o, left) = h.app.redeem_recovery_code("gus", &codes[0], &ctx()).await.unwrap();
+    assert!(accepted(&o), "the first batch still stands after the second factor");
+    assert_eq!(left, 9);
+    h.app.remove_factor("gus", &first.factor_id, &ctx()).await.unwrap();
+    assert_eq!(h.app.recovery_codes_remaining("gus").await.unwrap(), 9, "another factor remains");
+    h.app.remove_factor("gus", &second.factor_id, &ctx()).await.unwrap();
+    assert_eq!(h.app.recovery_codes_remaining("gus").await.unwrap(), 0, "the last factor took them");
+    assert!(!accepted(&h.app.redeem_recovery_code("gus", &codes[1], &ctx()).await.unwrap().0));
+}
+both!(codes_follow_the_first_and_the_last_factor);

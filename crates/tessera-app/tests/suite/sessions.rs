@@ -286,7 +286,7 @@ both!(pending_devices_belong_to_their_session_and_expire);
 /// itself checks the owner, the expiry and that the owner session is still live; without recent
 /// proof only a setup that is still pending can be removed.
 async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
-    use tessera_store::{ConfirmOutcome as StoreConfirm, Confirmation, NewAuditEvent};
+    use tessera_store::Activation;
     let c = ctx();
     let t = token(&h.app.sign_up("ada@example.com", PW, &c).await.unwrap());
     let s = sess(h, &t).await;
@@ -305,42 +305,33 @@ async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
     ));
     assert!(h.app.devices(&s).await.unwrap().is_empty(), "an expired setup is not listed");
 
-    // The store's confirming statement, on its own: the wrong session, an expired setup and a
-    // revoked owner session all leave the setup pending.
+    // The store's activating statement, on its own: the wrong session, an expired setup and a
+    // revoked owner session all leave the setup pending. (Each change is dropped uncommitted,
+    // which rolls it back: the right session's activation, too, leaves it pending.)
     let e = h.app.add_totp_device(&s, "Phone", &c).await.unwrap();
     let now = h.clock_now_dt();
-    let ev = NewAuditEvent {
-        at: now,
-        subject_id: s.user_id().into(),
-        factor_id: None,
-        actor: None,
-        kind: tessera_core::factor::AuditKind::TotpConfirmed,
-        ip: None,
-        user_agent: None,
-        detail: "{}".into(),
-    };
-    let base = Confirmation {
-        subject_id: s.user_id(),
+    let base = Activation {
         factor_id: &e.factor_id,
         session_id: Some(s.id()),
         pending_cutoff: now - tessera_app::PENDING_TTL,
-        step: 1,
-        now,
-        first_codes: &[],
-        audit_confirm: &ev,
-        audit_codes: &ev,
-        raise: None,
         idle_cutoff: now - Duration::minutes(30),
+        now,
     };
-    for (why, c2) in [
-        ("another session", Confirmation { session_id: Some("someone-else"), ..base.clone() }),
-        ("a service, for a page's setup", Confirmation { session_id: None, ..base.clone() }),
-        ("expired", Confirmation { pending_cutoff: now, ..base.clone() }),
+    let activates = async |a: Activation<'_>| {
+        h.store.begin_confirmation(s.user_id()).await.unwrap().activate_pending(&a).await.unwrap()
+    };
+    for (why, a) in [
+        ("another session", Activation { session_id: Some("someone-else"), ..base }),
+        ("a service, for a page's setup", Activation { session_id: None, ..base }),
+        ("expired", Activation { pending_cutoff: now, ..base }),
+        ("idle", Activation { idle_cutoff: now, ..base }),
     ] {
-        assert_eq!(h.store.confirm_totp(&c2).await.unwrap(), StoreConfirm::NotPending, "{why}");
+        assert!(!activates(a).await, "{why}");
     }
+    assert!(activates(base).await, "the owner session, live (rolled back when dropped)");
+    assert!(activates(base).await, "still pending: the change above was dropped uncommitted");
     h.app.logout(&t, &c).await.unwrap();
-    assert_eq!(h.store.confirm_totp(&base).await.unwrap(), StoreConfirm::NotPending, "a revoked owner session");
+    assert!(!activates(base).await, "a revoked owner session");
 
     // Without recent proof: a pending setup can be cancelled, an active factor not removed.
     let (uid, secret, _, t) = user_2fa(h, "bob@example.com").await;
@@ -351,10 +342,12 @@ async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
     let active = h.app.list_factors(&uid).await.unwrap().into_iter().find(|f| f.confirmed_at.is_some()).unwrap();
     assert!(reauth_needed(&h.app.remove_device(&s, &active.id, &c).await).is_some());
     h.app.remove_device(&s, &pending.factor_id, &c).await.unwrap();
+    let mut change = h.store.begin_factor_change(&uid).await.unwrap();
     assert!(
-        !h.store.remove_factor(&uid, &active.id, true, &ev).await.unwrap(),
+        !change.delete_factor(&active.id, true).await.unwrap(),
         "the pending-only delete never takes an active factor (a setup confirmed meanwhile)"
     );
+    drop(change);
     assert!(accepted(&h.app.verify_totp(&uid, &fresh(h, &secret), &c).await.unwrap()));
 }
 both!(pending_setups_expire_and_the_store_checks_the_owner);
