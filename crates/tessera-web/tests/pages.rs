@@ -788,3 +788,58 @@ async fn zero_turns_a_post_class_off() {
     assert!(!rate_limited(&b.post(&h, "/login", &wrong).await));
     assert!(rate_limited(&b.post(&h, "/login", &wrong).await), "the sign-in class is still on");
 }
+
+/// A POST runs to its end on its own task: a browser that hangs up while the use case waits
+/// (here, on the breached-password range from a local server that holds its answer) does not
+/// cancel it halfway; the account is created once the range comes. Without the guard's spawn,
+/// dropping the request would drop the sign-up with it.
+#[tokio::test]
+async fn a_post_finishes_when_the_browser_hangs_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let range = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", range.local_addr().unwrap());
+    let (asked_tx, asked) = tokio::sync::oneshot::channel::<()>();
+    let answer = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = tokio::spawn({
+        let answer = answer.clone();
+        async move {
+            let (mut conn, _) = range.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await.unwrap();
+            asked_tx.send(()).unwrap();
+            answer.notified().await;
+            // An empty range: the password is in no breach.
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+        }
+    });
+    let pwned = PwnedConfig {
+        source: PwnedSource::Online { base_url, timeout: std::time::Duration::from_secs(30) },
+        ..Default::default()
+    };
+    let kit = Harness::sqlite(AppConfig { pwned, ..Default::default() }).await;
+    let h = H { router: tessera_web::router(kit.app.clone(), WebConfig::default()), kit };
+    let mut b = Browser::new("198.51.100.40");
+    b.get(&h, "/signup").await;
+    let email = "hangs-up@example.com";
+    let form = [("email", email), ("password", PASSWORD)];
+    tokio::select! {
+        r = b.post(&h, "/signup", &form) => {
+            panic!("answered before the range came: {}", r.status)
+        }
+        asked = asked => asked.unwrap(),
+    }
+    // The browser has gone (its request future is dropped); now the range comes.
+    answer.notify_one();
+    server.await.unwrap();
+    // Wait for the use case to finish (a touch of the row, which counts it, changes nothing).
+    let probe = format!("UPDATE users SET email = email WHERE email_norm = '{email}'");
+    let mut signed_up = false;
+    for _ in 0..200 {
+        if h.raw(probe.clone()).await == 1 {
+            signed_up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(signed_up, "the sign-up finished after the browser hung up");
+}
