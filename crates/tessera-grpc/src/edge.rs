@@ -3,15 +3,18 @@
 //!
 //! - **Request id** (tower-http `SetRequestId` and `PropagateRequestId`): the caller's
 //!   `x-request-id` when it is well formed (1 to 64 of `[A-Za-z0-9-]`), else a new UUID; echoed
-//!   in the response metadata, errors included. A malformed one is dropped first, so a caller
-//!   cannot write arbitrary bytes into our logs.
+//!   in the response metadata, errors included (but `DEADLINE_EXCEEDED` from tonic's own
+//!   `grpc-timeout` handling, which runs outside these layers; the metrics then record the
+//!   handler's own code, since the call runs to its end). A malformed id is dropped first, so a
+//!   caller cannot write arbitrary bytes into our logs.
 //! - **Trace** (tower-http `TraceLayer` for gRPC): the span `rpc{method, request_id}` around
 //!   the call, so every log line a handler writes carries the id; request, response and
 //!   failure at DEBUG (an internal failure is logged at ERROR by [`status`](crate::status)).
 //! - **Metrics**: `tessera_grpc_requests_total{method, code}` and
 //!   `tessera_grpc_request_seconds{method}`. `method` is the RPC's name for the RPCs of our
 //!   contract (read from its descriptor set) and `other` for any other path (health,
-//!   reflection, a made-up one), so a caller cannot mint label values. The code is the response's `grpc-status`: a failing unary call answers
+//!   reflection, a made-up one), so a caller cannot mint label values. Unauthenticated calls
+//!   count under the method they named. The code is the response's `grpc-status`: a failing unary call answers
 //!   with it in the headers; a call whose headers lack it succeeded (its trailers say `OK`).
 //! - The request id is also the task-local [`current_request_id`] for the call's future, which
 //!   [`status`](crate::status) names in an internal error's message.

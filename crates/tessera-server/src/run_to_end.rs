@@ -84,4 +84,33 @@ mod tests {
             .expect("the dropped call was cancelled half way")
             .unwrap();
     }
+
+    /// The request id reaches the handler through the edge layers and the spawn, for the
+    /// message of an internal error: the caller's when well formed, else a fresh UUID.
+    #[tokio::test]
+    async fn the_request_id_reaches_the_handler() {
+        let handler = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            let seen = tessera_grpc::edge::current_request_id();
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder().header("seen", seen).body(String::new()).unwrap(),
+            )
+        });
+        let mut svc =
+            tower::ServiceBuilder::new().layer(RunToEndLayer).layer(tessera_grpc::edge::layer()).service(handler);
+        let mut call = async |id: Option<&str>| {
+            let mut b = http::Request::builder().uri("/tessera.v1.FactorService/ListFactors");
+            if let Some(id) = id {
+                b = b.header("x-request-id", id);
+            }
+            let req = b.body(tonic::body::Body::empty()).unwrap();
+            let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+            let header = |name: &str| resp.headers()[name].to_str().unwrap().to_owned();
+            (header("seen"), header("x-request-id"))
+        };
+        assert_eq!(call(Some("abc-1")).await, ("abc-1".to_owned(), "abc-1".to_owned()));
+        let (seen, echoed) = call(Some("no spaces please")).await;
+        assert_eq!(seen, echoed);
+        assert_eq!(seen.len(), 36, "a UUID: {seen}");
+        assert_eq!(tessera_grpc::edge::current_request_id(), "", "outside a call");
+    }
 }

@@ -62,6 +62,20 @@ fn u32_of(v: i64) -> u32 {
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
 }
 
+/// Lock the subject's counters row of `kind` for the transaction, creating it (zeroed) if the
+/// subject has none yet: a row every subject can be serialised on, user or not.
+pub(crate) async fn lock_row(conn: &mut AnyConnection, subject_id: &str, kind: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO attempts (subject_id, kind) VALUES ($1, $2) \
+         ON CONFLICT (subject_id, kind) DO UPDATE SET kind = excluded.kind",
+    )
+    .bind(subject_id)
+    .bind(kind)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn reset(conn: &mut AnyConnection, subject_id: &str, kind: &str) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE attempts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL, total_failures = 0 \

@@ -73,8 +73,11 @@ pub struct Activation<'a> {
 /// take, so the rules about factors ("the first active factor gets recovery codes", "without
 /// an active factor the recovery codes are void") are written once, in `tessera-app`.
 ///
-/// Begun with the subject's row locked (PostgreSQL; SQLite has one writer), so two changes to
-/// one subject's factors are serialised and each counts the factors the other left.
+/// Begun with the subject's second-factor counters row locked (created if the subject has none:
+/// a gRPC subject need not be a user), then the user row if there is one (PostgreSQL; SQLite has
+/// one writer), so two changes to one subject's factors are serialised and each counts the
+/// factors the other left. Counters, then user, then factor, then secret: the order every
+/// transaction that touches them takes (the verification path takes counters, then secret).
 pub struct FactorChange {
     tx: crate::WriteTx,
     subject_id: String,
@@ -88,10 +91,10 @@ impl std::fmt::Debug for FactorChange {
 
 impl Store {
     /// Begin a change to `subject_id`'s factors that confirms a device: the subject's
-    /// second-factor failures are reset first (nothing is kept unless the change commits; the
-    /// counters row before the user row is the lock order of the verification path).
+    /// second-factor failures are reset too (kept only if the change commits).
     pub async fn begin_confirmation(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
         let mut tx = self.begin().await?;
+        attempts::lock_row(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
         attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
         crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
         Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
@@ -100,6 +103,7 @@ impl Store {
     /// Begin any other change to `subject_id`'s factors.
     pub async fn begin_factor_change(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
         let mut tx = self.begin().await?;
+        attempts::lock_row(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
         crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
         Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
     }
@@ -129,10 +133,16 @@ impl FactorChange {
         Ok(n == 1)
     }
 
-    /// Record `step` as the device's last used time step; `false` if it (or a later one) was
-    /// already used: the code is a replay.
+    /// Record `step` as the last used time step of one of the subject's devices; `false` if
+    /// it (or a later one) was already used: the code is a replay (or the device is not the
+    /// subject's).
     pub async fn use_step(&mut self, factor_id: &str, step: u64) -> Result<bool, StoreError> {
-        use_step(&mut self.tx, factor_id, step).await
+        let theirs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE id = $1 AND subject_id = $2")
+            .bind(factor_id)
+            .bind(&self.subject_id)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(theirs == 1 && use_step(&mut self.tx, factor_id, step).await?)
     }
 
     /// How many active factors the subject has, as this change sees them.
@@ -152,14 +162,12 @@ impl FactorChange {
             .execute(&mut *self.tx)
             .await?
             .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
         // (The foreign key's cascade has removed the secret with its row; this is a no-op then.)
-        sqlx::query(
-            "DELETE FROM totp_secrets WHERE factor_id = $1 AND NOT EXISTS (SELECT 1 FROM factors WHERE id = $1)",
-        )
-        .bind(factor_id)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(n == 1)
+        sqlx::query("DELETE FROM totp_secrets WHERE factor_id = $1").bind(factor_id).execute(&mut *self.tx).await?;
+        Ok(true)
     }
 
     /// Replace every recovery code of the subject by `codes`.

@@ -102,7 +102,7 @@ impl Store {
         // The counters row first (the lock order of `attempts::gate_accept_pg`).
         attempts::reset(&mut tx, user_id, attempts::SECOND_FACTOR).await?;
         // Factor rows first; their secrets go with them (the foreign key cascades): the order
-        // `confirm_totp` locks them in, so the two never deadlock.
+        // `FactorChange` locks them in, so the two never deadlock.
         let factors = sqlx::query("DELETE FROM factors WHERE subject_id = $1")
             .bind(user_id)
             .execute(&mut *tx)

@@ -79,3 +79,24 @@ async fn codes_follow_the_first_and_the_last_factor(h: &Harness) {
     assert!(!accepted(&h.app.redeem_recovery_code("gus", &codes[1], &ctx()).await.unwrap().0));
 }
 both!(codes_follow_the_first_and_the_last_factor);
+
+/// Two removals racing for a subject's last two factors (a gRPC subject: no user row to lock)
+/// are serialised on the subject's counters row: the second sees no factor left and voids the
+/// codes. Without that, each could count the other's factor and leave codes with no factor.
+async fn racing_removals_of_the_last_two_factors_void_the_codes(h: &Harness) {
+    for round in 0..5 {
+        let subject = format!("race-{round}");
+        let (a, codes) = active_device(h, &subject).await;
+        let (b, _) = active_device(h, &subject).await;
+        assert_eq!(codes.len(), 10);
+        let removal = |factor_id: String| {
+            let (app, subject) = (h.app.clone(), subject.clone());
+            tokio::spawn(async move { app.remove_factor(&subject, &factor_id, &ctx()).await })
+        };
+        let (ra, rb) = (removal(a.factor_id), removal(b.factor_id));
+        ra.await.unwrap().unwrap();
+        rb.await.unwrap().unwrap();
+        assert_eq!(h.app.recovery_codes_remaining(&subject).await.unwrap(), 0, "round {round}");
+    }
+}
+both!(racing_removals_of_the_last_two_factors_void_the_codes);
