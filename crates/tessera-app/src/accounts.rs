@@ -162,6 +162,7 @@ impl App {
             detail: json!({ "account": account, "role": role.as_str(), "code": code.display().as_str(),
                             "expires": (now + INVITATION_TTL).unix_timestamp() })
             .to_string(),
+            secret: None,
         });
         let inv = NewInvitation {
             id: uuid::Uuid::new_v4().to_string(),
@@ -178,7 +179,11 @@ impl App {
         ev.detail = json!({ "account_id": account_id, "role": role.as_str(), "email": inv.email,
                             "mailed": mail.is_some() })
         .to_string();
-        self.store.invite(&inv, mail.as_ref(), &ev).await?.map_err(member_error)
+        let r = self.store.invite(&inv, mail.as_ref(), &ev).await?.map_err(member_error);
+        if r.is_ok() && mail.is_some() {
+            self.mail_queued();
+        }
+        r
     }
 
     async fn role_and_name(&self, s: &Session, account_id: &str) -> Result<String, AppError> {

@@ -115,7 +115,7 @@ fn aad<'a>(factor_id: &'a str, subject_id: &'a str) -> Aad<'a> {
     Aad { purpose: TOTP_PURPOSE, version: TOTP_FORMAT, factor_id, subject_id }
 }
 
-fn to_sealed(s: Sealed) -> SealedSecret {
+pub(crate) fn to_sealed(s: Sealed) -> SealedSecret {
     SealedSecret { key_id: s.key_id.to_string(), nonce: s.nonce, ciphertext: s.ciphertext }
 }
 

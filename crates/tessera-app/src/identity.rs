@@ -118,7 +118,7 @@ pub fn normalise_email(email: &str) -> Result<String, CoreError> {
 /// The counter key for an email's password attempts across every address (a total that only a
 /// success resets), for known and unknown emails alike (so it reveals nothing about which
 /// accounts exist).
-fn password_subject(email_norm: &str) -> String {
+pub(crate) fn password_subject(email_norm: &str) -> String {
     let digest = Sha256::digest(email_norm.as_bytes());
     format!("pw-{}", data_encoding::HEXLOWER.encode(digest.get(..16).unwrap_or_default()))
 }
@@ -141,7 +141,7 @@ impl App {
             .map_err(|e| AppError::FailedPrecondition(format!("password check failed: {e}")))
     }
 
-    async fn hash_password_blocking(&self, p: Password) -> Result<String, AppError> {
+    pub(crate) async fn hash_password(&self, p: Password) -> Result<String, AppError> {
         let _permit =
             self.hash_permits.acquire().await.map_err(|_| AppError::FailedPrecondition("shutting down".into()))?;
         tokio::task::spawn_blocking(move || password::hash(&p))
@@ -166,7 +166,7 @@ impl App {
         let p = Password::new_checked(password, self.config.min_password_chars)?;
         password::check_context_words(&p, email, &self.config.issuer)?;
         self.pwned.check(&p).await?;
-        let hash = self.hash_password_blocking(p).await?;
+        let hash = self.hash_password(p).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.clock.now();
         if !self.store.create_user(&id, email.trim(), &email_norm, &hash, now).await? {
@@ -219,6 +219,8 @@ impl App {
             return self.challenge(user_id, now, ctx).await;
         }
         let browser_token = self.known_browser(user_id, now, ctx).await?;
+        // A sign-in voids the user's outstanding reset links: they remember the password.
+        self.store.void_mail_tokens(user_id, tessera_store::PASSWORD_RESET, now).await?;
         Ok(LoginOutcome::Authenticated {
             token,
             user_id: user_id.to_owned(),
@@ -318,7 +320,7 @@ impl App {
         self.store.reset_attempts(&key, PASSWORD).await?;
         self.store.reset_attempts(&total_key, PASSWORD).await?;
         if checked.needs_rehash {
-            let fresh = self.hash_password_blocking(Password::normalise(password)).await?;
+            let fresh = self.hash_password(Password::normalise(password)).await?;
             self.store.set_password_hash(&user.id, &fresh).await?;
         }
         Ok(PasswordCheck::Ok(Box::new(user)))
@@ -354,8 +356,11 @@ impl App {
             email: user.email.clone(),
             kind: kind.to_owned(),
             detail: detail.to_string(),
+            secret: None,
         };
-        Ok(self.store.queue_notification(&n, now).await?)
+        self.store.queue_notification(&n, now).await?;
+        self.mail_queued();
+        Ok(())
     }
 
     /// First step of a login: check the password (always exactly one hash verification,
@@ -471,6 +476,7 @@ impl App {
                     return Ok(LoginOutcome::ChallengeInvalid);
                 }
                 let browser_token = self.known_browser(&user_id, now, ctx).await?;
+                self.store.void_mail_tokens(&user_id, tessera_store::PASSWORD_RESET, now).await?;
                 Ok(LoginOutcome::Authenticated {
                     token,
                     user_id,
@@ -553,8 +559,10 @@ impl App {
             email: user.email.clone(),
             kind: "mfa_reset".into(),
             detail: json!({ "ticket": ticket, "at": now.unix_timestamp() }).to_string(),
+            secret: None,
         };
         let report = self.store.support_reset(&user.id, now, &notice, &ev).await?;
+        self.mail_queued();
         // Support has checked who they are: lift a password-sign-in suspension too.
         self.store.reset_attempts(&password_subject(&email_norm), PASSWORD).await?;
         tracing::warn!(user_id = %user.id, actor, ticket, factors = report.factors, "support reset of MFA");

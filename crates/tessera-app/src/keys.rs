@@ -43,6 +43,7 @@ impl App {
                     key_id: id.clone(),
                     totp_secrets: 0,
                     recovery_codes: 0,
+                    queued_mail: 0,
                 });
                 KeyStatus { current: id == current, in_keyring: true, key_id: id, usage }
             })
@@ -102,7 +103,12 @@ impl App {
 
     /// Whether any row still depends on key `id` (then it must not be retired).
     pub async fn key_in_use(&self, id: &str) -> Result<bool, AppError> {
-        Ok(self.store.key_usage().await?.iter().any(|u| u.key_id == id && (u.totp_secrets > 0 || u.recovery_codes > 0)))
+        Ok(self
+            .store
+            .key_usage()
+            .await?
+            .iter()
+            .any(|u| u.key_id == id && (u.totp_secrets > 0 || u.recovery_codes > 0 || u.queued_mail > 0)))
     }
 
     /// Remove key `id` from the keyring file, only if it is not current, no row uses it

@@ -11,6 +11,7 @@ mod factors;
 mod identity;
 pub mod keyfile;
 mod keys;
+mod lifecycle;
 mod outbox;
 mod pwned;
 mod self_service;
@@ -25,6 +26,7 @@ pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome, PENDING_TT
 pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email};
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
+pub use lifecycle::{RESET_TTL, RESETS_PER_HOUR, ResetLink};
 pub use outbox::{DeliveryReport, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
 pub use sessions::{Proof, Session};
@@ -56,6 +58,9 @@ pub struct AppConfig {
     pub pwned: PwnedConfig,
     /// Session lifetime, idle timeout and the re-authentication window.
     pub sessions: SessionPolicy,
+    /// The base of every absolute URL Tessera writes (links in mail), e.g.
+    /// `https://mfa.example.com`; never taken from a request's `Host`.
+    pub public_url: String,
 }
 
 impl Default for AppConfig {
@@ -69,6 +74,7 @@ impl Default for AppConfig {
             password_throttle: ThrottlePolicy::default(),
             pwned: PwnedConfig::default(),
             sessions: SessionPolicy::default(),
+            public_url: "http://localhost:8080".into(),
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct App {
     hash_permits: Arc<tokio::sync::Semaphore>,
     password_verifications: Arc<std::sync::atomic::AtomicU64>,
     pwned: PwnedChecker,
+    /// Woken when a use case has queued mail, so delivery need not wait for its next pass.
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -142,6 +150,7 @@ impl App {
             hash_permits: Arc::new(tokio::sync::Semaphore::new(cores)),
             password_verifications: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             pwned,
+            outbox: Arc::new(tokio::sync::Notify::new()),
         }
     }
     /// The store (for health checks and the composition root).
@@ -155,5 +164,17 @@ impl App {
     /// The settings.
     pub fn config(&self) -> &AppConfig {
         &self.config
+    }
+}
+
+impl App {
+    /// Woken (a permit stored if nobody waits) each time a use case has queued mail: the
+    /// delivery loop waits on it between passes.
+    pub fn outbox_wakeup(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox.clone()
+    }
+
+    pub(crate) fn mail_queued(&self) {
+        self.outbox.notify_one();
     }
 }

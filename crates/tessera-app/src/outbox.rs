@@ -1,22 +1,35 @@
-//! Delivering queued notifications (the outbox) by SMTP. Notifications are written in the
-//! transaction that causes them (e.g. a support reset), so none is lost if the relay is down;
-//! delivery retries on the next pass.
+//! Delivering queued notifications (the outbox): by SMTP when a relay is configured, else as
+//! `.eml` files (mode 0600) in a directory, so a laptop's `tessera serve` can follow a link.
+//! Notifications are written in the transaction that causes them, so none is lost if the
+//! relay is down; delivery retries on the next pass. A message that carries a link has its
+//! token sealed in its row; it is opened only here, put in the link, and blanked once sent.
 
+use crate::lifecycle::mail_aad;
 use crate::{App, AppError};
-use lettre::message::{Mailbox, Message};
+use lettre::message::{Mailbox, Message, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use std::path::PathBuf;
+use tessera_core::seal::{KeyId, Sealed};
 
-/// An SMTP relay: `smtp://host:port` (plain, for a local relay), `smtp://host:port?tls=required`
-/// (STARTTLS) or `smtps://host:port`; credentials may be in the URL.
+#[derive(Clone)]
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Dir(PathBuf),
+}
+
+/// Where mail goes: an SMTP relay, or a directory of `.eml` files.
 #[derive(Clone)]
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: Transport,
     from: Mailbox,
 }
 
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Mailer(from {})", self.from)
+        match &self.transport {
+            Transport::Smtp(_) => write!(f, "Mailer(SMTP, from {})", self.from),
+            Transport::Dir(d) => write!(f, "Mailer({}, from {})", d.display(), self.from),
+        }
     }
 }
 
@@ -30,18 +43,72 @@ pub struct DeliveryReport {
 }
 
 impl Mailer {
-    /// A mailer for `url`, sending as `from`.
+    /// An SMTP relay: `smtp://host:port` (plain, for a local relay), `smtp://host:port?tls=required`
+    /// (STARTTLS) or `smtps://host:port`; credentials may be in the URL. Sending as `from`.
     pub fn new(url: &str, from: &str) -> Result<Self, AppError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| AppError::FailedPrecondition(format!("SMTP URL: {e}")))?
             .build();
-        let from = from.parse().map_err(|e| AppError::FailedPrecondition(format!("SMTP from address: {e}")))?;
-        Ok(Self { transport, from })
+        Ok(Self { transport: Transport::Smtp(transport), from: from_address(from)? })
+    }
+
+    /// No relay: each message becomes `DIR/<id>.eml` (mode 0600; the directory is created
+    /// 0700), and its path is logged.
+    pub fn to_dir(dir: PathBuf, from: &str) -> Result<Self, AppError> {
+        Ok(Self { transport: Transport::Dir(dir), from: from_address(from)? })
+    }
+
+    async fn send(&self, id: &str, msg: Message) -> Result<(), String> {
+        match &self.transport {
+            Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| e.to_string()),
+            Transport::Dir(dir) => {
+                let path = dir.join(format!("{id}.eml"));
+                let bytes = msg.formatted();
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || write_private(&p, &bytes))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                tracing::info!(path = %path.display(), "mail written (no SMTP relay configured)");
+                Ok(())
+            }
+        }
     }
 }
 
-fn render(kind: &str, detail: &str) -> (String, String) {
+fn from_address(from: &str) -> Result<Mailbox, AppError> {
+    from.parse().map_err(|e| AppError::FailedPrecondition(format!("mail from address: {e}")))
+}
+
+/// Write a new file readable by its owner only (a message may carry a link that resets a
+/// password); never over an existing one.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// A message's text with its link (if any) as the HTML part's one anchor.
+fn html(text: &str, link: Option<&str>) -> String {
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let mut out = String::from("<!doctype html><html><body style=\"font-family: sans-serif; line-height: 1.5\">");
+    for para in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        match link {
+            Some(l) if para == l => out.push_str(&format!("<p><a href=\"{}\">{}</a></p>", esc(l), esc(l))),
+            _ => out.push_str(&format!("<p>{}</p>", esc(para).replace('\n', "<br>"))),
+        }
+    }
+    out.push_str("</body></html>");
+    out
+}
+
+fn render(kind: &str, detail: &str, link: Option<&str>) -> (String, String) {
     let d: serde_json::Value = serde_json::from_str(detail).unwrap_or_default();
     match kind {
         "mfa_reset" => (
@@ -94,6 +161,31 @@ fn render(kind: &str, detail: &str) -> (String, String) {
                 d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
             ),
         ),
+        "password_reset" => (
+            "Reset your password".to_owned(),
+            format!(
+                "Someone asked to reset the password of your account from {} ({}). To choose a new \
+                 password, open this link within {} minutes:\n\n{}\n\n\
+                 The link works once. It does not sign you in: after the new password, sign in as usual, \
+                 with your authenticator if you have one.\n\n\
+                 If this was not you, ignore this message: your password stays as it is.\n",
+                d.get("ip").and_then(|v| v.as_str()).unwrap_or("an unknown address"),
+                d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
+                d.get("minutes").and_then(serde_json::Value::as_i64).unwrap_or(30),
+                link.unwrap_or("(the link is missing: request a new one)"),
+            ),
+        ),
+        "password_reset_done" => (
+            "Your password was changed".to_owned(),
+            format!(
+                "The password of your account was set with a reset link from {} ({}). Every session \
+                 was signed out; your authenticators and recovery codes are unchanged.\n\n\
+                 If this was not you, someone can read your email: reset your password again at once and \
+                 contact support.\n",
+                d.get("ip").and_then(|v| v.as_str()).unwrap_or("an unknown address"),
+                d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
+            ),
+        ),
         "invitation" => (
             // The account's name is the inviter's to choose: it stays out of the subject line.
             "You are invited to an account on Tessera".to_owned(),
@@ -115,32 +207,64 @@ impl App {
     /// Deliver up to `limit` queued notifications.
     pub async fn deliver_notifications(&self, mailer: &Mailer, limit: u32) -> Result<DeliveryReport, AppError> {
         let mut report = DeliveryReport::default();
-        for (id, email, kind, detail) in self.store.unsent_notifications(limit).await? {
-            let (subject, body) = render(&kind, &detail);
-            let msg = email.parse::<Mailbox>().map_err(|e| e.to_string()).and_then(|to| {
+        for m in self.store.unsent_notifications(limit).await? {
+            let link = match self.mail_link(&m) {
+                Ok(link) => link,
+                Err(e) => {
+                    // Its key is gone: the message can never carry its link. Drop it (the user
+                    // asks again) rather than retry for ever.
+                    tracing::error!(notification = %m.id, error = %e, "a queued link cannot be opened; dropped");
+                    self.store.mark_notification_sent(&m.id, self.clock.now()).await?;
+                    report.failed += 1;
+                    continue;
+                }
+            };
+            let (subject, text) = render(&m.kind, &m.detail, link.as_deref().map(String::as_str));
+            let body = html(&text, link.as_deref().map(String::as_str));
+            let msg = m.email.parse::<Mailbox>().map_err(|e| e.to_string()).and_then(|to| {
                 Message::builder()
                     .from(mailer.from.clone())
                     .to(to)
                     .subject(subject)
-                    .body(body)
+                    .multipart(MultiPart::alternative_plain_html(text, body))
                     .map_err(|e| e.to_string())
             });
             let sent = match msg {
-                Ok(m) => mailer.transport.send(m).await.map(|_| ()).map_err(|e| e.to_string()),
+                Ok(msg) => mailer.send(&m.id, msg).await,
                 Err(e) => Err(e),
             };
             match sent {
                 Ok(()) => {
-                    self.store.mark_notification_sent(&id, self.clock.now()).await?;
+                    self.store.mark_notification_sent(&m.id, self.clock.now()).await?;
                     report.sent += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(notification = %id, error = %e, "notification not delivered; will retry");
-                    self.store.mark_notification_failed(&id).await?;
+                    tracing::warn!(notification = %m.id, error = %e, "notification not delivered; will retry");
+                    self.store.mark_notification_failed(&m.id).await?;
                     report.failed += 1;
                 }
             }
         }
         Ok(report)
+    }
+
+    /// The link a queued message carries, its token opened from the row (`None`: no link).
+    fn mail_link(&self, m: &tessera_store::QueuedMail) -> Result<Option<zeroize::Zeroizing<String>>, AppError> {
+        let Some(s) = &m.secret else { return Ok(None) };
+        let sealed =
+            Sealed { key_id: KeyId::new(&s.key_id)?, nonce: s.nonce.clone(), ciphertext: s.ciphertext.clone() };
+        let aad = mail_aad(&m.id, &m.user_id);
+        let token = match self.keys.get().open(&aad, &sealed) {
+            Err(tessera_core::CoreError::UnknownKey(_)) => self.keys.reload()?.open(&aad, &sealed),
+            r => r,
+        }
+        .map_err(AppError::Keys)?;
+        let token = std::str::from_utf8(&token).map_err(|_| AppError::Keys(tessera_core::CoreError::OpenFailed))?;
+        let path = match m.kind.as_str() {
+            "password_reset" => "/password/reset",
+            other => return Err(AppError::FailedPrecondition(format!("no link for a {other} message"))),
+        };
+        let base = self.config.public_url.trim_end_matches('/');
+        Ok(Some(zeroize::Zeroizing::new(format!("{base}{path}?token={token}"))))
     }
 }

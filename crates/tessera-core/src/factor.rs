@@ -135,6 +135,10 @@ pub enum AuditKind {
     MemberRemoved,
     /// A member's role changed.
     MemberRoleChanged,
+    /// A password-reset link was mailed.
+    PasswordResetRequested,
+    /// The password was set with a reset link.
+    PasswordReset,
 }
 
 impl AuditKind {
@@ -190,6 +194,8 @@ mod tests {
                 "invitation_closed",
                 "member_removed",
                 "member_role_changed",
+                "password_reset_requested",
+                "password_reset",
             ]
         );
         for k in AuditKind::VARIANTS {

@@ -79,7 +79,7 @@ pub fn layer() -> EdgeLayer {
         .into_inner()
 }
 
-/// What [`drop_malformed_request_id`] is, as a nameable type.
+/// The type of the function that drops a malformed `x-request-id` (nameable for [`EdgeLayer`]).
 pub type DropMalformedId = fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>;
 
 const X_REQUEST_ID: &str = "x-request-id";

@@ -355,4 +355,25 @@ impl IdentityService for IdentitySvc {
             sessions_revoked: rep.sessions,
         }))
     }
+
+    async fn request_password_reset(
+        &self,
+        req: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        let r = req.into_inner();
+        self.app.request_password_reset(&r.email, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn complete_password_reset(
+        &self,
+        req: Request<pb::CompletePasswordResetRequest>,
+    ) -> Result<Response<pb::CompletePasswordResetResponse>, Status> {
+        let r = req.into_inner();
+        if r.token.is_empty() {
+            return Err(Status::invalid_argument("token: required (the `token` of the reset link)"));
+        }
+        self.app.complete_password_reset(&r.token, &r.new_password, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::CompletePasswordResetResponse {}))
+    }
 }

@@ -66,8 +66,13 @@ pub struct ConfigFile {
     /// Refuse passwords seen in at least this many breaches [default: 1].
     #[arg(long, env = "TESSERA_PWNED_THRESHOLD")]
     pub pwned_threshold: Option<u64>,
-    /// SMTP relay for notifications, e.g. smtp://127.0.0.1:25 or smtps://user:pass@host:465
-    /// [default: none; notices stay queued in the outbox].
+    /// The base of every absolute URL Tessera writes (links in mail), e.g.
+    /// `https://mfa.example.com`; never taken from a request's Host [default:
+    /// `http://localhost:PORT`, the port of --http-addr].
+    #[arg(long, env = "TESSERA_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// SMTP relay for mail, e.g. smtp://127.0.0.1:25 or smtps://user:pass@host:465 [default:
+    /// none; each message is written to DATA_DIR/mail/ as an .eml file].
     #[arg(long, env = "TESSERA_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
     /// Sender of notifications (default: `Tessera <no-reply@localhost>`).
@@ -186,6 +191,10 @@ pub struct ServerConfig {
     pub pwned: tessera_app::PwnedConfig,
     /// SMTP relay URL and sender, when notifications are delivered.
     pub smtp: Option<(String, String)>,
+    /// Sender of mail.
+    pub mail_from: String,
+    /// The base of absolute URLs (links in mail), without a trailing slash.
+    pub public_url: String,
     /// The web pages' settings.
     pub web: tessera_web::WebConfig,
     /// gRPC over TLS, with client certificates when a client CA is set.
@@ -269,10 +278,13 @@ impl ServerConfig {
             threshold: given.pwned_threshold.unwrap_or(1).max(1),
             failure: pwned_failure,
         };
-        let smtp = given
-            .smtp_url
-            .clone()
-            .map(|u| (u, given.smtp_from.clone().unwrap_or_else(|| "Tessera <no-reply@localhost>".into())));
+        let mail_from = given.smtp_from.clone().unwrap_or_else(|| "Tessera <no-reply@localhost>".into());
+        let smtp = given.smtp_url.clone().map(|u| (u, mail_from.clone()));
+        let http_addr = given.http_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let public_url = match &given.public_url {
+            Some(u) => public_url(u)?,
+            None => format!("http://localhost:{}", http_addr.port()),
+        };
         let web = tessera_web::WebConfig {
             rate_limit_per_minute: given.web_rate_limit_per_minute.unwrap_or(20),
             post_rate_limit_per_minute: given.web_post_rate_limit_per_minute.unwrap_or(60),
@@ -333,12 +345,14 @@ impl ServerConfig {
             grpc_tls,
             web,
             smtp,
+            mail_from,
+            public_url,
             pwned,
             database_url: given
                 .database_url
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("tessera.db").display())),
             keyring_file: given.keyring_file.unwrap_or_else(|| data_dir.join("keyring")),
-            http_addr: given.http_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            http_addr,
             grpc_addr: given.grpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_addr: given.admin_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
             issuer: given.issuer.unwrap_or_else(|| "Tessera".into()),
@@ -349,6 +363,24 @@ impl ServerConfig {
             data_dir,
         })
     }
+}
+
+/// A public URL: `http://` or `https://`, a host, maybe a port and a path prefix; no query,
+/// fragment, credentials or whitespace. Returned without a trailing slash.
+pub fn public_url(v: &str) -> Result<String, ServerError> {
+    let bad = |why: &str| ServerError::Config(format!("public_url {v:?}: {why}"));
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') {
+        return Err(bad("needs a host"));
+    }
+    if v.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '@' | '\\' | '"' | '<' | '>')) {
+        return Err(bad("no query, fragment, credentials, quotes or spaces"));
+    }
+    Ok(v.trim_end_matches('/').to_owned())
 }
 
 /// A duration like `90s`, `15m`, `12h` or `7d` (a bare number is seconds).

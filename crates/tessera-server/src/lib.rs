@@ -52,7 +52,7 @@ pub struct Prepared {
     /// What to print at start.
     pub summary: Vec<String>,
     /// Delivers queued notifications, when a relay is configured.
-    pub mailer: Option<tessera_app::Mailer>,
+    pub mailer: tessera_app::Mailer,
     /// The web pages' settings.
     pub web: tessera_web::WebConfig,
     /// gRPC TLS (and mTLS), when configured.
@@ -96,14 +96,16 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
     let app = App::new(store, keys, clock.unwrap_or_else(|| Arc::new(SystemClock)), app_cfg(cfg));
     let mailer = match &cfg.smtp {
         Some((url, from)) => {
-            summary.push(format!("notifications: SMTP {}", redact_url(url)));
-            Some(tessera_app::Mailer::new(url, from)?)
+            summary.push(format!("mail: SMTP {}", redact_url(url)));
+            tessera_app::Mailer::new(url, from)?
         }
         None => {
-            summary.push("notifications: queued in the outbox (no SMTP relay configured)".into());
-            None
+            let dir = cfg.data_dir.join("mail");
+            summary.push(format!("mail: written to {} as .eml files (no SMTP relay configured)", dir.display()));
+            tessera_app::Mailer::to_dir(dir, &cfg.mail_from)?
         }
     };
+    summary.push(format!("public URL (links in mail): {}", cfg.public_url));
     let grpc_tls = match &cfg.grpc_tls {
         Some(t) => {
             let read = |p: &std::path::Path| {
@@ -157,7 +159,13 @@ pub async fn open_app(cfg: &ServerConfig) -> Result<App, ServerError> {
 }
 
 fn app_cfg(cfg: &ServerConfig) -> AppConfig {
-    AppConfig { issuer: cfg.issuer.clone(), pwned: cfg.pwned.clone(), sessions: cfg.sessions, ..AppConfig::default() }
+    AppConfig {
+        issuer: cfg.issuer.clone(),
+        pwned: cfg.pwned.clone(),
+        sessions: cfg.sessions,
+        public_url: cfg.public_url.clone(),
+        ..AppConfig::default()
+    }
 }
 
 /// Create the data directory readable by its owner only (it holds the database).
@@ -233,21 +241,24 @@ pub async fn run(
     let admin_limits = HttpLimits { max_connections: ADMIN_MAX_CONNECTIONS, ..http_limits };
     let admin = listen::serve(listeners.admin, http::admin(app.clone()), admin_limits, stop.clone().cancelled_owned());
 
-    let outbox = mailer.map(|m| {
+    let outbox = {
         let app = app.clone();
         let stop = stop.clone();
+        let wakeup = app.outbox_wakeup();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = app.deliver_notifications(&m, 100).await {
+                if let Err(e) = app.deliver_notifications(&mailer, 100).await {
                     tracing::warn!(error = %e, "outbox pass failed");
                 }
+                // A pass when a use case queues mail, and every 5 s for retries.
                 tokio::select! {
+                    _ = wakeup.notified() => {}
                     _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
                     _ = stop.cancelled() => return,
                 }
             }
         })
-    });
+    };
     let keyring = tokio::spawn(watch_keyring(app.keys().clone(), keyring_check_interval, stop.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
@@ -260,9 +271,7 @@ pub async fn run(
     let g = grpc.await.map_err(|e| ServerError::Config(format!("gRPC task: {e}")))?;
     http.await.map_err(|e| ServerError::Config(format!("HTTP task: {e}")))?;
     admin.await.map_err(|e| ServerError::Config(format!("admin HTTP task: {e}")))?;
-    if let Some(o) = outbox {
-        let _ = o.await;
-    }
+    let _ = outbox.await;
     let _ = keyring.await;
     app.store().close().await;
     g?;

@@ -12,6 +12,8 @@ pub struct KeyUsage {
     pub totp_secrets: u64,
     /// Recovery codes MACed under it (not re-encryptable: they go when regenerated or used).
     pub recovery_codes: u64,
+    /// Queued messages whose link token is sealed under it (they go once delivered).
+    pub queued_mail: u64,
 }
 
 /// A sealed secret with the row identity its associated data binds.
@@ -35,22 +37,26 @@ struct Row {
 }
 
 impl Store {
-    /// Rows per key id, over TOTP secrets and unused recovery codes.
+    /// Rows per key id, over TOTP secrets, unused recovery codes and undelivered messages
+    /// carrying a sealed token.
     pub async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT key_id, SUM(t), SUM(r) FROM ( \
-               SELECT key_id, 1 AS t, 0 AS r FROM totp_secrets \
-               UNION ALL SELECT key_id, 0 AS t, 1 AS r FROM recovery_codes WHERE used_at IS NULL \
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT key_id, SUM(t), SUM(r), SUM(m) FROM ( \
+               SELECT key_id, 1 AS t, 0 AS r, 0 AS m FROM totp_secrets \
+               UNION ALL SELECT key_id, 0 AS t, 1 AS r, 0 AS m FROM recovery_codes WHERE used_at IS NULL \
+               UNION ALL SELECT secret_key_id, 0 AS t, 0 AS r, 1 AS m FROM outbox \
+                 WHERE sent_at IS NULL AND secret_key_id IS NOT NULL \
              ) u GROUP BY key_id ORDER BY key_id",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(key_id, t, r)| KeyUsage {
+            .map(|(key_id, t, r, m)| KeyUsage {
                 key_id,
                 totp_secrets: u64::try_from(t).unwrap_or(0),
                 recovery_codes: u64::try_from(r).unwrap_or(0),
+                queued_mail: u64::try_from(m).unwrap_or(0),
             })
             .collect())
     }

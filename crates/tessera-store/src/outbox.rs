@@ -1,7 +1,7 @@
 //! The outbox: notices written in the transaction that causes them, delivered later
 //! (`tessera_app::outbox`) and marked sent or failed.
 
-use crate::{Store, StoreError};
+use crate::{SealedSecret, Store, StoreError};
 use tessera_core::clock::to_millis;
 use time::OffsetDateTime;
 
@@ -18,6 +18,37 @@ pub struct NewNotification {
     pub kind: String,
     /// JSON object.
     pub detail: String,
+    /// A token the message carries (a link's), sealed; blanked once delivered.
+    pub secret: Option<SealedSecret>,
+}
+
+/// A queued message to deliver.
+#[derive(Debug, Clone)]
+pub struct QueuedMail {
+    /// Row id (bound into the sealed token's associated data).
+    pub id: String,
+    /// To whom.
+    pub user_id: String,
+    /// Their address.
+    pub email: String,
+    /// What about.
+    pub kind: String,
+    /// JSON object.
+    pub detail: String,
+    /// The sealed token, if it carries one.
+    pub secret: Option<SealedSecret>,
+}
+
+#[derive(sqlx::FromRow)]
+struct QueuedRow {
+    id: String,
+    user_id: String,
+    email: String,
+    kind: String,
+    detail: String,
+    secret_key_id: Option<String>,
+    secret_nonce: Option<Vec<u8>>,
+    secret_ciphertext: Option<Vec<u8>>,
 }
 
 /// Queue a notification (in the caller's transaction).
@@ -26,15 +57,22 @@ pub(crate) async fn insert_notification(
     n: &NewNotification,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO outbox (id, user_id, email, kind, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(&n.id)
-        .bind(&n.user_id)
-        .bind(&n.email)
-        .bind(&n.kind)
-        .bind(&n.detail)
-        .bind(to_millis(now))
-        .execute(conn)
-        .await?;
+    let sealed = n.secret.as_ref();
+    sqlx::query(
+        "INSERT INTO outbox (id, user_id, email, kind, detail, created_at, secret_key_id, secret_nonce, \
+         secret_ciphertext) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&n.id)
+    .bind(&n.user_id)
+    .bind(&n.email)
+    .bind(&n.kind)
+    .bind(&n.detail)
+    .bind(to_millis(now))
+    .bind(sealed.map(|s| s.key_id.clone()))
+    .bind(sealed.map(|s| s.nonce.clone()))
+    .bind(sealed.map(|s| s.ciphertext.clone()))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -44,21 +82,34 @@ impl Store {
         let mut c = self.write().await?;
         insert_notification(&mut c, n, now).await
     }
-    /// Queued notifications not yet sent, oldest first: (id, email, kind, detail).
-    pub async fn unsent_notifications(&self, limit: u32) -> Result<Vec<(String, String, String, String)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, email, kind, detail FROM outbox WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1",
+    /// Queued notifications not yet sent, oldest first.
+    pub async fn unsent_notifications(&self, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+        let rows: Vec<QueuedRow> = sqlx::query_as(
+            "SELECT id, user_id, email, kind, detail, secret_key_id, secret_nonce, secret_ciphertext FROM outbox \
+             WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let secret = match (r.secret_key_id, r.secret_nonce, r.secret_ciphertext) {
+                    (Some(key_id), Some(nonce), Some(ciphertext)) => Some(SealedSecret { key_id, nonce, ciphertext }),
+                    _ => None,
+                };
+                QueuedMail { id: r.id, user_id: r.user_id, email: r.email, kind: r.kind, detail: r.detail, secret }
+            })
+            .collect())
     }
     /// Mark a queued notification as delivered.
     pub async fn mark_notification_sent(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
-        // A delivered invitation's code is no longer kept in the clear.
+        // A delivered message's token is no longer kept, sealed or (an invitation's code) in
+        // the clear.
         sqlx::query(
             "UPDATE outbox SET sent_at = $2, attempts = attempts + 1, \
-             detail = CASE WHEN kind = 'invitation' THEN '{}' ELSE detail END WHERE id = $1",
+             detail = CASE WHEN kind = 'invitation' THEN '{}' ELSE detail END, \
+             secret_key_id = NULL, secret_nonce = NULL, secret_ciphertext = NULL WHERE id = $1",
         )
         .bind(id)
         .bind(to_millis(now))

@@ -11,6 +11,8 @@
 //!   (mandatory there), otherwise a loud `SKIPPED`; [`PgDatabase`], a whole database for a
 //!   server under test.
 //! - `codes.rs` — [`T0`], [`test_clock`], [`code_at`] and [`ctx`].
+//! - `mail.rs` — [`read_mailbox`], [`wait_for_mail`]: the `.eml` files Tessera writes without
+//!   an SMTP relay, read as a mail client would.
 //! - `serve.rs` — [`Serve`], the real binary; its path is a parameter because
 //!   `CARGO_BIN_EXE_tessera` exists only in the binary crate's own tests.
 
@@ -20,10 +22,12 @@
 
 mod codes;
 mod harness;
+mod mail;
 mod pg;
 mod serve;
 
 pub use codes::{T0, code_at, code_with, ctx, ctx_from, test_clock};
 pub use harness::{Harness, app_over};
+pub use mail::{Mail, read_mailbox, wait_for_mail};
 pub use pg::{CI_PG_URL, PgDatabase, loud, pg_url, pg_url_or_skip};
 pub use serve::Serve;

@@ -18,7 +18,8 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 /// Forms that try a password or a code: their POSTs share the tight per-client budget
 /// (`WebConfig::rate_limit_per_minute`); every other POST draws on the generous one
 /// (`WebConfig::post_rate_limit_per_minute`).
-const SIGN_IN: [&str; 5] = ["/signup", "/login", "/login/code", "/login/recovery", "/settings/reauth"];
+const SIGN_IN: [&str; 7] =
+    ["/signup", "/login", "/login/code", "/login/recovery", "/settings/reauth", "/password/forgot", "/password/reset"];
 
 /// The client's address, as the audit trail and the rate limit see it.
 #[derive(Debug, Clone)]

@@ -47,6 +47,23 @@ pub(crate) fn timestamp(t: OffsetDateTime) -> String {
 }
 
 #[derive(Template)]
+#[template(path = "password_forgot.html")]
+pub(crate) struct PasswordForgot {
+    pub(crate) chrome: Chrome,
+    pub(crate) email: String,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "password_reset.html")]
+pub(crate) struct PasswordReset {
+    pub(crate) chrome: Chrome,
+    pub(crate) token: String,
+    pub(crate) min_chars: usize,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
 #[template(path = "message.html")]
 pub(crate) struct Message {
     pub(crate) chrome: Chrome,

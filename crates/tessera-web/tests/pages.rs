@@ -383,8 +383,8 @@ async fn the_secret_is_shown_only_while_the_device_is_pending() {
 /// The code of the newest invitation mail to `email` in the outbox.
 async fn mailed_code(h: &H, email: &str) -> String {
     let mails = h.app.store().unsent_notifications(1000).await.unwrap();
-    let m = mails.iter().rev().find(|m| m.1 == email && m.2 == "invitation").expect("an invitation mail");
-    let d: serde_json::Value = serde_json::from_str(&m.3).unwrap();
+    let m = mails.iter().rev().find(|m| m.email == email && m.kind == "invitation").expect("an invitation mail");
+    let d: serde_json::Value = serde_json::from_str(&m.detail).unwrap();
     d["code"].as_str().unwrap().to_owned()
 }
 
@@ -842,4 +842,92 @@ async fn a_post_finishes_when_the_browser_hangs_up() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(signed_up, "the sign-up finished after the browser hung up");
+}
+
+/// Deliver the app's queued mail to a mailbox directory; the token of the newest reset link
+/// to `email`.
+async fn mailed_reset_token(h: &H, email: &str) -> String {
+    let dir = h.dir.path().join("mail");
+    let mailer = tessera_app::Mailer::to_dir(dir.clone(), "Tessera <no-reply@localhost>").unwrap();
+    h.app.deliver_notifications(&mailer, 100).await.unwrap();
+    let mail = tessera_testkit::read_mailbox(&dir).into_iter().rev().find(|m| m.to.contains(email)).expect("a mail");
+    let link = mail.link("http://localhost:8080/password/reset?token=").expect("a reset link");
+    link.rsplit_once("token=").unwrap().1.to_owned()
+}
+
+/// "Forgot your password?" answers a registered and an unknown address byte for byte alike.
+#[tokio::test]
+async fn forgot_password_says_the_same_for_every_address() {
+    let h = harness(WebConfig::default()).await;
+    h.app.create_user("known@example.com", PASSWORD, &ClientContext::default()).await.unwrap();
+    let mut b = Browser::new("10.0.9.1");
+    assert!(b.get(&h, "/login").await.body.contains("href=\"/password/forgot\""));
+    let form = b.get(&h, "/password/forgot").await;
+    assert_eq!(form.status, StatusCode::OK);
+    let known = b.post(&h, "/password/forgot", &[("email", "known@example.com")]).await;
+    let unknown = b.post(&h, "/password/forgot", &[("email", "unknown@example.com")]).await;
+    assert_eq!(known.status, StatusCode::OK);
+    assert!(known.body.contains("If an account uses that address"), "{}", known.body);
+    assert_eq!((known.status, &known.headers, &known.body), (unknown.status, &unknown.headers, &unknown.body));
+    // A malformed address is an input error, in words.
+    let bad = b.post(&h, "/password/forgot", &[("email", "not an address")]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("is not an email address."), "{}", bad.body);
+}
+
+/// The link sets a new password and signs nobody in; it works once; a browser that holds
+/// another user's session keeps it; bad links get words.
+#[tokio::test]
+async fn a_reset_link_sets_the_password_once_and_signs_nobody_in() {
+    let h = harness(WebConfig::default()).await;
+    let (_, secret) = user_with_totp(&h, "ada@example.com").await;
+    let mut ada = Browser::new("10.0.9.2");
+    h.clock.advance(time::Duration::seconds(30));
+    login_2fa(&h, &mut ada, "ada@example.com", &secret, T0 + 30).await;
+    // Someone else's browser, signed in as bob, opens ada's link.
+    h.app.create_user("bob@example.com", PASSWORD, &ClientContext::default()).await.unwrap();
+    let mut bob = Browser::new("10.0.9.3");
+    assert_eq!(
+        bob.post(&h, "/login", &[("email", "bob@example.com"), ("password", PASSWORD)]).await.location(),
+        "/accounts"
+    );
+    let bobs = session_of(&h, &bob).await;
+
+    ada.post(&h, "/password/forgot", &[("email", "ada@example.com")]).await;
+    let token = mailed_reset_token(&h, "ada@example.com").await;
+    let page = bob.get(&h, &format!("/password/reset?token={token}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(&format!("name=\"token\" value=\"{token}\"")));
+    let weak = bob.post(&h, "/password/reset", &[("token", &token), ("password", "short")]).await;
+    assert_eq!(weak.status, StatusCode::BAD_REQUEST);
+    assert!(weak.body.contains("role=\"alert\""), "{}", weak.body);
+    let new_pw = "a completely new passphrase";
+    let done = bob.post(&h, "/password/reset", &[("token", &token), ("password", new_pw)]).await;
+    assert_eq!((done.status, done.location()), (StatusCode::SEE_OTHER, "/login?reset=1"));
+    assert!(done.set_cookies().is_empty(), "no cookie set or cleared: {:?}", done.set_cookies());
+    assert!(h.app.session(&bob.jar["__Host-tessera_session"]).await.unwrap().is_some(), "bob's session stays");
+    assert_eq!(session_of(&h, &bob).await.id(), bobs.id());
+    assert!(h.app.session(&ada.jar["__Host-tessera_session"]).await.unwrap().is_none(), "ada's sessions ended");
+
+    // Used once; then words, and a way on.
+    let again = bob.get(&h, &format!("/password/reset?token={token}")).await;
+    assert_eq!(again.status, StatusCode::GONE);
+    assert!(again.body.contains("This link has expired or was already used. Request a new one."), "{}", again.body);
+    assert!(again.body.contains("href=\"/password/forgot\""));
+    let reuse = bob.post(&h, "/password/reset", &[("token", &token), ("password", "another passphrase here")]).await;
+    assert_eq!(reuse.status, StatusCode::GONE);
+    for bad in [&token[..20], "", "%00"] {
+        let r = bob.get(&h, &format!("/password/reset?token={bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(r.body.contains("This link is incomplete."), "{}", r.body);
+    }
+
+    // The new password is only the first factor.
+    let mut fresh = Browser::new("10.0.9.4");
+    let notice = fresh.get(&h, "/login?reset=1").await;
+    assert!(notice.body.contains("Your new password is set"), "{}", notice.body);
+    let r = fresh.post(&h, "/login", &[("email", "ada@example.com"), ("password", new_pw)]).await;
+    assert_eq!(r.location(), "/login/code", "a code is still asked for");
+    let r = fresh.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the old password: {}", r.body);
 }

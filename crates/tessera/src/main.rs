@@ -268,20 +268,25 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> Result<()> {
         }
         KeysCommand::Status => {
             let app = cli.app().await?;
-            println!("{:<16} {:>8} {:>13} {:>15}  note", "key", "current", "totp_secrets", "recovery_codes");
+            println!(
+                "{:<16} {:>8} {:>13} {:>15} {:>12}  note",
+                "key", "current", "totp_secrets", "recovery_codes", "queued_mail"
+            );
             for s in app.key_status().await? {
-                let note = match (s.in_keyring, s.current, s.usage.totp_secrets + s.usage.recovery_codes) {
+                let used = s.usage.totp_secrets + s.usage.recovery_codes + s.usage.queued_mail;
+                let note = match (s.in_keyring, s.current, used) {
                     (false, _, _) => "MISSING from the keyring: these rows cannot be opened",
                     (true, true, _) => "",
                     (true, false, 0) => "unused: can retire",
                     (true, false, _) => "still used",
                 };
                 println!(
-                    "{:<16} {:>8} {:>13} {:>15}  {note}",
+                    "{:<16} {:>8} {:>13} {:>15} {:>12}  {note}",
                     s.key_id,
                     if s.current { "yes" } else { "" },
                     s.usage.totp_secrets,
-                    s.usage.recovery_codes
+                    s.usage.recovery_codes,
+                    s.usage.queued_mail
                 );
             }
         }

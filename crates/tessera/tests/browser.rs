@@ -97,6 +97,7 @@ fn web_pages_in_headless_chromium() {
         "12-first-factor-signs-out-others",
         "13-reauth",
         "15-stranger-locked",
+        "16-password-reset",
     ] {
         assert!(out.join(format!("{page}.png")).exists(), "screenshot {page}");
     }

@@ -22,26 +22,16 @@ struct InProcess {
     clock: ManualClock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    /// The database the server uses (the test reads its outbox: the users' mailboxes).
-    database_url: String,
-    _dir: tempfile::TempDir,
+    /// The server's data directory (its mailbox is `mail/`).
+    dir: tempfile::TempDir,
 }
 
 impl InProcess {
-    /// The code in the newest invitation mail to `email`, read from the outbox.
+    /// The code in the newest invitation mail to `email`, read from the mailbox (the `.eml`
+    /// files the server writes without an SMTP relay).
     async fn mailed_code(&self, email: &str) -> String {
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&self.database_url).await.unwrap();
-        let detail: String = sqlx::query_scalar(
-            "SELECT detail FROM outbox WHERE email = $1 AND kind = 'invitation' ORDER BY created_at DESC LIMIT 1",
-        )
-        .bind(email)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-        let d: serde_json::Value = serde_json::from_str(&detail).unwrap();
-        d["code"].as_str().unwrap().to_owned()
+        let mail = tessera_testkit::wait_for_mail(&self.dir.path().join("mail"), email, "You are invited").await;
+        mail.text.lines().find_map(|l| l.strip_prefix("    ")).expect("a code line").trim().to_owned()
     }
 
     async fn start(database_url: Option<String>) -> Self {
@@ -75,8 +65,7 @@ impl InProcess {
             .await
             .unwrap();
         });
-        let database_url = cfg.database_url.clone();
-        Self { grpc: ga, http: ha, admin: aa, clock, stop: Some(tx), task, database_url, _dir: dir }
+        Self { grpc: ga, http: ha, admin: aa, clock, stop: Some(tx), task, dir }
     }
 
     async fn client(&self, token: &str) -> Client {
@@ -354,6 +343,57 @@ async fn request_ids_are_echoed_and_calls_counted() {
     assert!(line("other", "Unauthenticated"), "{metrics}");
     assert!(!metrics.contains("MintALabel"), "a caller's path never becomes a label: {metrics}");
     assert!(metrics.contains("tessera_grpc_request_seconds_bucket{method=\"ListFactors\""), "{metrics}");
+    srv.stop().await;
+}
+
+/// RequestPasswordReset and CompletePasswordReset answer as the pages do: one empty answer
+/// for every address, the link's rules, the password's rules, nobody signed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_reset_over_grpc() {
+    use tessera_client::pb::LoginStatus;
+    let srv = InProcess::start(None).await;
+    let c = srv.client(TOKEN).await;
+    let mut id = c.identity();
+    let (email, pw) = ("rita@example.com", "correct horse battery staple");
+    id.create_user(pb::CreateUserRequest { email: email.into(), password: pw.into(), context: None }).await.unwrap();
+    let ctx =
+        || Some(pb::ClientContext { ip: "192.0.2.9".into(), user_agent: "grpc-test".into(), ..Default::default() });
+    for e in [email, "nobody@example.com"] {
+        let r = id.request_password_reset(pb::RequestPasswordResetRequest { email: e.into(), context: ctx() }).await;
+        assert_eq!(r.unwrap().into_inner(), pb::RequestPasswordResetResponse {});
+    }
+    let bad = id
+        .request_password_reset(pb::RequestPasswordResetRequest { email: "not an email".into(), context: ctx() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let mail = tessera_testkit::wait_for_mail(&srv.dir.path().join("mail"), email, "Reset your password").await;
+    assert!(mail.text.contains("192.0.2.9 (grpc-test)"), "{}", mail.text);
+    let link = mail.link("http://localhost:8080/password/reset?token=").expect("a link");
+    let token = link.rsplit_once("token=").unwrap().1.to_owned();
+    let complete = |token: &str, new_password: &str| pb::CompletePasswordResetRequest {
+        token: token.into(),
+        new_password: new_password.into(),
+        context: ctx(),
+    };
+    let mut id2 = id.clone();
+    let mut call = async |r: pb::CompletePasswordResetRequest| id2.complete_password_reset(r).await;
+    assert_eq!(call(complete("", "whatever passphrase")).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(call(complete(&token[..30], "whatever passphrase")).await.unwrap_err().code(), Code::FailedPrecondition);
+    let weak = call(complete(&token, "short")).await.unwrap_err();
+    assert_eq!(weak.code(), Code::InvalidArgument);
+    assert!(weak.message().contains("password"), "{}", weak.message());
+    let new_pw = "a new passphrase over grpc";
+    call(complete(&token, new_pw)).await.unwrap();
+    let again = call(complete(&token, "and yet another one")).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().contains("expired or was already used"), "{}", again.message());
+    let login =
+        |password: &str| pb::BeginLoginRequest { email: email.into(), password: password.into(), context: ctx() };
+    let r = id.begin_login(login(new_pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Authenticated as i32);
+    let r = id.begin_login(login(pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Failed as i32);
     srv.stop().await;
 }
 

@@ -11,7 +11,7 @@ use time::Duration;
 
 /// The ids of the queued notices.
 async fn notice_ids(h: &Harness) -> std::collections::HashSet<String> {
-    h.store.unsent_notifications(10_000).await.unwrap().into_iter().map(|n| n.0).collect()
+    h.store.unsent_notifications(10_000).await.unwrap().into_iter().map(|n| n.id).collect()
 }
 
 /// Invite `email` and return the invitation's id and the code the mail to it carried (the
@@ -20,9 +20,9 @@ async fn invite_mail(h: &Harness, by: &Session, acct: &str, email: &str, role: R
     let before = notice_ids(h).await;
     let id = h.app.invite_member(by, acct, email, role, &ctx()).await.unwrap();
     let mails = h.store.unsent_notifications(10_000).await.unwrap();
-    let m = mails.iter().find(|m| !before.contains(&m.0)).expect("an invitation mail");
-    assert_eq!((m.1.as_str(), m.2.as_str()), (email, "invitation"));
-    let detail: serde_json::Value = serde_json::from_str(&m.3).unwrap();
+    let m = mails.iter().find(|m| !before.contains(&m.id)).expect("an invitation mail");
+    assert_eq!((m.email.as_str(), m.kind.as_str()), (email, "invitation"));
+    let detail: serde_json::Value = serde_json::from_str(&m.detail).unwrap();
     (id, detail["code"].as_str().unwrap().to_owned())
 }
 
@@ -104,8 +104,8 @@ async fn invitations(h: &Harness) {
     let (inv_unknown, code_unknown) = invite_mail(h, &so, &acct, "unknown@example.com", Role::Member).await;
     let mails = h.store.unsent_notifications(1000).await.unwrap();
     let words = |code: &str| {
-        let m = mails.iter().find(|m| m.3.contains(code)).unwrap();
-        (m.2.clone(), m.3.replace(code, "CODE"))
+        let m = mails.iter().find(|m| m.detail.contains(code)).unwrap();
+        (m.kind.clone(), m.detail.replace(code, "CODE"))
     };
     assert_eq!(words(&code_known), words(&code_unknown), "the same message to a user and to a stranger");
     let invited = h.app.account_invitations(&so, &acct).await.unwrap();

@@ -193,7 +193,7 @@ async fn support_reset(h: &Harness) {
     );
     // the user is notified (queued in the outbox, after the notice of the factor they added)
     let queued = h.store.unsent_notifications(10).await.unwrap();
-    let kinds: Vec<_> = queued.iter().map(|n| (n.1.as_str(), n.2.as_str())).collect();
+    let kinds: Vec<_> = queued.iter().map(|n| (n.email.as_str(), n.kind.as_str())).collect();
     assert_eq!(kinds, [("eve@example.com", "factor_added"), ("eve@example.com", "mfa_reset")]);
     // the audit trail says who, why and the ticket
     let (events, _) = h.app.list_audit_events(&uid, 100, "").await.unwrap();

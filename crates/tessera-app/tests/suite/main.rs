@@ -8,6 +8,7 @@ mod keys;
 mod login;
 mod outbox;
 mod recovery;
+mod reset;
 mod sessions;
 mod signup;
 mod throttle;

@@ -56,8 +56,12 @@ async fn a_stale_session_cannot_become_a_second_factor(h: &Harness) {
     assert_eq!((sb2.id(), sb2.assurance()), (sb.id(), Assurance::PasswordAndSecondFactor), "same session, new token");
     // Ada is told, from where, and that her other sessions were signed out.
     let notices = h.store.unsent_notifications(100).await.unwrap();
-    let added = notices.iter().find(|n| n.1 == "ada@example.com" && n.2 == "factor_added").expect("a notice");
-    assert!(added.3.contains("\"sessions_revoked\":2") && added.3.contains("203.0.113.7"), "{}", added.3);
+    let added = notices.iter().find(|n| n.email == "ada@example.com" && n.kind == "factor_added").expect("a notice");
+    assert!(
+        added.detail.contains("\"sessions_revoked\":2") && added.detail.contains("203.0.113.7"),
+        "{}",
+        added.detail
+    );
     // A stale session's requests keep failing: nothing resolves from its token any more, so it
     // gets no key, no recovery codes and no account content.
     assert!(h.app.session(&a).await.unwrap().is_none());

@@ -229,7 +229,7 @@ async fn hundred_password_failures_suspend_sign_in(h: &Harness) {
     guess_all("ada@example.com").await;
     let notices = h.store.unsent_notifications(100).await.unwrap();
     assert_eq!(
-        notices.iter().filter(|n| n.1 == "ada@example.com" && n.2 == "password_suspended").count(),
+        notices.iter().filter(|n| n.email == "ada@example.com" && n.kind == "password_suspended").count(),
         1,
         "the user is told, once"
     );
@@ -287,7 +287,7 @@ async fn hundred_code_failures_disable_totp(h: &Harness) {
     assert!(factors[0].disabled_at.is_some(), "the device is out of use");
     assert_eq!(factors[0].status, tessera_core::factor::FactorStatus::Active, "but still the user's factor");
     let notices = h.store.unsent_notifications(10).await.unwrap();
-    assert_eq!(notices.iter().filter(|n| n.2 == "totp_disabled").count(), 1);
+    assert_eq!(notices.iter().filter(|n| n.kind == "totp_disabled").count(), 1);
 
     // Signing in still needs a second factor; the app's code does not work; a recovery code does.
     h.clock.advance(Duration::hours(2));

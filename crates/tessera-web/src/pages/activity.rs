@@ -61,6 +61,8 @@ fn describe(kind: &str, detail: &str) -> String {
         Some(K::InvitationClosed) => "Cancelled an invitation".into(),
         Some(K::MemberRemoved) => "Removed from an account".into(),
         Some(K::MemberRoleChanged) => format!("Role in an account changed to {}", s("role")),
+        Some(K::PasswordResetRequested) => "A password-reset link was emailed".into(),
+        Some(K::PasswordReset) => "Password set with a reset link; every session signed out".into(),
         None => kind.replace('_', " "),
     }
 }

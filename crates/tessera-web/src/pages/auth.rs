@@ -94,6 +94,7 @@ pub(crate) async fn signup(req: Req, State(web): State<Web>, axum::Form(f): axum
 #[serde(default)]
 pub(crate) struct LoginQuery {
     expired: Option<String>,
+    reset: Option<String>,
 }
 
 pub(crate) async fn login_form(req: Req, State(web): State<Web>, Query(q): Query<LoginQuery>) -> Response {
@@ -102,7 +103,15 @@ pub(crate) async fn login_form(req: Req, State(web): State<Web>, Query(q): Query
     {
         return Redirect::to("/accounts").into_response();
     }
-    let notice = q.expired.map(|_| "Your sign-in expired or was cancelled. Please sign in again.".to_owned());
+    let notice = match (q.expired, q.reset) {
+        (_, Some(_)) => Some(
+            "Your new password is set and every session was signed out. Sign in with it (and your \
+             authenticator, if you have one)."
+                .to_owned(),
+        ),
+        (Some(_), None) => Some("Your sign-in expired or was cancelled. Please sign in again.".to_owned()),
+        (None, None) => None,
+    };
     login_page(&req, StatusCode::OK, String::new(), None, notice)
 }
 

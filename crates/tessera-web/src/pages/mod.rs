@@ -14,6 +14,7 @@
 mod accounts;
 mod activity;
 mod auth;
+mod password;
 mod security;
 
 use crate::guard::{ClientIp, CsrfToken};
@@ -39,6 +40,8 @@ pub(crate) fn routes() -> Router<Web> {
         .route("/login/recovery", get(auth::recovery_form).post(auth::recovery))
         .route("/logout", get(auth::logout_form).post(auth::logout))
         .route("/settings/reauth", get(auth::reauth_form).post(auth::reauth))
+        .route("/password/forgot", get(password::forgot_form).post(password::forgot))
+        .route("/password/reset", get(password::reset_form).post(password::reset))
         .route("/settings/security", get(security::page))
         .route("/settings/security/totp", post(security::enroll))
         .route("/settings/security/totp/{id}", get(security::setup))

@@ -1,0 +1,109 @@
+//! A forgotten password: `/password/forgot` mails a link (the same answer for every address,
+//! known or not), `/password/reset?token=…` sets a new password with it.
+//!
+//! Who may do what: anyone may ask (the sign-in forms' per-address budget, and three links per
+//! user an hour in the use case); only the holder of a live link may set a password, once.
+//! Nothing here signs anyone in, and nothing touches the session of the browser that opens the
+//! link (it may hold another user's): the new password is only the first factor, and the user
+//! signs in at `/login` as usual.
+
+use super::{Req, sentence};
+use crate::{Web, views};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use tessera_app::{AppError, ResetLink};
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct ForgotForm {
+    email: String,
+}
+
+pub(crate) async fn forgot_form(req: Req) -> Response {
+    forgot_page(&req, StatusCode::OK, String::new(), None)
+}
+
+fn forgot_page(req: &Req, status: StatusCode, email: String, error: Option<String>) -> Response {
+    views::page(status, &views::PasswordForgot { chrome: req.chrome("Forgot your password?"), email, error })
+}
+
+pub(crate) async fn forgot(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<ForgotForm>) -> Response {
+    match web.app.request_password_reset(&f.email, &req.ctx).await {
+        // One answer for every well-formed address: whether it is a user's, and whether a
+        // mail went out, stay unknown here.
+        Ok(()) => views::message_link(
+            StatusCode::OK,
+            req.chrome("Check your email"),
+            "If an account uses that address, we have emailed it a link to set a new password. The link \
+             works once, for 30 minutes. Nothing there? Look in the spam folder, or ask again in a few minutes.",
+            "/login",
+            "Back to sign in",
+        ),
+        Err(AppError::Invalid(e)) => {
+            forgot_page(&req, StatusCode::BAD_REQUEST, f.email, Some(sentence(&e.to_string())))
+        }
+        Err(e) => views::app_error(req.chrome("Error"), e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct ResetQuery {
+    token: String,
+}
+
+/// Whether `t` has the shape of a token we mail (43 base64url characters).
+fn well_formed(t: &str) -> bool {
+    t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn link_refused(req: &Req, incomplete: bool) -> Response {
+    let (status, text) = if incomplete {
+        (
+            StatusCode::BAD_REQUEST,
+            "This link is incomplete. Open it again from the email (the whole link), or request a new one.",
+        )
+    } else {
+        (StatusCode::GONE, "This link has expired or was already used. Request a new one.")
+    };
+    views::message_link(status, req.chrome("Link not valid"), text, "/password/forgot", "Request a new link")
+}
+
+fn reset_page(web: &Web, req: &Req, status: StatusCode, token: String, error: Option<String>) -> Response {
+    let min_chars = web.app.config().min_password_chars;
+    views::page(status, &views::PasswordReset { chrome: req.chrome("Choose a new password"), token, min_chars, error })
+}
+
+pub(crate) async fn reset_form(req: Req, State(web): State<Web>, Query(q): Query<ResetQuery>) -> Response {
+    if !well_formed(&q.token) {
+        return link_refused(&req, true);
+    }
+    match web.app.password_reset_link(&q.token).await {
+        Ok(ResetLink::Live) => reset_page(&web, &req, StatusCode::OK, q.token, None),
+        Ok(ResetLink::Invalid) => link_refused(&req, false),
+        Err(e) => views::app_error(req.chrome("Error"), e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct ResetForm {
+    token: String,
+    password: String,
+}
+
+pub(crate) async fn reset(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<ResetForm>) -> Response {
+    if !well_formed(&f.token) {
+        return link_refused(&req, true);
+    }
+    match web.app.complete_password_reset(&f.token, &f.password, &req.ctx).await {
+        Ok(()) => Redirect::to("/login?reset=1").into_response(),
+        Err(AppError::Invalid(e)) => {
+            reset_page(&web, &req, StatusCode::BAD_REQUEST, f.token, Some(sentence(&e.to_string())))
+        }
+        Err(AppError::FailedPrecondition(_)) => link_refused(&req, false),
+        Err(e) => views::app_error(req.chrome("Error"), e),
+    }
+}
