@@ -11,7 +11,7 @@ use tessera_core::password::{self, Password};
 use tessera_core::policy::{self, AccountAccess, Assurance, LoginRequirement};
 use tessera_core::throttle::Gate;
 use tessera_core::{CoreError, random};
-use tessera_store::{GateResult, NewNotification, NewSession, PASSWORD, UserRow};
+use tessera_store::{GateResult, NewNotification, NewSession, PASSWORD, PasswordSession, UserRow};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
@@ -106,12 +106,15 @@ fn well_formed_token(t: &str) -> bool {
     t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Normalise an email for uniqueness and lookup: trimmed, lower-cased; checked for shape.
+/// Normalise an email for uniqueness and lookup: trimmed, lower-cased; checked for shape, and
+/// deliverable: an address the mail library would refuse to write to is refused here, so no
+/// account holds one (its mail would fail for ever).
 pub fn normalise_email(email: &str) -> Result<String, CoreError> {
     let e = email.trim().to_lowercase();
     let ok = e.len() <= 254
         && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.trim().parse::<lettre::Address>().is_ok();
     if ok { Ok(e) } else { Err(CoreError::invalid("email", "is not an email address")) }
 }
 
@@ -160,9 +163,9 @@ impl App {
     /// authenticator apps show; the password must meet the rules (length, after NFKC; none of
     /// the email's or the service's name; not breached). Returns the user id.
     pub async fn create_user(&self, email: &str, password: &str, ctx: &ClientContext) -> Result<String, AppError> {
-        let email_norm = normalise_email(email)?;
         // The email becomes the account name at enrolment: refuse here what enrolment would.
         tessera_core::validate::display_name("email", email, tessera_core::validate::MAX_ACCOUNT_NAME_CHARS)?;
+        let email_norm = normalise_email(email)?;
         let p = Password::new_checked(password, self.config.min_password_chars)?;
         password::check_context_words(&p, email, &self.config.issuer)?;
         self.pwned.check(&p).await?;
@@ -182,7 +185,8 @@ impl App {
     /// `Authenticated`.
     pub async fn sign_up(&self, email: &str, password: &str, ctx: &ClientContext) -> Result<LoginOutcome, AppError> {
         let id = self.create_user(email, password, ctx).await?;
-        self.password_session(&id, self.clock.now(), Vec::new(), Vec::new(), ctx).await
+        let user = self.store.user_by_id(&id).await?.ok_or(AppError::NotFound("user"))?;
+        self.password_session(&user, self.clock.now(), Vec::new(), Vec::new(), ctx).await
     }
 
     /// A completed sign-in makes the browser known for `user_id` under a freshly minted token
@@ -204,19 +208,23 @@ impl App {
     /// Open a password-level session (recording which accounts stay closed until enrolment).
     async fn password_session(
         &self,
-        user_id: &str,
+        user: &UserRow,
         now: OffsetDateTime,
         enrolment_required: Vec<String>,
         grace: Vec<(String, OffsetDateTime)>,
         ctx: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
+        let user_id = user.id.as_str();
         let (token, hash) = self.fresh_token()?;
         let session = self.session_row(user_id, hash, 1, now, None, ctx);
         let mut ev = self.event(now, user_id, None, AuditKind::LoginSucceeded, ctx);
         ev.detail = json!({ "assurance": "password", "enrolment_required": enrolment_required }).to_string();
-        if !self.store.create_password_session(&session, &ev).await? {
+        match self.store.create_password_session(&session, &user.password_hash, &ev).await? {
+            PasswordSession::Opened => {}
             // A first factor was confirmed since the password was checked: ask for it.
-            return self.challenge(user_id, now, ctx).await;
+            PasswordSession::HasFactor => return self.challenge(user, now, ctx).await,
+            // The password was reset or changed meanwhile: the one checked is no longer it.
+            PasswordSession::PasswordChanged => return Ok(LoginOutcome::Failed),
         }
         let browser_token = self.known_browser(user_id, now, ctx).await?;
         // A sign-in voids the user's outstanding reset links: they remember the password.
@@ -319,9 +327,12 @@ impl App {
         };
         self.store.reset_attempts(&key, PASSWORD).await?;
         self.store.reset_attempts(&total_key, PASSWORD).await?;
+        let mut user = user;
         if checked.needs_rehash {
             let fresh = self.hash_password(Password::normalise(password)).await?;
-            self.store.set_password_hash(&user.id, &fresh).await?;
+            if self.store.rehash_password(&user.id, &user.password_hash, &fresh).await? {
+                user.password_hash = fresh;
+            }
         }
         Ok(PasswordCheck::Ok(Box::new(user)))
     }
@@ -381,9 +392,9 @@ impl App {
         let has_factor = self.store.has_active_factor(&user.id).await?;
         let accounts = self.store.account_policies_of(&user.id).await?;
         match policy::login_requirement(has_factor, &accounts, now) {
-            LoginRequirement::SecondFactor => self.challenge(&user.id, now, ctx).await,
+            LoginRequirement::SecondFactor => self.challenge(&user, now, ctx).await,
             LoginRequirement::Complete { enrolment_required, grace } => {
-                self.password_session(&user.id, now, enrolment_required, grace, ctx).await
+                self.password_session(&user, now, enrolment_required, grace, ctx).await
             }
         }
     }
@@ -392,12 +403,17 @@ impl App {
     /// step.
     async fn challenge(
         &self,
-        user_id: &str,
+        user: &UserRow,
         now: OffsetDateTime,
         ctx: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
+        let user_id = user.id.as_str();
         let challenge = new_token()?;
-        self.store.create_challenge(&token_hash(&challenge), user_id, now, now + CHALLENGE_TTL).await?;
+        let hash = token_hash(&challenge);
+        if !self.store.create_challenge(&hash, user_id, &user.password_hash, now, now + CHALLENGE_TTL).await? {
+            // The password was reset or changed since it was checked.
+            return Ok(LoginOutcome::Failed);
+        }
         self.store.append_audit(&self.event(now, user_id, None, AuditKind::SecondFactorChallenged, ctx)).await?;
         Ok(LoginOutcome::SecondFactorRequired { challenge })
     }

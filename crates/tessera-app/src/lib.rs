@@ -27,7 +27,7 @@ pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email};
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
 pub use lifecycle::{RESET_TTL, RESETS_PER_HOUR, ResetLink};
-pub use outbox::{DeliveryReport, Mailer};
+pub use outbox::{DeliveryReport, MAX_DELIVERY_ATTEMPTS, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
 pub use sessions::{Proof, Session};
 pub use tessera_store::{AuditEvent, InvitationRow, MemberRow, MembershipRow};

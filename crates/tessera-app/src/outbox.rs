@@ -33,6 +33,15 @@ impl std::fmt::Debug for Mailer {
     }
 }
 
+/// Delivery attempts before a message is given up (with the back-off, about a day).
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 30;
+
+/// The wait before attempt `attempts + 1`: 30 s doubling, at most an hour.
+fn retry_delay(attempts: u32) -> time::Duration {
+    let secs = 30_i64.saturating_mul(1_i64 << attempts.saturating_sub(1).min(7));
+    time::Duration::seconds(secs.min(3600))
+}
+
 /// What one delivery pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeliveryReport {
@@ -108,6 +117,31 @@ fn html(text: &str, link: Option<&str>) -> String {
     out
 }
 
+/// Where a request came from, as a message may quote it: an IP address, else "an unknown
+/// address". Never the caller's free text.
+fn quoted_ip(d: &serde_json::Value) -> String {
+    d.get("ip")
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+        .map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
+}
+
+/// The browser a request came from, as a message may quote it. A user agent is the caller's
+/// own text inside a real message of ours: it is kept only when it looks like one (letters,
+/// digits, spaces and `/.;:,()_-`, no link, at most 120 characters), else "an unknown
+/// browser", so nobody can plant a sentence or a URL in someone else's mail.
+fn quoted_agent(d: &serde_json::Value) -> String {
+    let ua = d.get("user_agent").and_then(|v| v.as_str()).unwrap_or_default().trim();
+    let lower = ua.to_ascii_lowercase();
+    let plain = !ua.is_empty()
+        && ua.chars().count() <= 120
+        && ua.chars().all(|c| c.is_ascii_alphanumeric() || " /.;:,()_-".contains(c))
+        && !lower.contains("://")
+        && !lower.contains("www.")
+        && !lower.contains("http");
+    if plain { ua.to_owned() } else { "an unknown browser".to_owned() }
+}
+
 fn render(kind: &str, detail: &str, link: Option<&str>) -> (String, String) {
     let d: serde_json::Value = serde_json::from_str(detail).unwrap_or_default();
     match kind {
@@ -143,8 +177,8 @@ fn render(kind: &str, detail: &str, link: Option<&str>) -> (String, String) {
                 "An authenticator app (\"{}\") was added to your account from {} ({}).{}\n\n\
                  If this was not you, someone has your password: contact support at once.\n",
                 d.get("label").and_then(|v| v.as_str()).unwrap_or("authenticator app"),
-                d.get("ip").and_then(|v| v.as_str()).unwrap_or("an unknown address"),
-                d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
+                quoted_ip(&d),
+                quoted_agent(&d),
                 if d.get("sessions_revoked").and_then(serde_json::Value::as_u64).unwrap_or(0) > 0 {
                     " Your other sessions were signed out."
                 } else {
@@ -157,8 +191,8 @@ fn render(kind: &str, detail: &str, link: Option<&str>) -> (String, String) {
             format!(
                 "An authenticator was removed from your account from {} ({}).\n\n\
                  If this was not you, sign in and check your security settings, or contact support.\n",
-                d.get("ip").and_then(|v| v.as_str()).unwrap_or("an unknown address"),
-                d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
+                quoted_ip(&d),
+                quoted_agent(&d),
             ),
         ),
         "password_reset" => (
@@ -169,8 +203,8 @@ fn render(kind: &str, detail: &str, link: Option<&str>) -> (String, String) {
                  The link works once. It does not sign you in: after the new password, sign in as usual, \
                  with your authenticator if you have one.\n\n\
                  If this was not you, ignore this message: your password stays as it is.\n",
-                d.get("ip").and_then(|v| v.as_str()).unwrap_or("an unknown address"),
-                d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
+                quoted_ip(&d),
+                quoted_agent(&d),
                 d.get("minutes").and_then(serde_json::Value::as_i64).unwrap_or(30),
                 link.unwrap_or("(the link is missing: request a new one)"),
             ),
@@ -182,8 +216,8 @@ fn render(kind: &str, detail: &str, link: Option<&str>) -> (String, String) {
                  was signed out; your authenticators and recovery codes are unchanged.\n\n\
                  If this was not you, someone can read your email: reset your password again at once and \
                  contact support.\n",
-                d.get("ip").and_then(|v| v.as_str()).unwrap_or("an unknown address"),
-                d.get("user_agent").and_then(|v| v.as_str()).unwrap_or("an unknown browser"),
+                quoted_ip(&d),
+                quoted_agent(&d),
             ),
         ),
         "invitation" => (
@@ -204,43 +238,49 @@ fn render(kind: &str, detail: &str, link: Option<&str>) -> (String, String) {
 }
 
 impl App {
-    /// Deliver up to `limit` queued notifications.
+    /// Deliver up to `limit` queued notifications that are due. A failed attempt is retried
+    /// after 30 s, doubling to at most an hour, and given up after [`MAX_DELIVERY_ATTEMPTS`];
+    /// a message that can never go (an address the mail library refuses, a link whose key is
+    /// gone) is given up at once. Given-up messages leave the queue, so none can hold up the
+    /// rest.
     pub async fn deliver_notifications(&self, mailer: &Mailer, limit: u32) -> Result<DeliveryReport, AppError> {
         let mut report = DeliveryReport::default();
-        for m in self.store.unsent_notifications(limit).await? {
-            let link = match self.mail_link(&m) {
-                Ok(link) => link,
-                Err(e) => {
-                    // Its key is gone: the message can never carry its link. Drop it (the user
-                    // asks again) rather than retry for ever.
-                    tracing::error!(notification = %m.id, error = %e, "a queued link cannot be opened; dropped");
-                    self.store.mark_notification_sent(&m.id, self.clock.now()).await?;
-                    report.failed += 1;
-                    continue;
+        for m in self.store.due_notifications(limit, self.clock.now()).await? {
+            let outcome = match self.mail_link(&m) {
+                Err(e) => Err((format!("its link cannot be opened: {e}"), false)),
+                Ok(link) => {
+                    let (subject, text) = render(&m.kind, &m.detail, link.as_deref().map(String::as_str));
+                    let body = html(&text, link.as_deref().map(String::as_str));
+                    let msg = m.email.parse::<Mailbox>().map_err(|e| e.to_string()).and_then(|to| {
+                        Message::builder()
+                            .from(mailer.from.clone())
+                            .to(to)
+                            .subject(subject)
+                            .multipart(MultiPart::alternative_plain_html(text, body))
+                            .map_err(|e| e.to_string())
+                    });
+                    match msg {
+                        Ok(msg) => mailer.send(&m.id, msg).await.map_err(|e| (e, true)),
+                        Err(e) => Err((format!("the message cannot be built: {e}"), false)),
+                    }
                 }
             };
-            let (subject, text) = render(&m.kind, &m.detail, link.as_deref().map(String::as_str));
-            let body = html(&text, link.as_deref().map(String::as_str));
-            let msg = m.email.parse::<Mailbox>().map_err(|e| e.to_string()).and_then(|to| {
-                Message::builder()
-                    .from(mailer.from.clone())
-                    .to(to)
-                    .subject(subject)
-                    .multipart(MultiPart::alternative_plain_html(text, body))
-                    .map_err(|e| e.to_string())
-            });
-            let sent = match msg {
-                Ok(msg) => mailer.send(&m.id, msg).await,
-                Err(e) => Err(e),
-            };
-            match sent {
+            let now = self.clock.now();
+            match outcome {
                 Ok(()) => {
-                    self.store.mark_notification_sent(&m.id, self.clock.now()).await?;
+                    self.store.mark_notification_sent(&m.id, now).await?;
                     report.sent += 1;
                 }
-                Err(e) => {
-                    tracing::warn!(notification = %m.id, error = %e, "notification not delivered; will retry");
-                    self.store.mark_notification_failed(&m.id).await?;
+                Err((e, retry)) => {
+                    let attempts = m.attempts + 1;
+                    let retry_at = (retry && attempts < MAX_DELIVERY_ATTEMPTS).then(|| now + retry_delay(attempts));
+                    match retry_at {
+                        Some(at) => tracing::warn!(notification = %m.id, error = %e, attempts,
+                            retry_at = at.unix_timestamp(), "notification not delivered; will retry"),
+                        None => tracing::error!(notification = %m.id, error = %e, attempts,
+                            "notification not delivered; given up"),
+                    }
+                    self.store.mark_notification_failed(&m.id, now, retry_at).await?;
                     report.failed += 1;
                 }
             }
@@ -266,5 +306,24 @@ impl App {
         };
         let base = self.config.public_url.trim_end_matches('/');
         Ok(Some(zeroize::Zeroizing::new(format!("{base}{path}?token={token}"))))
+    }
+}
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_agents_and_real_addresses_are_quoted() {
+        let q = |ip: &str, ua: &str| {
+            let d = serde_json::json!({ "ip": ip, "user_agent": ua });
+            (quoted_ip(&d), quoted_agent(&d))
+        };
+        let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0";
+        assert_eq!(q("203.0.113.7", firefox), ("203.0.113.7".into(), firefox.into()));
+        for ua in ["Urgent: cancel at https://evil.example", "see www.evil.example", "a <b>", "x\ny", ""] {
+            assert_eq!(q("203.0.113.7", ua).1, "an unknown browser", "{ua:?}");
+        }
+        assert_eq!(q("call +1 555 0100 now", firefox).0, "an unknown address");
     }
 }

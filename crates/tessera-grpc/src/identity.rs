@@ -361,7 +361,7 @@ impl IdentityService for IdentitySvc {
         req: Request<pb::RequestPasswordResetRequest>,
     ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
         let r = req.into_inner();
-        self.app.request_password_reset(&r.email, &convert::ctx(r.context)).await.map_err(status)?;
+        self.app.request_password_reset_in_background(&r.email, &convert::ctx(r.context)).map_err(status)?;
         Ok(Response::new(pb::RequestPasswordResetResponse {}))
     }
 

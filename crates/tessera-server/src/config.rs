@@ -383,6 +383,19 @@ pub fn public_url(v: &str) -> Result<String, ServerError> {
     Ok(v.trim_end_matches('/').to_owned())
 }
 
+/// Whether a public URL names this machine (`localhost`, `127.x`, `[::1]`): a laptop's
+/// deployment, where mail written to files is what its user reads.
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = if host.starts_with('[') {
+        host.split(']').next().map_or(host, |h| &h[1..])
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A duration like `90s`, `15m`, `12h` or `7d` (a bare number is seconds).
 pub fn parse_duration(v: &str, key: &str) -> Result<time::Duration, ServerError> {
     let v = v.trim();
@@ -490,6 +503,37 @@ pub(crate) fn service_tokens(cfg: &ServerConfig) -> Result<(Vec<[u8; 32]>, Strin
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn public_urls() {
+        assert_eq!(public_url("https://mfa.example.com/").unwrap(), "https://mfa.example.com");
+        assert_eq!(public_url("http://localhost:8080/auth").unwrap(), "http://localhost:8080/auth");
+        for bad in [
+            "mfa.example.com",
+            "ftp://x",
+            "https://",
+            "https://:80",
+            "https://evil@host",
+            "https://h/?a",
+            "https://h/#f",
+            "javascript:alert(1)",
+            "https://h/a b",
+            "https://h/\nX-Injected: 1",
+        ] {
+            assert!(public_url(bad).is_err(), "{bad:?}");
+        }
+        for (url, local) in [
+            ("http://localhost:8080", true),
+            ("http://127.0.0.1:1", true),
+            ("http://[::1]:8080/x", true),
+            ("https://mfa.example.com", false),
+            ("http://localhost.example.com", false),
+            ("http://10.0.0.1", false),
+        ] {
+            assert_eq!(is_loopback_url(url), local, "{url}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -102,6 +102,17 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         None => {
             let dir = cfg.data_dir.join("mail");
             summary.push(format!("mail: written to {} as .eml files (no SMTP relay configured)", dir.display()));
+            if !config::is_loopback_url(&cfg.public_url) {
+                // Files hold live reset links in clear on this disk, and nobody reads them.
+                let warning = format!(
+                    "WARNING: users reach this service at {}, but there is no SMTP relay: their mail, reset \
+                     links included, is only written to {} (set --smtp-url)",
+                    cfg.public_url,
+                    dir.display()
+                );
+                tracing::warn!("{warning}");
+                summary.push(warning);
+            }
             tessera_app::Mailer::to_dir(dir, &cfg.mail_from)?
         }
     };

@@ -38,7 +38,7 @@ pub use keys::{KeyUsage, SealedRow};
 pub use mail_tokens::{NewMailToken, PASSWORD_RESET, PasswordReset};
 pub use outbox::{NewNotification, QueuedMail};
 pub use recovery::NewRecoveryCode;
-pub use sessions::{NewSession, Rotation, SessionRow};
+pub use sessions::{NewSession, PasswordSession, Rotation, SessionRow};
 pub use users::{ResetReport, UserRow};
 
 use sqlx::pool::PoolConnection;

@@ -123,6 +123,14 @@ impl Store {
     pub async fn reset_password(&self, r: &PasswordReset<'_>) -> Result<bool, StoreError> {
         let now = to_millis(r.now);
         let mut tx = self.begin().await?;
+        // Counters before the user row: the order every transaction that takes both keeps.
+        // (Rolled back with the rest if the token is not live.)
+        sqlx::query("DELETE FROM attempts WHERE kind = $1 AND (subject_id = $2 OR subject_id LIKE $3)")
+            .bind(crate::PASSWORD)
+            .bind(r.password_attempts)
+            .bind(format!("{}@%", r.password_attempts))
+            .execute(&mut *tx)
+            .await?;
         crate::users::lock_user(&mut tx, self.backend, r.user_id).await?;
         let used = sqlx::query(
             "UPDATE mail_tokens SET used_at = $3 \
@@ -150,12 +158,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sessions::revoke_others(&mut tx, r.user_id, None, r.now).await?;
-        sqlx::query("DELETE FROM attempts WHERE kind = $1 AND (subject_id = $2 OR subject_id LIKE $3)")
-            .bind(crate::PASSWORD)
-            .bind(r.password_attempts)
-            .bind(format!("{}@%", r.password_attempts))
-            .execute(&mut *tx)
-            .await?;
         audit::insert(&mut tx, r.audit).await?;
         insert_notification(&mut tx, r.notice, r.now).await?;
         tx.commit().await?;

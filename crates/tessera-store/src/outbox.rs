@@ -37,6 +37,8 @@ pub struct QueuedMail {
     pub detail: String,
     /// The sealed token, if it carries one.
     pub secret: Option<SealedSecret>,
+    /// Failed delivery attempts so far.
+    pub attempts: u32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -49,6 +51,7 @@ struct QueuedRow {
     secret_key_id: Option<String>,
     secret_nonce: Option<Vec<u8>>,
     secret_ciphertext: Option<Vec<u8>>,
+    attempts: i64,
 }
 
 /// Queue a notification (in the caller's transaction).
@@ -82,13 +85,26 @@ impl Store {
         let mut c = self.write().await?;
         insert_notification(&mut c, n, now).await
     }
-    /// Queued notifications not yet sent, oldest first.
+    /// Queued notifications neither sent nor given up, oldest first.
     pub async fn unsent_notifications(&self, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+        self.queued(limit, None).await
+    }
+
+    /// Queued notifications due for a delivery attempt at `now` (never tried, or their retry
+    /// time has come), oldest first.
+    pub async fn due_notifications(&self, limit: u32, now: OffsetDateTime) -> Result<Vec<QueuedMail>, StoreError> {
+        self.queued(limit, Some(now)).await
+    }
+
+    async fn queued(&self, limit: u32, due_at: Option<OffsetDateTime>) -> Result<Vec<QueuedMail>, StoreError> {
         let rows: Vec<QueuedRow> = sqlx::query_as(
-            "SELECT id, user_id, email, kind, detail, secret_key_id, secret_nonce, secret_ciphertext FROM outbox \
-             WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1",
+            "SELECT id, user_id, email, kind, detail, secret_key_id, secret_nonce, secret_ciphertext, attempts \
+             FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL \
+             AND ($2 IS NULL OR next_attempt_at IS NULL OR next_attempt_at <= $2) \
+             ORDER BY created_at, id LIMIT $1",
         )
         .bind(i64::from(limit))
+        .bind(due_at.map(to_millis))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -98,7 +114,15 @@ impl Store {
                     (Some(key_id), Some(nonce), Some(ciphertext)) => Some(SealedSecret { key_id, nonce, ciphertext }),
                     _ => None,
                 };
-                QueuedMail { id: r.id, user_id: r.user_id, email: r.email, kind: r.kind, detail: r.detail, secret }
+                QueuedMail {
+                    id: r.id,
+                    user_id: r.user_id,
+                    email: r.email,
+                    kind: r.kind,
+                    detail: r.detail,
+                    secret,
+                    attempts: u32::try_from(r.attempts.max(0)).unwrap_or(u32::MAX),
+                }
             })
             .collect())
     }
@@ -117,12 +141,24 @@ impl Store {
         .await?;
         Ok(())
     }
-    /// Count a failed delivery attempt (the notification stays queued).
-    pub async fn mark_notification_failed(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1")
-            .bind(id)
-            .execute(&mut *self.write().await?)
-            .await?;
+    /// Count a failed delivery attempt: retried from `retry_at`, or (`None`) given up — then
+    /// its token is blanked, as on delivery.
+    pub async fn mark_notification_failed(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let (sql, at) = match retry_at {
+            Some(at) => ("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2 WHERE id = $1", at),
+            None => (
+                "UPDATE outbox SET attempts = attempts + 1, failed_at = $2, detail = CASE WHEN kind = 'invitation' \
+                 THEN '{}' ELSE detail END, secret_key_id = NULL, secret_nonce = NULL, secret_ciphertext = NULL \
+                 WHERE id = $1",
+                now,
+            ),
+        };
+        sqlx::query(sql).bind(id).bind(to_millis(at)).execute(&mut *self.write().await?).await?;
         Ok(())
     }
 }

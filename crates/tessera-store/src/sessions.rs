@@ -157,6 +157,17 @@ pub(crate) async fn rotate(
     Ok(n == 1)
 }
 
+/// What [`Store::create_password_session`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordSession {
+    /// Opened.
+    Opened,
+    /// Not opened: the user has an active factor by now (ask for it).
+    HasFactor,
+    /// Not opened: the password changed since it was checked.
+    PasswordChanged,
+}
+
 /// Revoke every live session of `user_id` except `keep` (if given); returns how many.
 pub(crate) async fn revoke_others(
     conn: &mut AnyConnection,
@@ -178,23 +189,30 @@ pub(crate) async fn revoke_others(
 
 impl Store {
     /// Store a login challenge (by its token's hash).
+    ///
+    /// Only while the user's password is still `password_hash` (the one checked): `false`, and
+    /// nothing stored, after a reset or change since.
     pub async fn create_challenge(
         &self,
         token_hash: &[u8],
         user_id: &str,
+        password_hash: &str,
         now: OffsetDateTime,
         expires: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO login_challenges (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO login_challenges (token_hash, user_id, created_at, expires_at) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND password_hash = $5)",
         )
         .bind(token_hash)
         .bind(user_id)
         .bind(to_millis(now))
         .bind(to_millis(expires))
+        .bind(password_hash)
         .execute(&mut *self.write().await?)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// The user of a challenge that is unused and unexpired at `now`.
@@ -248,28 +266,39 @@ impl Store {
 
     /// Open a password-level session and append `audit`, in one transaction — unless the user
     /// has an active factor by now (a first factor confirmed since the password was checked
-    /// revokes every password-only session; one opened just after must not escape that):
-    /// then `false` and nothing is written.
+    /// revokes every password-only session; one opened just after must not escape that), or
+    /// the password is no longer the one checked (`password_hash`: a reset or change since, which
+    /// ended every session; a sign-in in flight must not outlive it). Then nothing is written.
     pub async fn create_password_session(
         &self,
         session: &NewSession,
+        password_hash: &str,
         audit: &NewAuditEvent,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<PasswordSession, StoreError> {
         let mut tx = self.begin().await?;
-        // The user row serialises this against a first factor's confirmation (which takes it too).
+        // The user row serialises this against a first factor's confirmation and a password
+        // reset (which take it too).
         crate::users::lock_user(&mut tx, self.backend(), &session.user_id).await?;
+        let same: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1 AND password_hash = $2")
+            .bind(&session.user_id)
+            .bind(password_hash)
+            .fetch_one(&mut *tx)
+            .await?;
+        if same != 1 {
+            return Ok(PasswordSession::PasswordChanged);
+        }
         let factors: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
                 .bind(&session.user_id)
                 .fetch_one(&mut *tx)
                 .await?;
         if factors > 0 {
-            return Ok(false);
+            return Ok(PasswordSession::HasFactor);
         }
         insert_session(&mut tx, session).await?;
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(PasswordSession::Opened)
     }
 
     /// The session of a token, if it is live at `now`: not revoked, not past its absolute end,

@@ -76,13 +76,16 @@ impl Store {
         Ok(r.map(|(id, email, password_hash)| UserRow { id, email, password_hash }))
     }
     /// Replace a user's password hash (a rehash with current parameters).
-    pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+    pub async fn rehash_password(&self, user_id: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        // Only over the hash that was checked: a reset or change since must not be undone.
+        let n = sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
             .bind(user_id)
-            .bind(hash)
+            .bind(old)
+            .bind(new)
             .execute(&mut *self.write().await?)
-            .await?;
-        Ok(())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
     /// The user with this id.
     pub async fn user_by_id(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {

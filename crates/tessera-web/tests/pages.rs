@@ -849,8 +849,17 @@ async fn a_post_finishes_when_the_browser_hangs_up() {
 async fn mailed_reset_token(h: &H, email: &str) -> String {
     let dir = h.dir.path().join("mail");
     let mailer = tessera_app::Mailer::to_dir(dir.clone(), "Tessera <no-reply@localhost>").unwrap();
-    h.app.deliver_notifications(&mailer, 100).await.unwrap();
-    let mail = tessera_testkit::read_mailbox(&dir).into_iter().rev().find(|m| m.to.contains(email)).expect("a mail");
+    // The request runs on its own task: wait for its mail.
+    let mut found = None;
+    for _ in 0..200 {
+        h.app.deliver_notifications(&mailer, 100).await.unwrap();
+        found = tessera_testkit::read_mailbox(&dir).into_iter().rev().find(|m| m.to.contains(email));
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mail = found.expect("a mail");
     let link = mail.link("http://localhost:8080/password/reset?token=").expect("a reset link");
     link.rsplit_once("token=").unwrap().1.to_owned()
 }

@@ -134,7 +134,19 @@ async fn no_password_session_for_a_user_with_a_factor(h: &Harness) {
         ip: None,
         user_agent: None,
     };
-    assert!(!h.store.create_password_session(&row, &ev).await.unwrap());
+    let phc = h.store.user_by_id(&uid).await.unwrap().unwrap().password_hash;
+    use tessera_store::PasswordSession;
+    assert_eq!(h.store.create_password_session(&row, &phc, &ev).await.unwrap(), PasswordSession::HasFactor);
+    // A sign-in in flight that checked a password since reset (or changed) opens nothing: no
+    // session, no challenge.
+    let stale = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaA";
+    assert_eq!(h.store.create_password_session(&row, stale, &ev).await.unwrap(), PasswordSession::PasswordChanged);
+    assert!(!h.store.create_challenge(&[9; 32], &uid, stale, now, now + Duration::minutes(5)).await.unwrap());
+    assert!(h.store.challenge_user(&[9; 32], now).await.unwrap().is_none());
+    assert!(h.store.create_challenge(&[9; 32], &uid, &phc, now, now + Duration::minutes(5)).await.unwrap());
+    // A rehash over a hash that is no longer the user's changes nothing.
+    assert!(!h.store.rehash_password(&uid, stale, "$argon2id$v=19$other").await.unwrap());
+    assert_eq!(h.store.user_by_id(&uid).await.unwrap().unwrap().password_hash, phc);
 }
 both!(no_password_session_for_a_user_with_a_factor);
 

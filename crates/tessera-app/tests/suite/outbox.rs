@@ -79,6 +79,47 @@ async fn support_reset_notifies_by_smtp(h: &Harness) {
     let down = tessera_app::Mailer::new(&dead, "security@example.com").unwrap();
     assert_eq!(h.app.deliver_notifications(&down, 10).await.unwrap().failed, 1);
     assert_eq!(h.store.unsent_notifications(10).await.unwrap().len(), 1);
+    assert_eq!(h.app.deliver_notifications(&mailer, 10).await.unwrap().sent, 0, "not due for 30 s");
+    h.clock.advance(time::Duration::seconds(30));
     assert_eq!(h.app.deliver_notifications(&mailer, 10).await.unwrap().sent, 1);
 }
 both!(support_reset_notifies_by_smtp);
+
+/// A message that can never be delivered (an address the mail library refuses, written before
+/// sign-up refused such addresses) is given up at once and leaves the queue: it cannot hold up
+/// the mail behind it. A relay that keeps failing backs off, and the message is given up after
+/// `MAX_DELIVERY_ATTEMPTS`.
+async fn undeliverable_mail_leaves_the_queue(h: &Harness) {
+    assert!(h.app.create_user("a(b@example.com", "correct horse battery staple", &ctx()).await.is_err());
+    let uid = h.app.create_user("gil@example.com", "correct horse battery staple", &ctx()).await.unwrap();
+    for (id, email, at) in [("bad", "a(b@example.com", 1), ("good", "gil@example.com", 2)] {
+        h.raw(format!(
+            "INSERT INTO outbox (id, user_id, email, kind, detail, created_at) \
+             VALUES ('{id}', '{uid}', '{email}', 'factor_removed', '{{}}', {at})"
+        ))
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mailer = tessera_app::Mailer::to_dir(dir.path().to_owned(), "Tessera <no-reply@localhost>").unwrap();
+    let r = h.app.deliver_notifications(&mailer, 1).await.unwrap();
+    assert_eq!((r.sent, r.failed), (0, 1), "the bad one first, given up");
+    let r = h.app.deliver_notifications(&mailer, 1).await.unwrap();
+    assert_eq!((r.sent, r.failed), (1, 0), "then the good one goes");
+    assert!(h.store.unsent_notifications(10).await.unwrap().is_empty());
+
+    // A relay that is down: retried after 30 s, 60 s, …, then given up.
+    h.app.support_reset_mfa("gil@example.com", "lost phone", "SUP-1", "sam", &ctx()).await.unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("smtp://{}", l.local_addr().unwrap())
+    };
+    let down = tessera_app::Mailer::new(&dead, "security@example.com").unwrap();
+    let mut tries = 0;
+    while !h.store.unsent_notifications(10).await.unwrap().is_empty() {
+        tries += h.app.deliver_notifications(&down, 10).await.unwrap().failed;
+        h.clock.advance(time::Duration::hours(1));
+        assert!(tries <= tessera_app::MAX_DELIVERY_ATTEMPTS);
+    }
+    assert_eq!(tries, tessera_app::MAX_DELIVERY_ATTEMPTS);
+}
+both!(undeliverable_mail_leaves_the_queue);

@@ -173,9 +173,19 @@ async fn the_token_is_sealed_until_delivered(h: &Harness) {
     let before = read_mailbox(&h.dir.path().join("mail")).len();
     assert_eq!(mailbox(h).await.len(), before + 1, "only the untouched message went out");
     assert_eq!(
-        h.raw("UPDATE outbox SET attempts = attempts WHERE sent_at IS NULL".into()).await,
+        h.raw("UPDATE outbox SET attempts = attempts WHERE sent_at IS NULL AND failed_at IS NULL".into()).await,
         0,
         "none left queued"
+    );
+    assert_eq!(
+        h.raw(
+            "UPDATE outbox SET attempts = attempts WHERE failed_at IS NOT NULL AND secret_key_id IS NULL \
+             AND secret_ciphertext IS NULL"
+                .into()
+        )
+        .await,
+        1,
+        "the one that could not open was given up, its token blanked"
     );
 }
 both!(the_token_is_sealed_until_delivered);

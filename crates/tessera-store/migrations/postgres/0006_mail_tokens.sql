@@ -17,3 +17,8 @@ CREATE INDEX mail_tokens_by_user ON mail_tokens (user_id, purpose, created_at);
 ALTER TABLE outbox ADD COLUMN secret_key_id TEXT;
 ALTER TABLE outbox ADD COLUMN secret_nonce BYTEA;
 ALTER TABLE outbox ADD COLUMN secret_ciphertext BYTEA;
+
+-- Delivery retries back off (next_attempt_at), and a message that cannot be delivered is given
+-- up (failed_at) instead of coming back at the head of the queue for ever.
+ALTER TABLE outbox ADD COLUMN next_attempt_at BIGINT;
+ALTER TABLE outbox ADD COLUMN failed_at BIGINT;

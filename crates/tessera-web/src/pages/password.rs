@@ -30,7 +30,7 @@ fn forgot_page(req: &Req, status: StatusCode, email: String, error: Option<Strin
 }
 
 pub(crate) async fn forgot(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<ForgotForm>) -> Response {
-    match web.app.request_password_reset(&f.email, &req.ctx).await {
+    match web.app.request_password_reset_in_background(&f.email, &req.ctx) {
         // One answer for every well-formed address: whether it is a user's, and whether a
         // mail went out, stay unknown here.
         Ok(()) => views::message_link(
