@@ -853,7 +853,10 @@ async fn mailed_reset_token(h: &H, email: &str) -> String {
     let mut found = None;
     for _ in 0..200 {
         h.app.deliver_notifications(&mailer, 100).await.unwrap();
-        found = tessera_testkit::read_mailbox(&dir).into_iter().rev().find(|m| m.to.contains(email));
+        found = tessera_testkit::read_mailbox(&dir)
+            .into_iter()
+            .rev()
+            .find(|m| m.to.contains(email) && m.subject == "Reset your password");
         if found.is_some() {
             break;
         }
