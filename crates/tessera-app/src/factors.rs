@@ -672,14 +672,8 @@ fn open_sealed(
         nonce: sealed.nonce.clone(),
         ciphertext: sealed.ciphertext.clone(),
     };
-    let keyring = keys.get();
-    let bytes = match keyring.open(&aad(factor_id, subject), &s) {
-        Err(CoreError::UnknownKey(_)) => keys.reload()?.open(&aad(factor_id, subject), &s),
-        r => r,
-    }
-    .map_err(|e| {
+    let bytes = keys.open(&aad(factor_id, subject), &s).inspect_err(|e| {
         tracing::error!(factor_id, error = %e, "a sealed TOTP secret could not be opened");
-        AppError::Keys(e)
     })?;
     Ok(Secret::from_bytes(bytes.to_vec()))
 }

@@ -100,9 +100,10 @@ pub(crate) fn new_token() -> Result<Zeroizing<String>, CoreError> {
     Ok(Zeroizing::new(data_encoding::BASE64URL_NOPAD.encode(&random::bytes::<32>()?)))
 }
 
-/// Whether `t` has the shape of a token we issue (43 base64url characters): anything else a
-/// client sends as its known-browser token is ignored.
-fn well_formed_token(t: &str) -> bool {
+/// Whether `t` has the shape of a token we issue (43 base64url characters: session, challenge,
+/// known-browser and mailed-link tokens): anything else a client sends is refused or ignored
+/// without a lookup.
+pub fn well_formed_token(t: &str) -> bool {
     t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -227,8 +228,6 @@ impl App {
             PasswordSession::PasswordChanged => return Ok(LoginOutcome::Failed),
         }
         let browser_token = self.known_browser(user_id, now, ctx).await?;
-        // A sign-in voids the user's outstanding reset links: they remember the password.
-        self.store.void_mail_tokens(user_id, tessera_store::PASSWORD_RESET, now).await?;
         Ok(LoginOutcome::Authenticated {
             token,
             user_id: user_id.to_owned(),
@@ -492,7 +491,6 @@ impl App {
                     return Ok(LoginOutcome::ChallengeInvalid);
                 }
                 let browser_token = self.known_browser(&user_id, now, ctx).await?;
-                self.store.void_mail_tokens(&user_id, tessera_store::PASSWORD_RESET, now).await?;
                 Ok(LoginOutcome::Authenticated {
                     token,
                     user_id,

@@ -205,6 +205,20 @@ impl KeyringSource {
         self.current.load_full()
     }
 
+    /// Open a sealed value: with the keyring now, and, if it names a key this process does
+    /// not know yet (another replica rotated), once more after reloading the file.
+    pub fn open(
+        &self,
+        aad: &tessera_core::seal::Aad<'_>,
+        sealed: &tessera_core::seal::Sealed,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, AppError> {
+        match self.get().open(aad, sealed) {
+            Err(tessera_core::CoreError::UnknownKey(_)) => self.reload()?.open(aad, sealed),
+            r => r,
+        }
+        .map_err(AppError::Keys)
+    }
+
     /// Re-read the file and swap it in. Keeps the old keyring on failure (a half-edited or
     /// unreadable file never leaves the service without keys).
     pub fn reload(&self) -> Result<Arc<Keyring>, AppError> {

@@ -23,7 +23,7 @@ pub use accounts::{
 };
 pub use error::AppError;
 pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome, PENDING_TTL};
-pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email};
+pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email, well_formed_token};
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
 pub use lifecycle::{RESET_TTL, RESETS_PER_HOUR, ResetLink};

@@ -293,12 +293,7 @@ impl App {
         let Some(s) = &m.secret else { return Ok(None) };
         let sealed =
             Sealed { key_id: KeyId::new(&s.key_id)?, nonce: s.nonce.clone(), ciphertext: s.ciphertext.clone() };
-        let aad = mail_aad(&m.id, &m.user_id);
-        let token = match self.keys.get().open(&aad, &sealed) {
-            Err(tessera_core::CoreError::UnknownKey(_)) => self.keys.reload()?.open(&aad, &sealed),
-            r => r,
-        }
-        .map_err(AppError::Keys)?;
+        let token = self.keys.open(&mail_aad(&m.id, &m.user_id), &sealed)?;
         let token = std::str::from_utf8(&token).map_err(|_| AppError::Keys(tessera_core::CoreError::OpenFailed))?;
         let path = match m.kind.as_str() {
             "password_reset" => "/password/reset",

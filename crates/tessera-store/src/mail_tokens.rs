@@ -108,12 +108,6 @@ impl Store {
         .await?)
     }
 
-    /// Void the user's unused tokens of `purpose` (a sign-in, a password change); how many.
-    pub async fn void_mail_tokens(&self, user_id: &str, purpose: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut c = self.write().await?;
-        void(&mut c, user_id, purpose, now).await
-    }
-
     /// Set a new password with a reset link, in one transaction: use the token (only if it is
     /// still the user's, unused and unexpired — else `false` and nothing changes), set the
     /// password, void the user's other reset links and open login challenges, revoke every
@@ -165,7 +159,8 @@ impl Store {
     }
 }
 
-async fn void(
+/// Void the user's unused tokens of `purpose` (in the caller's transaction).
+pub(crate) async fn void(
     conn: &mut sqlx::AnyConnection,
     user_id: &str,
     purpose: &str,

@@ -226,8 +226,9 @@ impl Store {
         .await?)
     }
 
-    /// Use up a challenge and open `session` for its user, in one transaction; `false` (and
-    /// no session) if the challenge was already used, voided or expired.
+    /// Use up a challenge and open `session` for its user, in one transaction (which also voids
+    /// the user's outstanding password-reset links); `false` (and no session) if the challenge
+    /// was already used, voided or expired.
     pub async fn complete_challenge(
         &self,
         challenge_hash: &[u8],
@@ -250,6 +251,7 @@ impl Store {
         }
         insert_session(&mut tx, session).await?;
         audit::insert(&mut tx, audit).await?;
+        crate::mail_tokens::void(&mut tx, &session.user_id, crate::PASSWORD_RESET, session.created_at).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -269,6 +271,7 @@ impl Store {
     /// revokes every password-only session; one opened just after must not escape that), or
     /// the password is no longer the one checked (`password_hash`: a reset or change since, which
     /// ended every session; a sign-in in flight must not outlive it). Then nothing is written.
+    /// Opening it voids the user's outstanding password-reset links.
     pub async fn create_password_session(
         &self,
         session: &NewSession,
@@ -297,6 +300,8 @@ impl Store {
         }
         insert_session(&mut tx, session).await?;
         audit::insert(&mut tx, audit).await?;
+        // A sign-in voids the user's outstanding reset links: they remember the password.
+        crate::mail_tokens::void(&mut tx, &session.user_id, crate::PASSWORD_RESET, session.created_at).await?;
         tx.commit().await?;
         Ok(PasswordSession::Opened)
     }

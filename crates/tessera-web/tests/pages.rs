@@ -767,6 +767,8 @@ async fn every_post_is_rate_limited_in_two_classes() {
     assert!(rate_limited(&b.post(&h, "/settings/reauth", &[("password", PASSWORD)]).await));
     assert!(rate_limited(&b.post(&h, "/signup", &creds).await));
     assert!(rate_limited(&b.post(&h, "/login/code", &[("code", "123456")]).await));
+    assert!(rate_limited(&b.post(&h, "/password/forgot", &[("email", "ada@example.com")]).await));
+    assert!(rate_limited(&b.post(&h, "/password/reset", &[("token", &"A".repeat(43)), ("password", "x")]).await));
     // Another address has its own budgets.
     let mut c = Browser::new("10.0.0.9");
     assert!(!rate_limited(&c.post(&h, "/accounts", &[("name", "Acme")]).await));
@@ -910,6 +912,10 @@ async fn a_reset_link_sets_the_password_once_and_signs_nobody_in() {
     let page = bob.get(&h, &format!("/password/reset?token={token}")).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(&format!("name=\"token\" value=\"{token}\"")));
+    // Without the CSRF token (a cross-site form posting a stolen link), refused; the link
+    // stays live.
+    let forged = [("token", token.as_str()), ("password", "an attacker's passphrase")];
+    assert_eq!(bob.send(&h, Method::POST, "/password/reset", &forged, &[]).await.status, StatusCode::FORBIDDEN);
     let weak = bob.post(&h, "/password/reset", &[("token", &token), ("password", "short")]).await;
     assert_eq!(weak.status, StatusCode::BAD_REQUEST);
     assert!(weak.body.contains("role=\"alert\""), "{}", weak.body);

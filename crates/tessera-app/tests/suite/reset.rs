@@ -60,6 +60,13 @@ async fn a_reset_sets_the_password_and_nothing_else(h: &Harness) {
     assert_eq!(h.app.recovery_codes_remaining(&uid).await.unwrap(), codes.len() as u32, "so do the codes");
     // Used once.
     assert!(expired(h.app.complete_password_reset(&tok, "yet another passphrase", &ctx()).await));
+    // A sign-in with the second factor voids an outstanding link too.
+    h.app.request_password_reset(email, &ctx()).await.unwrap();
+    let later = reset_token(h, email).await;
+    assert_eq!(h.app.password_reset_link(&later).await.unwrap(), ResetLink::Live);
+    let ch = challenge(&h.app.begin_login(email, NEW_PW, &ctx()).await.unwrap());
+    token(&h.app.complete_login_totp(&ch, &fresh(h, &secret), &ctx()).await.unwrap());
+    assert_eq!(h.app.password_reset_link(&later).await.unwrap(), ResetLink::Invalid);
     assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), ResetLink::Invalid);
 
     let kinds: Vec<String> =

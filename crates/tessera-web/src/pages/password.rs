@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use tessera_app::{AppError, ResetLink};
+use tessera_app::{AppError, ResetLink, well_formed_token};
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -54,11 +54,6 @@ pub(crate) struct ResetQuery {
     token: String,
 }
 
-/// Whether `t` has the shape of a token we mail (43 base64url characters).
-fn well_formed(t: &str) -> bool {
-    t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 fn link_refused(req: &Req, incomplete: bool) -> Response {
     let (status, text) = if incomplete {
         (
@@ -77,7 +72,7 @@ fn reset_page(web: &Web, req: &Req, status: StatusCode, token: String, error: Op
 }
 
 pub(crate) async fn reset_form(req: Req, State(web): State<Web>, Query(q): Query<ResetQuery>) -> Response {
-    if !well_formed(&q.token) {
+    if !well_formed_token(&q.token) {
         return link_refused(&req, true);
     }
     match web.app.password_reset_link(&q.token).await {
@@ -95,7 +90,7 @@ pub(crate) struct ResetForm {
 }
 
 pub(crate) async fn reset(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<ResetForm>) -> Response {
-    if !well_formed(&f.token) {
+    if !well_formed_token(&f.token) {
         return link_refused(&req, true);
     }
     match web.app.complete_password_reset(&f.token, &f.password, &req.ctx).await {
