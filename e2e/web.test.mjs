@@ -45,13 +45,15 @@ function wrongCode(secret) {
 /// The newest mail to `email` whose subject contains `subject`, as text: read from the .eml
 /// files the server writes to DATA/mail without an SMTP relay (waiting up to 20 s for it).
 function mailTo(email, subject) {
-  const py = 'import sys, os, glob, time, email, email.policy\n' +
-    'd, to, subj = sys.argv[1], sys.argv[2], sys.argv[3]\n' +
+  // The address must match exactly: "ada@example.com" is a substring of "dana@example.com".
+  const py = 'import sys, os, glob, time, email, email.policy, email.utils\n' +
+    'd, to, subj = sys.argv[1], sys.argv[2].lower(), sys.argv[3]\n' +
     'for _ in range(200):\n' +
     '    found = []\n' +
     '    for p in glob.glob(os.path.join(d, "*.eml")):\n' +
     '        m = email.message_from_binary_file(open(p, "rb"), policy=email.policy.default)\n' +
-    '        if to in str(m["To"]) and subj in str(m["Subject"]):\n' +
+    '        rcpt = [a.lower() for _, a in email.utils.getaddresses([str(m["To"])])]\n' +
+    '        if to in rcpt and subj in str(m["Subject"]):\n' +
     '            found.append((os.path.getmtime(p), m.get_body(("plain",)).get_content()))\n' +
     '    if found:\n' +
     '        print(sorted(found)[-1][1]); break\n' +
@@ -104,6 +106,49 @@ function watch(page, problems) {
   });
 }
 
+const VERIFY_LINK = /(https?:\/\/\S+\/verify-email\?token=[A-Za-z0-9_-]{43})/;
+const EMAIL_CHANGE_LINK = /(https?:\/\/\S+\/settings\/email\/confirm\?token=[A-Za-z0-9_-]{43})/;
+
+/// The link matching `re` in the newest mail to `email` about `subject`, on BASE (like the reset
+/// link below: its path and query on the server under test).
+function linkIn(email, subject, re) {
+  const mail = mailTo(email, subject);
+  const m = mail.match(re);
+  assert.ok(m, `a link in the mail "${subject}" to ${email}: ${mail}`);
+  const u = new URL(m[1]);
+  return `${BASE}${u.pathname}${u.search}`;
+}
+
+/// Click "Create account" on the filled sign-up form: every acceptable sign-up gets the same
+/// 200 "Check your email" page. Returns the text of its main part.
+async function createAccount(page) {
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url() === `${BASE}/signup` && r.request().method() === 'POST'),
+    page.click('button[type=submit]:text("Create account")'),
+  ]);
+  assert.equal(resp.status(), 200, 'sign-up answers 200');
+  await page.locator('main h1', { hasText: 'Check your email' }).waitFor();
+  assert.equal((await page.textContent('main h1')).trim(), 'Check your email');
+  return (await page.textContent('main')).trim();
+}
+
+/// Confirm `email` with the link from its sign-up mail (and the password chosen at sign-up, which
+/// the link's page asks for), then sign in with the password: a user without a factor lands on
+/// /accounts. Returns the (now used) link.
+async function verifyAndSignIn(page, email, password = PASSWORD) {
+  const link = linkIn(email, 'Confirm your email address', VERIFY_LINK);
+  await page.goto(link);
+  await page.fill('#password', password);
+  await Promise.all([page.waitForURL(`${BASE}/login?verified=1`), page.click('button:text("Confirm my email address")')]);
+  assert.match(await page.textContent('.notice'), /Your email address is confirmed\. Sign in with your password\./);
+  await page.fill('#email', email);
+  await page.fill('#password', password);
+  await Promise.all([page.waitForURL(`${BASE}/accounts`), page.click('button:text("Sign in")')]);
+  return link;
+}
+
+/// A new user with PASSWORD, signed in (on /accounts): sign-up (which signs nobody in), the
+/// link from the mail, then the sign-in form.
 async function newUser(browser, email) {
   const context = await browser.newContext({ acceptDownloads: true });
   const page = await context.newPage();
@@ -112,7 +157,13 @@ async function newUser(browser, email) {
   await page.goto(`${BASE}/signup`);
   await page.fill('#email', email);
   await page.fill('#password', PASSWORD);
-  await Promise.all([page.waitForURL(`${BASE}/settings/security`), page.click('button[type=submit]:text("Create account")')]);
+  await createAccount(page);
+  assert.equal(
+    (await context.cookies()).find((c) => c.name === '__Host-tessera_session'),
+    undefined,
+    'sign-up sets no session cookie',
+  );
+  await verifyAndSignIn(page, email);
   return { context, page, problems, email };
 }
 
@@ -205,7 +256,46 @@ try {
   assert.match(await a.textContent('#form-error'), /appears in 42 known data breaches/, 'a breached password is refused in words');
   await shot(a, '01b-signup-breached');
   await a.fill('#password', PASSWORD);
-  await Promise.all([a.waitForURL(`${BASE}/settings/security`), a.click('button:text("Create account")')]);
+  // Sign-up signs nobody in: it says to check the mail, which carries the confirmation link.
+  const checkEmail = await createAccount(a);
+  const noSession = async () =>
+    assert.equal((await ctxA.cookies()).find((c) => c.name === '__Host-tessera_session'), undefined, 'no session cookie yet');
+  await noSession();
+  await shot(a, '01d-check-email');
+  await accessible(a, 'check your email');
+  // The right password before the address is confirmed: refused, with a way to get a new link.
+  await a.goto(`${BASE}/login`);
+  await a.fill('#email', 'ada@example.com');
+  await a.fill('#password', PASSWORD);
+  const [unverified] = await Promise.all([
+    a.waitForResponse((r) => r.url() === `${BASE}/login` && r.request().method() === 'POST'),
+    a.click('button:text("Sign in")'),
+  ]);
+  // (Answered as a wrong password is: otherwise signing up and then in would tell a stranger
+  // whether the address was already registered.)
+  assert.equal(unverified.status(), 401, 'an unconfirmed address cannot sign in');
+  assert.match(await a.textContent('#form-error'), /Just signed up\? Confirm your address first\./);
+  await a.locator('#resend-verification').waitFor({ state: 'visible' });
+  await noSession();
+  await shot(a, '01c-unverified');
+  // A second tab opens the link too (its page only shows a button); the first one confirms.
+  const early = await ctxA.newPage();
+  watch(early, aProblems);
+  await early.goto(linkIn('ada@example.com', 'Confirm your email address', VERIFY_LINK));
+  const verifyLink = await verifyAndSignIn(a, 'ada@example.com');
+  // The link works once: the other tab's button and the link opened again are refused.
+  await early.fill('#password', PASSWORD);
+  const [late] = await Promise.all([
+    early.waitForResponse((r) => r.url() === `${BASE}/verify-email` && r.request().method() === 'POST'),
+    early.click('button:text("Confirm my email address")'),
+  ]);
+  assert.equal(late.status(), 410, 'a used verification link is refused');
+  assert.match(await early.textContent('main'), /This link has expired or was already used\. Request a new one\./);
+  await early.close();
+  const reopened = await a.goto(verifyLink);
+  assert.equal(reopened.status(), 410, 'the verification link works once');
+  assert.match(await a.textContent('main'), /This link has expired or was already used/);
+  step('sign-up: check-your-email, verification link (once only), unverified sign-in refused');
   const cookies = await ctxA.cookies();
   const session = cookies.find((c) => c.name === '__Host-tessera_session');
   assert.ok(session, 'a __Host- session cookie is set');
@@ -213,10 +303,23 @@ try {
   assert.equal(session.secure, true);
   assert.equal(session.sameSite, 'Lax');
   assert.equal(session.path, '/');
+  await a.goto(`${BASE}/settings/security`);
   assert.match(await a.textContent('#mfa-status'), /off/);
+  assert.equal((await a.textContent('#account-email')).trim(), 'ada@example.com');
   await shot(a, '02-security-off');
   await accessible(a, 'security (off)');
   step('signed up; headers and cookie attributes checked');
+
+  // Signing up again with a registered address: the same page (signed in or not, the session is
+  // untouched), and the owner is told by mail.
+  await a.goto(`${BASE}/signup`);
+  await a.fill('#email', 'ada@example.com');
+  await a.fill('#password', PASSWORD);
+  assert.equal(await createAccount(a), checkEmail, 'the same answer for a registered address');
+  assert.ok(mailTo('ada@example.com', 'Someone tried to create an account').trim(), 'the owner is told');
+  await a.goto(`${BASE}/settings/security`);
+  assert.equal(a.url(), `${BASE}/settings/security`, 'the second sign-up left the session alone');
+  step('a sign-up with a registered address got the same page; the owner was mailed');
 
   // --- set up 2FA by reading the manual key; the QR code carries the same URI -------------------
   const { secret, codes } = await enrolTotp(a, true);
@@ -265,6 +368,7 @@ try {
   await Promise.all([a.waitForURL(`${BASE}/accounts`), a.click('button:text("Sign in")')]);
   await a.goto(`${BASE}/settings/security`);
   assert.match(await a.textContent('#codes-left'), /9 unused recovery codes/);
+  assert.ok(mailTo('ada@example.com', 'A recovery code was used to sign in').trim(), 'a used recovery code is mailed about');
   // The used code does not work twice.
   await logout(a);
   await login(a, 'ada@example.com');
@@ -358,6 +462,8 @@ try {
   watch(d, dProblems);
   await login(d, 'dana@example.com');
   await d.waitForURL(`${BASE}/accounts`);
+  // Not her first browser: she is told of the sign-in from a new one.
+  assert.ok(mailTo('dana@example.com', 'A new sign-in to your account').trim(), 'a new browser is mailed about');
   await d.goto(`${BASE}/settings/security`);
   await Promise.all([d.waitForURL(/\/settings\/security\/totp\//), d.click('text=Set up two-factor authentication')]);
   const setupUrl = d.url();
@@ -459,8 +565,84 @@ try {
   assert.equal(still.url(), `${BASE}/settings/security`, 'the refused logout did not sign her out');
   step('POSTs without or with a wrong CSRF token are refused with 403');
 
+  // --- Ada changes her password: recent authentication (her code), then the current one ------
+  // Her session is still the one she signed in with a recovery code; its proof may be older
+  // than the re-authentication window by now, and she has an authenticator, so the
+  // re-authentication page (if it comes) asks for a code.
+  await a.goto(`${BASE}/settings/security`);
+  await Promise.all([a.waitForURL(`${BASE}/settings/password`), a.click('a[href="/settings/password"]')]);
+  await shot(a, '17-password-change');
+  await accessible(a, 'password change');
+  const ADA_PASSWORD = 'seven quiet lanterns over the harbour';
+  const changePassword = async () => {
+    await a.fill('#current_password', PASSWORD);
+    await a.fill('#new_password', ADA_PASSWORD);
+    await Promise.all([
+      a.waitForURL(/\/settings\/(security\?done=password|reauth\?next=)/),
+      a.click('button:text("Change password")'),
+    ]);
+  };
+  await changePassword();
+  if (a.url().includes('/settings/reauth')) {
+    await a.fill('#code', totp(secret));
+    await Promise.all([a.waitForURL(`${BASE}/settings/password`), a.click('#reauth-code button')]);
+    await changePassword();
+  }
+  assert.equal(a.url(), `${BASE}/settings/security?done=password`);
+  assert.match(await a.textContent('.notice'), /Your password is changed\. Your other sessions are signed out\./);
+  assert.ok(mailTo('ada@example.com', 'Your password was changed').trim(), 'she is told by mail');
+  // The old password no longer works; the new one does (and the code is still asked for).
+  await logout(a);
+  await login(a, 'ada@example.com');
+  assert.match(await a.textContent('#form-error'), /^That email and password don't match\./, 'the old password is refused');
+  await a.fill('#email', 'ada@example.com');
+  await a.fill('#password', ADA_PASSWORD);
+  await Promise.all([a.waitForURL(`${BASE}/login/code`), a.click('button:text("Sign in")')]);
+  // The re-authentication may have used the current step: the next one is fresh.
+  await a.fill('#code', totp(secret, 30));
+  await Promise.all([a.waitForURL(`${BASE}/accounts`), a.click('button:text("Verify")')]);
+  step('changed the password after re-authenticating; the old one was refused, the new one (and the code) let her in; a mail told her');
+
+  // --- Finn moves his account to another address: the link goes to the new one ---------------
+  const finn = await newUser(browser, 'finn@example.com');
+  const fp = finn.page;
+  await fp.goto(`${BASE}/settings/security`);
+  assert.equal((await fp.textContent('#account-email')).trim(), 'finn@example.com');
+  await Promise.all([fp.waitForURL(`${BASE}/settings/email`), fp.click('a[href="/settings/email"]')]);
+  await shot(fp, '18-email-change');
+  const askForLink = async () => {
+    await fp.fill('#new_email', 'finn.new@example.com');
+    await fp.click('button:text("Email me a link")');
+    await fp.locator('main h1', { hasText: /Check your email|Confirm it/ }).waitFor();
+  };
+  await askForLink();
+  if (fp.url().includes('/settings/reauth')) {
+    // No authenticator: the re-authentication page asks for the password.
+    await fp.fill('#password', PASSWORD);
+    await Promise.all([fp.waitForURL(`${BASE}/settings/email`), fp.click('#reauth-password button')]);
+    await askForLink();
+  }
+  assert.equal((await fp.textContent('main h1')).trim(), 'Check your email');
+  await fp.goto(linkIn('finn.new@example.com', 'Confirm your new email address', EMAIL_CHANGE_LINK));
+  const [changed] = await Promise.all([
+    fp.waitForResponse((r) => r.url() === `${BASE}/settings/email/confirm` && r.request().method() === 'POST'),
+    fp.click('button:text("Use this address")'),
+  ]);
+  assert.equal(changed.status(), 200);
+  await fp.locator('main h1', { hasText: 'Email address changed' }).waitFor();
+  assert.ok(mailTo('finn@example.com', "Your account's email address was changed").trim(), 'the old address is told');
+  // His session stays, under the new address; he signs in with it, and no longer with the old one.
+  await fp.goto(`${BASE}/settings/security`);
+  assert.equal((await fp.textContent('#account-email')).trim(), 'finn.new@example.com');
+  await logout(fp);
+  await login(fp, 'finn@example.com');
+  assert.match(await fp.textContent('#form-error'), /^That email and password don't match\./, 'the old address no longer signs in');
+  await login(fp, 'finn.new@example.com');
+  await fp.waitForURL(`${BASE}/accounts`);
+  step('changed the email address from the link mailed to the new one; the old one was told and no longer signs in');
+
   // No page broke its CSP or threw.
-  for (const p of [aProblems, bob.problems, carol.problems]) assert.deepEqual(p, [], 'no console errors');
+  for (const p of [aProblems, bob.problems, carol.problems, finn.problems]) assert.deepEqual(p, [], 'no console errors');
   writeFileSync(path.join(OUT, 'summary.json'), JSON.stringify({ ok: true, steps }, null, 2));
   console.log(`web e2e: ${steps.length} scenarios passed; screenshots in ${OUT}`);
 } finally {

@@ -153,17 +153,24 @@ impl App {
         }
         let code = RecoveryCode::generate()?;
         let account = self.role_and_name(s, account_id).await?;
-        let mail = mail_now.then(|| NewNotification {
-            id: uuid::Uuid::new_v4().to_string(),
-            // The mail goes to an address, not a user: which users exist stays unknown here.
-            user_id: String::new(),
-            email: email.to_owned(),
-            kind: "invitation".into(),
-            detail: json!({ "account": account, "role": role.as_str(), "code": code.display().as_str(),
-                            "expires": (now + INVITATION_TTL).unix_timestamp() })
-            .to_string(),
-            secret: None,
-        });
+        let mail = if mail_now {
+            let id = uuid::Uuid::new_v4().to_string();
+            // The code waits for delivery sealed in the outbox row, as a link's token does.
+            let sealed = self.keys.get().seal(&crate::lifecycle::mail_aad(&id, ""), code.display().as_bytes())?;
+            Some(NewNotification {
+                id,
+                // The mail goes to an address, not a user: which users exist stays unknown here.
+                user_id: String::new(),
+                email: email.to_owned(),
+                kind: "invitation".into(),
+                detail: json!({ "account": account, "role": role.as_str(),
+                                "expires": (now + INVITATION_TTL).unix_timestamp() })
+                .to_string(),
+                secret: Some(crate::factors::to_sealed(sealed)),
+            })
+        } else {
+            None
+        };
         let inv = NewInvitation {
             id: uuid::Uuid::new_v4().to_string(),
             account_id: account_id.to_owned(),
@@ -340,14 +347,46 @@ impl App {
             ));
         }
         let grace_until = grace_until.filter(|_| require_mfa);
+        let was_required = self.store.account_policy(account_id).await?.is_some_and(|p| p.require_mfa);
         if !self.store.set_account_policy(account_id, require_mfa, grace_until).await? {
             return Err(AppError::NotFound("account"));
+        }
+        if require_mfa && !was_required {
+            self.mfa_required_notices(s, account_id, grace_until, now).await?;
         }
         let mut ev = self.event(now, s.user_id(), None, AuditKind::AccountPolicyChanged, ctx);
         ev.detail = json!({ "account_id": account_id, "require_mfa": require_mfa,
                             "grace_until": grace_until.map(|t| t.unix_timestamp()) })
         .to_string();
         self.store.append_audit(&ev).await?;
+        Ok(())
+    }
+
+    /// An account starts to require MFA: tell each member who has no factor yet, with the
+    /// grace deadline (if any) after which the account is closed to them until they set one up.
+    async fn mfa_required_notices(
+        &self,
+        s: &Session,
+        account_id: &str,
+        grace_until: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<(), AppError> {
+        let name = self
+            .store
+            .memberships_of(s.user_id())
+            .await?
+            .into_iter()
+            .find(|m| m.policy.account_id == account_id)
+            .map(|m| m.name)
+            .unwrap_or_default();
+        for m in self.store.members_of(account_id).await?.into_iter().filter(|m| !m.has_mfa) {
+            let detail = json!({ "at": now.unix_timestamp(), "account": name,
+                                 "grace_until": grace_until.map(|t| t.unix_timestamp()) });
+            // A policy switched off and on again does not mail every member each time.
+            if let Some(user) = self.store.user_by_id(&m.user_id).await? {
+                self.notify_limited(&user, "mfa_required", detail, 3, time::Duration::days(1), now).await?;
+            }
+        }
         Ok(())
     }
 }

@@ -253,8 +253,7 @@ impl App {
         now: OffsetDateTime,
         ctx: &ClientContext,
     ) -> Result<(), AppError> {
-        let detail = json!({ "at": now.unix_timestamp(), "ip": ctx.ip(), "user_agent": ctx.user_agent() });
-        self.notify_user(subject, "factor_removed", detail, now).await
+        self.notify_user(subject, "factor_removed", crate::lifecycle::event_detail(now, ctx), now).await
     }
 
     /// Queue a notice to the user whose id is `subject`, if it is one (services' subjects over
@@ -566,6 +565,9 @@ impl App {
             .collect::<Result<Vec<_>, CoreError>>()?;
         let ev = self.event(now, subject, None, AuditKind::RecoveryCodeRedeemed, ctx);
         if let Some(left) = self.store.redeem_recovery_code(subject, &candidates, now, &ev).await? {
+            let detail = json!({ "at": now.unix_timestamp(), "ip": ctx.ip(), "user_agent": ctx.user_agent(),
+                                 "left": left });
+            self.notify_user(subject, "recovery_code_used", detail, now).await?;
             return Ok((Outcome::Accepted { factor_id: None }, left));
         }
         let ev = self.event(now, subject, None, AuditKind::RecoveryCodeRejected, ctx);
@@ -590,6 +592,7 @@ impl App {
         let mut ev = self.event(now, subject, None, AuditKind::RecoveryCodesGenerated, ctx);
         ev.detail = json!({ "count": rows.len(), "reason": "regenerated" }).to_string();
         self.store.replace_recovery_codes(subject, &rows, now, &ev).await?;
+        self.notify_user(subject, "recovery_codes_regenerated", crate::lifecycle::event_detail(now, ctx), now).await?;
         Ok(shown)
     }
 

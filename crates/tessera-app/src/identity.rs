@@ -92,6 +92,18 @@ pub(crate) enum PasswordCheck {
     Suspended,
 }
 
+/// A notice of `kind` to a user's address (no link).
+pub(crate) fn notice_to(user: &UserRow, kind: &str, detail: serde_json::Value) -> NewNotification {
+    NewNotification {
+        id: uuid::Uuid::new_v4().to_string(),
+        user_id: user.id.clone(),
+        email: user.email.clone(),
+        kind: kind.to_owned(),
+        detail: detail.to_string(),
+        secret: None,
+    }
+}
+
 pub(crate) fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -160,40 +172,11 @@ impl App {
         self.password_verifications.load(Ordering::Relaxed)
     }
 
-    /// Sign up. The email must be new (case-insensitively) and usable as the account name
-    /// authenticator apps show; the password must meet the rules (length, after NFKC; none of
-    /// the email's or the service's name; not breached). Returns the user id.
-    pub async fn create_user(&self, email: &str, password: &str, ctx: &ClientContext) -> Result<String, AppError> {
-        // The email becomes the account name at enrolment: refuse here what enrolment would.
-        tessera_core::validate::display_name("email", email, tessera_core::validate::MAX_ACCOUNT_NAME_CHARS)?;
-        let email_norm = normalise_email(email)?;
-        let p = Password::new_checked(password, self.config.min_password_chars)?;
-        password::check_context_words(&p, email, &self.config.issuer)?;
-        self.pwned.check(&p).await?;
-        let hash = self.hash_password(p).await?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let now = self.clock.now();
-        if !self.store.create_user(&id, email.trim(), &email_norm, &hash, now).await? {
-            return Err(AppError::FailedPrecondition("an account with this email already exists".into()));
-        }
-        self.store.append_audit(&self.event(now, &id, None, AuditKind::UserCreated, ctx)).await?;
-        Ok(id)
-    }
-
-    /// Sign up and sign in: create the user (as [`App::create_user`]) and open a
-    /// password-level session for them, without hashing the password a second time (a new
-    /// user has no factor and no account, so the login would need nothing more). Returns
-    /// `Authenticated`.
-    pub async fn sign_up(&self, email: &str, password: &str, ctx: &ClientContext) -> Result<LoginOutcome, AppError> {
-        let id = self.create_user(email, password, ctx).await?;
-        let user = self.store.user_by_id(&id).await?.ok_or(AppError::NotFound("user"))?;
-        self.password_session(&user, self.clock.now(), Vec::new(), Vec::new(), ctx).await
-    }
-
     /// A completed sign-in makes the browser known for `user_id` under a freshly minted token
     /// (returned, for the client to keep), replacing the one it presented: only tokens the
     /// server minted are ever recorded, so a value planted in a victim's browser never becomes
-    /// a known browser of theirs.
+    /// a known browser of theirs. A browser the user never signed in with before (but for
+    /// their very first) is worth a notice: when, from where, which browser.
     async fn known_browser(
         &self,
         user_id: &str,
@@ -202,7 +185,10 @@ impl App {
     ) -> Result<Option<Zeroizing<String>>, AppError> {
         let token = new_token()?;
         let old = ctx.browser.as_deref().filter(|t| well_formed_token(t)).map(token_hash);
-        self.store.remember_browser(user_id, &token_hash(&token), old.as_deref(), now).await?;
+        let seen = self.store.remember_browser(user_id, &token_hash(&token), old.as_deref(), now).await?;
+        if seen == tessera_store::BrowserSeen::New {
+            self.notify_user(user_id, "new_browser", crate::lifecycle::event_detail(now, ctx), now).await?;
+        }
         Ok(Some(token))
     }
 
@@ -273,6 +259,7 @@ impl App {
         password: &str,
         ctx: &ClientContext,
         suspension: Suspension,
+        accept_unverified: bool,
     ) -> Result<PasswordCheck, AppError> {
         let email_norm = normalise_email(email)?;
         let policy = &self.config.password_throttle;
@@ -309,7 +296,11 @@ impl App {
         }
         let phc = user.as_ref().map_or_else(|| password::dummy_hash().to_owned(), |u| u.password_hash.clone());
         let checked = self.verify_password_blocking(Password::normalise(password), phc).await?;
-        let Some(user) = user.filter(|_| checked.ok) else {
+        // An unverified user's right password is a failure like any other, but where the
+        // address is being confirmed: otherwise "sign up, then sign in with the password just
+        // chosen" would tell a stranger whether the address was free (a new, unverified user)
+        // or registered (a wrong password).
+        let Some(user) = user.filter(|u| checked.ok && (accept_unverified || u.email_verified)) else {
             let mut ev = self.event(now, &key, None, AuditKind::PasswordRejected, ctx);
             ev.detail = json!({ "attempts_remaining": policy.remaining(reserved) }).to_string();
             self.store.append_audit(&ev).await?;
@@ -352,6 +343,25 @@ impl App {
         self.notify(&user, "password_suspended", json!({ "at": now.unix_timestamp() }), now).await
     }
 
+    /// Queue a notice to a user unless `max` of its kind went to them in the last `per`
+    /// (notices a stranger or a repeated action can cause).
+    pub(crate) async fn notify_limited(
+        &self,
+        user: &UserRow,
+        kind: &str,
+        detail: serde_json::Value,
+        max: u32,
+        per: Duration,
+        now: OffsetDateTime,
+    ) -> Result<bool, AppError> {
+        let n = notice_to(user, kind, detail);
+        let queued = self.store.queue_notification_limited(&n, now - per, max, now).await?;
+        if queued {
+            self.mail_queued();
+        }
+        Ok(queued)
+    }
+
     /// Queue a notice to a user.
     pub(crate) async fn notify(
         &self,
@@ -360,15 +370,7 @@ impl App {
         detail: serde_json::Value,
         now: OffsetDateTime,
     ) -> Result<(), AppError> {
-        let n = NewNotification {
-            id: uuid::Uuid::new_v4().to_string(),
-            user_id: user.id.clone(),
-            email: user.email.clone(),
-            kind: kind.to_owned(),
-            detail: detail.to_string(),
-            secret: None,
-        };
-        self.store.queue_notification(&n, now).await?;
+        self.store.queue_notification(&notice_to(user, kind, detail), now).await?;
         self.mail_queued();
         Ok(())
     }
@@ -381,7 +383,7 @@ impl App {
         password: &str,
         ctx: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
-        let user = match self.check_password(email, password, ctx, Suspension::KnownBrowsersOnly).await? {
+        let user = match self.check_password(email, password, ctx, Suspension::KnownBrowsersOnly, false).await? {
             PasswordCheck::Ok(u) => u,
             PasswordCheck::Failed => return Ok(LoginOutcome::Failed),
             PasswordCheck::Locked(until) => return Ok(LoginOutcome::Locked { until }),

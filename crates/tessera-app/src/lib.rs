@@ -12,6 +12,7 @@ mod identity;
 pub mod keyfile;
 mod keys;
 mod lifecycle;
+mod mail;
 mod outbox;
 mod pwned;
 mod self_service;
@@ -26,7 +27,10 @@ pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome, PENDING_TT
 pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email, well_formed_token};
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
-pub use lifecycle::{RESET_TTL, RESETS_PER_HOUR, ResetLink};
+pub use lifecycle::{
+    LINKS_PER_HOUR, LinkState, PasswordChangeOutcome, RESET_TTL, RESETS_PER_HOUR, ResetLink, SIGNUP_NOTICES_PER_DAY,
+    VERIFY_TTL, VerifyOutcome,
+};
 pub use outbox::{DeliveryReport, MAX_DELIVERY_ATTEMPTS, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
 pub use sessions::{Proof, Session};
@@ -61,6 +65,8 @@ pub struct AppConfig {
     /// The base of every absolute URL Tessera writes (links in mail), e.g.
     /// `https://mfa.example.com`; never taken from a request's `Host`.
     pub public_url: String,
+    /// Whether anyone may sign up (`true`), or only addresses with an open invitation.
+    pub signup_open: bool,
 }
 
 impl Default for AppConfig {
@@ -75,6 +81,7 @@ impl Default for AppConfig {
             pwned: PwnedConfig::default(),
             sessions: SessionPolicy::default(),
             public_url: "http://localhost:8080".into(),
+            signup_open: true,
         }
     }
 }

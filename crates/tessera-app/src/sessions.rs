@@ -172,7 +172,7 @@ impl App {
             (Proof::RecoveryCode(code), true) => self.redeem_recovery_code(&user, code, ctx).await?.0,
             (Proof::Password(password), false) => {
                 let email = self.store.user_by_id(&user).await?.ok_or(AppError::NotFound("user"))?.email;
-                match self.check_password(&email, password, ctx, crate::identity::Suspension::Refuse).await? {
+                match self.check_password(&email, password, ctx, crate::identity::Suspension::Refuse, false).await? {
                     crate::identity::PasswordCheck::Ok(_) => Outcome::Accepted { factor_id: None },
                     crate::identity::PasswordCheck::Locked(until) => Outcome::Locked { until },
                     crate::identity::PasswordCheck::Failed => return Ok(LoginOutcome::Failed),

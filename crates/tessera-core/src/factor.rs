@@ -139,6 +139,16 @@ pub enum AuditKind {
     PasswordResetRequested,
     /// The password was set with a reset link.
     PasswordReset,
+    /// An email-verification link was mailed.
+    EmailVerificationSent,
+    /// The user's address was verified with a mailed link.
+    EmailVerified,
+    /// The password was changed in a session.
+    PasswordChanged,
+    /// An email change was asked for (a link mailed to the new address).
+    EmailChangeRequested,
+    /// The user's address changed (the link to the new one was followed).
+    EmailChanged,
 }
 
 impl AuditKind {
@@ -196,6 +206,11 @@ mod tests {
                 "member_role_changed",
                 "password_reset_requested",
                 "password_reset",
+                "email_verification_sent",
+                "email_verified",
+                "password_changed",
+                "email_change_requested",
+                "email_changed",
             ]
         );
         for k in AuditKind::VARIANTS {

@@ -4,7 +4,7 @@
 use crate::auth::Scope;
 use crate::convert;
 use crate::service::status;
-use tessera_app::{App, LoginOutcome, Proof, Session};
+use tessera_app::{App, LoginOutcome, PasswordChangeOutcome, Proof, Session, VerifyOutcome};
 use tessera_core::policy::{AccountAccess, Assurance};
 use tessera_core::roles::Role;
 use tessera_proto::v1 as pb;
@@ -120,7 +120,11 @@ impl IdentityService for IdentitySvc {
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
         let r = req.into_inner();
-        let user_id = self.app.create_user(&r.email, &r.password, &convert::ctx(r.context)).await.map_err(status)?;
+        let user_id = self
+            .app
+            .register(&r.email, &r.password, r.email_verified, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CreateUserResponse { user_id }))
     }
 
@@ -375,5 +379,99 @@ impl IdentityService for IdentitySvc {
         }
         self.app.complete_password_reset(&r.token, &r.new_password, &convert::ctx(r.context)).await.map_err(status)?;
         Ok(Response::new(pb::CompletePasswordResetResponse {}))
+    }
+
+    async fn sign_up(&self, req: Request<pb::SignUpRequest>) -> Result<Response<pb::SignUpResponse>, Status> {
+        let r = req.into_inner();
+        self.app.sign_up_in_background(&r.email, &r.password, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::SignUpResponse {}))
+    }
+
+    async fn send_email_verification(
+        &self,
+        req: Request<pb::SendEmailVerificationRequest>,
+    ) -> Result<Response<pb::SendEmailVerificationResponse>, Status> {
+        let r = req.into_inner();
+        self.app.send_email_verification_in_background(&r.email, &convert::ctx(r.context)).map_err(status)?;
+        Ok(Response::new(pb::SendEmailVerificationResponse {}))
+    }
+
+    async fn verify_email(
+        &self,
+        req: Request<pb::VerifyEmailRequest>,
+    ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let r = req.into_inner();
+        link_token(&r.token)?;
+        require_ip(&r.context)?;
+        let o = self.app.verify_email(&r.token, &r.password, &convert::ctx(r.context)).await.map_err(status)?;
+        let mut out = pb::VerifyEmailResponse::default();
+        match o {
+            VerifyOutcome::Verified => out.status = pb::VerifyEmailStatus::Verified as i32,
+            VerifyOutcome::WrongPassword => out.status = pb::VerifyEmailStatus::WrongPassword as i32,
+            VerifyOutcome::Locked { until } => {
+                out.status = pb::VerifyEmailStatus::Locked as i32;
+                out.locked_until = Some(convert::ts(until));
+            }
+            VerifyOutcome::Suspended => out.status = pb::VerifyEmailStatus::Suspended as i32,
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let r = req.into_inner();
+        let s = self.session(&r.session_token).await?;
+        require_ip(&r.context)?;
+        let o = self
+            .app
+            .change_password(&s, &r.current_password, &r.new_password, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
+        let mut out = pb::ChangePasswordResponse::default();
+        match o {
+            PasswordChangeOutcome::Changed { sessions_revoked } => {
+                out.status = pb::ChangePasswordStatus::Changed as i32;
+                out.sessions_revoked = sessions_revoked;
+            }
+            PasswordChangeOutcome::WrongPassword => out.status = pb::ChangePasswordStatus::WrongPassword as i32,
+            PasswordChangeOutcome::Locked { until } => {
+                out.status = pb::ChangePasswordStatus::Locked as i32;
+                out.locked_until = Some(convert::ts(until));
+            }
+            PasswordChangeOutcome::Suspended => out.status = pb::ChangePasswordStatus::Suspended as i32,
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn request_email_change(
+        &self,
+        req: Request<pb::RequestEmailChangeRequest>,
+    ) -> Result<Response<pb::RequestEmailChangeResponse>, Status> {
+        let r = req.into_inner();
+        let s = self.session(&r.session_token).await?;
+        self.app.request_email_change(&s, &r.new_email, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::RequestEmailChangeResponse {}))
+    }
+
+    async fn confirm_email_change(
+        &self,
+        req: Request<pb::ConfirmEmailChangeRequest>,
+    ) -> Result<Response<pb::ConfirmEmailChangeResponse>, Status> {
+        let r = req.into_inner();
+        link_token(&r.token)?;
+        let s = self.session(&r.session_token).await?;
+        self.app.confirm_email_change(&s, &r.token, &convert::ctx(r.context)).await.map_err(status)?;
+        Ok(Response::new(pb::ConfirmEmailChangeResponse {}))
+    }
+}
+
+/// A mailed link's token as a client passed it: INVALID_ARGUMENT unless it has the shape of one.
+fn link_token(t: &str) -> Result<(), Status> {
+    if tessera_app::well_formed_token(t) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument("token: required, the 43-character `token` of the mailed link"))
     }
 }

@@ -71,6 +71,10 @@ pub struct ConfigFile {
     /// `http://localhost:PORT`, the port of --http-addr].
     #[arg(long, env = "TESSERA_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Who may create an account: `open` (anyone, with a confirmed address) or `closed` (only
+    /// an address with an open invitation) [default: open].
+    #[arg(long, env = "TESSERA_SIGNUP")]
+    pub signup: Option<String>,
     /// SMTP relay for mail, e.g. smtp://127.0.0.1:25 or smtps://user:pass@host:465 [default:
     /// none; each message is written to DATA_DIR/mail/ as an .eml file].
     #[arg(long, env = "TESSERA_SMTP_URL", hide_env_values = true)]
@@ -195,6 +199,8 @@ pub struct ServerConfig {
     pub mail_from: String,
     /// The base of absolute URLs (links in mail), without a trailing slash.
     pub public_url: String,
+    /// Anyone may sign up (`true`), or only invited addresses.
+    pub signup_open: bool,
     /// The web pages' settings.
     pub web: tessera_web::WebConfig,
     /// gRPC over TLS, with client certificates when a client CA is set.
@@ -285,6 +291,13 @@ impl ServerConfig {
             Some(u) => public_url(u)?,
             None => format!("http://localhost:{}", http_addr.port()),
         };
+        let signup_open = match given.signup.as_deref().map(str::trim) {
+            None | Some("open") => true,
+            Some("closed") => false,
+            Some(other) => {
+                return Err(ServerError::Config(format!("signup {other:?}: must be \"open\" or \"closed\"")));
+            }
+        };
         let web = tessera_web::WebConfig {
             rate_limit_per_minute: given.web_rate_limit_per_minute.unwrap_or(20),
             post_rate_limit_per_minute: given.web_post_rate_limit_per_minute.unwrap_or(60),
@@ -347,6 +360,7 @@ impl ServerConfig {
             smtp,
             mail_from,
             public_url,
+            signup_open,
             pwned,
             database_url: given
                 .database_url

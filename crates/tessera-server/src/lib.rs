@@ -117,6 +117,7 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         }
     };
     summary.push(format!("public URL (links in mail): {}", cfg.public_url));
+    summary.push(format!("sign-up: {}", if cfg.signup_open { "open" } else { "closed (invitation only)" }));
     let grpc_tls = match &cfg.grpc_tls {
         Some(t) => {
             let read = |p: &std::path::Path| {
@@ -175,6 +176,7 @@ fn app_cfg(cfg: &ServerConfig) -> AppConfig {
         pwned: cfg.pwned.clone(),
         sessions: cfg.sessions,
         public_url: cfg.public_url.clone(),
+        signup_open: cfg.signup_open,
         ..AppConfig::default()
     }
 }

@@ -230,6 +230,19 @@ impl Store {
         Ok(Ok(id))
     }
 
+    /// Whether an invitation to `email_norm` is open at `now` (sign-up by invitation only).
+    pub async fn is_invited(&self, email_norm: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM invitations WHERE email_norm = $1 \
+             AND accepted_at IS NULL AND closed_at IS NULL AND expires_at > $2",
+        )
+        .bind(email_norm)
+        .bind(to_millis(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
     /// Invitation mails sent since `since`: for the account, by the inviter (any account), and
     /// whether the account's invitation to `email_norm` that is still open at `now` was mailed
     /// then (the app's rate limits on invitation mail).

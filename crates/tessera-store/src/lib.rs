@@ -35,11 +35,13 @@ pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
 pub use factors::{Activation, FactorChange, NewTotpFactor, SealedSecret, TotpDevice};
 pub use keys::{KeyUsage, SealedRow};
-pub use mail_tokens::{NewMailToken, PASSWORD_RESET, PasswordReset};
+pub use mail_tokens::{
+    EMAIL_CHANGE, EMAIL_VERIFICATION, EmailChange, NewMailToken, PASSWORD_RESET, PasswordChange, PasswordReset,
+};
 pub use outbox::{NewNotification, QueuedMail};
 pub use recovery::NewRecoveryCode;
-pub use sessions::{NewSession, PasswordSession, Rotation, SessionRow};
-pub use users::{ResetReport, UserRow};
+pub use sessions::{BrowserSeen, NewSession, PasswordSession, Rotation, SessionRow};
+pub use users::{NewUser, ResetReport, UserRow};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Executor};

@@ -128,8 +128,8 @@ impl Store {
     }
     /// Mark a queued notification as delivered.
     pub async fn mark_notification_sent(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
-        // A delivered message's token is no longer kept, sealed or (an invitation's code) in
-        // the clear.
+        // A delivered message's token or code is no longer kept (an invitation queued before
+        // codes were sealed had its code in the detail).
         sqlx::query(
             "UPDATE outbox SET sent_at = $2, attempts = attempts + 1, \
              detail = CASE WHEN kind = 'invitation' THEN '{}' ELSE detail END, \

@@ -33,6 +33,18 @@ pub struct SessionRow {
     pub user_agent: Option<String>,
 }
 
+/// What a browser that completed a sign-in was to the user before (see
+/// [`Store::remember_browser`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserSeen {
+    /// It signed the user in before.
+    Known,
+    /// Not seen with this user before; they have other browsers.
+    New,
+    /// The user's first browser.
+    First,
+}
+
 /// A session to open.
 #[derive(Debug, Clone)]
 pub struct NewSession {
@@ -423,9 +435,14 @@ impl Store {
     }
 
     /// Revoke every live session of a user; returns how many.
+    /// Outstanding email-change links die with them: signing a user out everywhere is how an
+    /// intrusion is answered, and a link the intruder asked for must not outlive it.
     pub async fn revoke_sessions_of(&self, user_id: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut c = self.write().await?;
-        revoke_others(&mut c, user_id, None, now).await
+        let mut tx = self.begin().await?;
+        let n = revoke_others(&mut tx, user_id, None, now).await?;
+        crate::mail_tokens::void(&mut tx, user_id, crate::EMAIL_CHANGE, now).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Revoke every live session of every user; returns how many.
@@ -437,8 +454,9 @@ impl Store {
             .rows_affected())
     }
 
-    /// Revoke every live session of a user but `keep` (a session id) and append `audit`;
-    /// returns how many.
+    /// Revoke every live session of a user but `keep` (a session id), void the user's
+    /// outstanding email-change links (as [`Store::revoke_sessions_of`]), and append `audit`;
+    /// returns how many sessions ended.
     pub async fn revoke_other_sessions(
         &self,
         user_id: &str,
@@ -448,6 +466,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         let n = revoke_others(&mut tx, user_id, Some(keep), now).await?;
+        crate::mail_tokens::void(&mut tx, user_id, crate::EMAIL_CHANGE, now).await?;
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(n)
@@ -457,14 +476,32 @@ impl Store {
     /// known-browser token (its hash `new_hash`), forgetting the token it presented (`old_hash`),
     /// in one transaction: a token is recorded only when the server minted it, so a value planted
     /// in a victim's browser never becomes theirs.
+    ///
+    /// Returns what the browser was to the user before: known (it presented a token of theirs
+    /// seen in the last 400 days), new, or the user's first browser ever.
     pub async fn remember_browser(
         &self,
         user_id: &str,
         new_hash: &[u8],
         old_hash: Option<&[u8]>,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<BrowserSeen, StoreError> {
         let mut tx = self.begin().await?;
+        let since = to_millis(now - time::Duration::days(400));
+        let (known, any): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN token_hash = $2 THEN 1 ELSE 0 END), 0), COUNT(*) \
+             FROM known_browsers WHERE user_id = $1 AND last_seen_at > $3",
+        )
+        .bind(user_id)
+        .bind(old_hash.unwrap_or_default())
+        .bind(since)
+        .fetch_one(&mut *tx)
+        .await?;
+        let seen = match (known, any) {
+            (k, _) if k > 0 => BrowserSeen::Known,
+            (_, 0) => BrowserSeen::First,
+            _ => BrowserSeen::New,
+        };
         if let Some(old) = old_hash {
             sqlx::query("DELETE FROM known_browsers WHERE user_id = $1 AND token_hash = $2")
                 .bind(user_id)
@@ -487,11 +524,11 @@ impl Store {
              (SELECT token_hash FROM known_browsers WHERE user_id = $1 ORDER BY last_seen_at DESC LIMIT 50))",
         )
         .bind(user_id)
-        .bind(to_millis(now - time::Duration::days(400)))
+        .bind(since)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(seen)
     }
 
     /// Whether a browser completed a sign-in of `user_id` since `since`.

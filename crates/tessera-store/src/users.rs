@@ -2,6 +2,7 @@
 //! support reset.
 
 use crate::audit::{self, NewAuditEvent};
+use crate::mail_tokens::NewMailToken;
 use crate::outbox::{NewNotification, insert_notification};
 use crate::{Store, StoreError, attempts};
 use tessera_core::clock::to_millis;
@@ -16,6 +17,53 @@ pub struct UserRow {
     pub email: String,
     /// argon2id PHC string.
     pub password_hash: String,
+    /// Whether the address is proven (by a mailed link, a password reset, or the service that
+    /// created the user): only then may the user sign in.
+    pub email_verified: bool,
+    /// When the user signed up.
+    pub created_at: OffsetDateTime,
+}
+
+/// A user to insert (see [`Store::create_user`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewUser<'a> {
+    /// User id.
+    pub id: &'a str,
+    /// Email as given.
+    pub email: &'a str,
+    /// Normalised email (unique).
+    pub email_norm: &'a str,
+    /// argon2id PHC string.
+    pub password_hash: &'a str,
+    /// Verified from the start (a service vouched for the address), or waiting for its link.
+    pub verified: bool,
+    /// An unverified user of the same address who signed up before this, and whose last
+    /// verification link has expired, is replaced (the address is free again).
+    pub pending_until: OffsetDateTime,
+}
+
+/// Delete the unverified user of `email_norm` who signed up before `before`, has no live
+/// verification link and no factor (in the caller's transaction): an address someone signed up
+/// with and never confirmed is free again once its links have expired. Their tokens go with
+/// them (the foreign key cascades).
+pub(crate) async fn delete_stale_unverified(
+    conn: &mut sqlx::AnyConnection,
+    email_norm: &str,
+    before: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "DELETE FROM users WHERE email_norm = $1 AND email_verified_at IS NULL AND created_at < $2 \
+         AND NOT EXISTS (SELECT 1 FROM mail_tokens t WHERE t.user_id = users.id AND t.used_at IS NULL \
+                         AND t.expires_at > $3) \
+         AND NOT EXISTS (SELECT 1 FROM factors f WHERE f.subject_id = users.id)",
+    )
+    .bind(email_norm)
+    .bind(to_millis(before))
+    .bind(to_millis(now))
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 /// What a support reset removed.
@@ -44,36 +92,58 @@ pub(crate) async fn lock_user(
 }
 
 impl Store {
-    /// Insert a user unless the normalised email is taken (then `false`).
+    /// Insert a user unless the normalised email is taken (then `false` and nothing is
+    /// written). With `link`, the verification token and the message that carries it are
+    /// written in the same transaction, so no user is left waiting for a link never queued.
     pub async fn create_user(
         &self,
-        id: &str,
-        email: &str,
-        email_norm: &str,
-        hash: &str,
+        u: &NewUser<'_>,
+        link: Option<(&NewMailToken<'_>, &NewNotification)>,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        delete_stale_unverified(&mut tx, u.email_norm, u.pending_until, now).await?;
         let n = sqlx::query(
-            "INSERT INTO users (id, email, email_norm, password_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (email_norm) DO NOTHING",
+            "INSERT INTO users (id, email, email_norm, password_hash, created_at, email_verified_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email_norm) DO NOTHING",
         )
-        .bind(id)
-        .bind(email)
-        .bind(email_norm)
-        .bind(hash)
+        .bind(u.id)
+        .bind(u.email)
+        .bind(u.email_norm)
+        .bind(u.password_hash)
         .bind(to_millis(now))
-        .execute(&mut *self.write().await?)
+        .bind(u.verified.then(|| to_millis(now)))
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(false);
+        }
+        if let Some((t, mail)) = link {
+            crate::mail_tokens::insert(&mut tx, t, now).await?;
+            insert_notification(&mut tx, mail, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
     /// The user with this normalised email.
     pub async fn user_by_email(&self, email_norm: &str) -> Result<Option<UserRow>, StoreError> {
-        self.user_where("SELECT id, email, password_hash FROM users WHERE email_norm = $1", email_norm).await
+        self.user_where(
+            "SELECT id, email, password_hash, email_verified_at, created_at FROM users WHERE email_norm = $1",
+            email_norm,
+        )
+        .await
     }
     async fn user_where(&self, sql: &'static str, key: &str) -> Result<Option<UserRow>, StoreError> {
-        let r: Option<(String, String, String)> = sqlx::query_as(sql).bind(key).fetch_optional(&self.pool).await?;
-        Ok(r.map(|(id, email, password_hash)| UserRow { id, email, password_hash }))
+        let r: Option<(String, String, String, Option<i64>, i64)> =
+            sqlx::query_as(sql).bind(key).fetch_optional(&self.pool).await?;
+        Ok(r.map(|(id, email, password_hash, verified, created)| UserRow {
+            id,
+            email,
+            password_hash,
+            email_verified: verified.is_some(),
+            created_at: tessera_core::clock::from_millis(created),
+        }))
     }
     /// Replace a user's password hash (a rehash with current parameters).
     pub async fn rehash_password(&self, user_id: &str, old: &str, new: &str) -> Result<bool, StoreError> {
@@ -89,7 +159,11 @@ impl Store {
     }
     /// The user with this id.
     pub async fn user_by_id(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
-        self.user_where("SELECT id, email, password_hash FROM users WHERE id = $1", user_id).await
+        self.user_where(
+            "SELECT id, email, password_hash, email_verified_at, created_at FROM users WHERE id = $1",
+            user_id,
+        )
+        .await
     }
     /// Support reset, in one transaction: remove every factor (and secret) and recovery code
     /// of the user, revoke their sessions, void their login challenges, clear their
@@ -127,6 +201,7 @@ impl Store {
             .bind(to_millis(now))
             .execute(&mut *tx)
             .await?;
+        crate::mail_tokens::void_all(&mut tx, user_id, now).await?;
         insert_notification(&mut tx, notice, now).await?;
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;

@@ -15,11 +15,23 @@ use subtle::ConstantTimeEq;
 /// Largest form body accepted (the biggest form is a few hundred bytes).
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
-/// Forms that try a password or a code: their POSTs share the tight per-client budget
-/// (`WebConfig::rate_limit_per_minute`); every other POST draws on the generous one
-/// (`WebConfig::post_rate_limit_per_minute`).
-const SIGN_IN: [&str; 7] =
-    ["/signup", "/login", "/login/code", "/login/recovery", "/settings/reauth", "/password/forgot", "/password/reset"];
+/// Forms that try a password, a code or a mailed token, or that send mail: their POSTs share
+/// the tight per-client budget (`WebConfig::rate_limit_per_minute`); every other POST draws on
+/// the generous one (`WebConfig::post_rate_limit_per_minute`).
+const SIGN_IN: [&str; 12] = [
+    "/signup",
+    "/login",
+    "/login/code",
+    "/login/recovery",
+    "/settings/reauth",
+    "/password/forgot",
+    "/password/reset",
+    "/verify-email",
+    "/verify-email/send",
+    "/settings/password",
+    "/settings/email",
+    "/settings/email/confirm",
+];
 
 /// The client's address, as the audit trail and the rate limit see it.
 #[derive(Debug, Clone)]

@@ -64,6 +64,45 @@ pub(crate) struct PasswordReset {
 }
 
 #[derive(Template)]
+#[template(path = "confirm_link.html")]
+pub(crate) struct ConfirmLink {
+    pub(crate) chrome: Chrome,
+    pub(crate) text: String,
+    pub(crate) action: String,
+    pub(crate) token: String,
+    pub(crate) button: String,
+    /// Ask for the account's password too.
+    pub(crate) ask_password: bool,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "verify_send.html")]
+pub(crate) struct VerifySend {
+    pub(crate) chrome: Chrome,
+    pub(crate) email: String,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "password_change.html")]
+pub(crate) struct PasswordChange {
+    pub(crate) chrome: Chrome,
+    pub(crate) email: String,
+    pub(crate) min_chars: usize,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "email_change.html")]
+pub(crate) struct EmailChange {
+    pub(crate) chrome: Chrome,
+    pub(crate) email: String,
+    pub(crate) new_email: String,
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Template)]
 #[template(path = "message.html")]
 pub(crate) struct Message {
     pub(crate) chrome: Chrome,
@@ -158,6 +197,7 @@ pub(crate) struct Signup {
     pub(crate) email: String,
     pub(crate) error: Option<String>,
     pub(crate) min_chars: usize,
+    pub(crate) open: bool,
 }
 
 #[derive(Template)]

@@ -122,6 +122,13 @@ impl Browser {
     }
 }
 
+/// A new user (created by a service, so verified) signed in through the login page in `b`.
+async fn signed_up(h: &H, b: &mut Browser, email: &str) {
+    h.app.create_user(email, PASSWORD, &ClientContext::default()).await.unwrap();
+    let r = b.post(h, "/login", &[("email", email), ("password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/accounts", "{}", r.body);
+}
+
 /// A user with an active authenticator; returns (user id, secret).
 async fn user_with_totp(h: &H, email: &str) -> (String, String) {
     let ctx = ClientContext::default();
@@ -188,9 +195,15 @@ async fn every_post_needs_the_csrf_token_and_every_page_the_headers() {
         tessera_app::LoginOutcome::Failed
     );
 
+    // Sign-up signs nobody in: the address is confirmed from the mail first.
     let r = b.post(&h, "/signup", &form).await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(r.location(), "/settings/security");
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Check your email"), "{}", r.body);
+    assert!(!r.set_cookies().iter().any(|c| c.starts_with("__Host-tessera_session=")));
+    let token = mailed_token(&h, "ada@example.com", "Confirm your email address", "/verify-email").await;
+    b.post(&h, "/verify-email", &[("token", &token), ("password", PASSWORD)]).await;
+    let r = b.post(&h, "/login", &form).await;
+    assert_eq!(r.location(), "/accounts");
     let session = r.set_cookies().into_iter().find(|c| c.starts_with("__Host-tessera_session=")).unwrap();
     for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=43200"] {
         assert!(session.contains(attr), "{session}");
@@ -319,7 +332,7 @@ async fn login_forms_are_rate_limited_per_address() {
 async fn the_secret_is_shown_only_while_the_device_is_pending() {
     let h = harness(WebConfig::default()).await;
     let mut b = Browser::new("10.0.0.1");
-    b.post(&h, "/signup", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    signed_up(&h, &mut b, "ada@example.com").await;
     let r = b.post(&h, "/settings/security/totp", &[("label", "Phone")]).await;
     let setup = r.location().to_owned();
     assert!(setup.starts_with("/settings/security/totp/"), "{setup}");
@@ -332,7 +345,7 @@ async fn the_secret_is_shown_only_while_the_device_is_pending() {
     assert!(b.get(&h, &setup).await.body.contains(&secret));
     // Another user cannot see it.
     let mut eve = Browser::new("10.0.0.9");
-    eve.post(&h, "/signup", &[("email", "eve@example.com"), ("password", PASSWORD)]).await;
+    signed_up(&h, &mut eve, "eve@example.com").await;
     let r = eve.get(&h, &setup).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(!r.body.contains(&secret));
@@ -380,12 +393,10 @@ async fn the_secret_is_shown_only_while_the_device_is_pending() {
     assert!(r.body.contains("Device removed.") && r.body.contains("No devices yet."));
 }
 
-/// The code of the newest invitation mail to `email` in the outbox.
+/// The code of the newest invitation mail to `email` (sealed in the outbox until delivered).
 async fn mailed_code(h: &H, email: &str) -> String {
-    let mails = h.app.store().unsent_notifications(1000).await.unwrap();
-    let m = mails.iter().rev().find(|m| m.email == email && m.kind == "invitation").expect("an invitation mail");
-    let d: serde_json::Value = serde_json::from_str(&m.detail).unwrap();
-    d["code"].as_str().unwrap().to_owned()
+    let m = mailed(h, email, "You are invited to an account on Tessera").await.expect("an invitation mail");
+    m.text.lines().find_map(|l| l.strip_prefix("    ")).expect("a code line").trim().to_owned()
 }
 
 /// Sign a browser in with the password and a code at `unix` (the clock must be there).
@@ -551,7 +562,7 @@ async fn sensitive_actions_need_recent_authentication() {
 
     // Without a factor the password confirms.
     let mut c = Browser::new("10.0.0.2");
-    c.post(&h, "/signup", &[("email", "bob@example.com"), ("password", PASSWORD)]).await;
+    signed_up(&h, &mut c, "bob@example.com").await;
     h.clock.advance(time::Duration::minutes(15));
     let r = c.post(&h, "/settings/security/totp", &[("label", "Phone")]).await;
     assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Fsecurity");
@@ -578,7 +589,7 @@ async fn sensitive_actions_need_recent_authentication() {
 async fn setups_belong_to_their_session_and_a_first_factor_ends_the_others() {
     let h = harness(WebConfig::default()).await;
     let mut a = Browser::new("10.0.0.1");
-    a.post(&h, "/signup", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    signed_up(&h, &mut a, "ada@example.com").await;
     h.clock.advance(time::Duration::minutes(20));
     // The stale browser cannot start a setup of its own.
     let r = a.post(&h, "/settings/security/totp", &[("label", "Mine now")]).await;
@@ -849,6 +860,20 @@ async fn a_post_finishes_when_the_browser_hangs_up() {
 /// Deliver the app's queued mail to a mailbox directory; the token of the newest reset link
 /// to `email`.
 async fn mailed_reset_token(h: &H, email: &str) -> String {
+    mailed_token(h, email, "Reset your password", "/password/reset").await
+}
+
+/// Deliver the app's queued mail to a mailbox directory (waiting for it: requests run on
+/// their own task); the token of the newest link to `path` in a mail to `email` whose subject
+/// is `subject`.
+async fn mailed_token(h: &H, email: &str, subject: &str, path: &str) -> String {
+    let mail = mailed(h, email, subject).await.expect("a mail");
+    let link = mail.link(&format!("http://localhost:8080{path}?token=")).expect("a link");
+    link.rsplit_once("token=").unwrap().1.to_owned()
+}
+
+/// The newest mail to `email` with `subject`, delivered from the queue (waiting up to 4 s).
+async fn mailed(h: &H, email: &str, subject: &str) -> Option<tessera_testkit::Mail> {
     let dir = h.dir.path().join("mail");
     let mailer = tessera_app::Mailer::to_dir(dir.clone(), "Tessera <no-reply@localhost>").unwrap();
     // The request runs on its own task: wait for its mail.
@@ -858,15 +883,13 @@ async fn mailed_reset_token(h: &H, email: &str) -> String {
         found = tessera_testkit::read_mailbox(&dir)
             .into_iter()
             .rev()
-            .find(|m| m.to.contains(email) && m.subject == "Reset your password");
+            .find(|m| m.to.contains(email) && m.subject == subject);
         if found.is_some() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let mail = found.expect("a mail");
-    let link = mail.link("http://localhost:8080/password/reset?token=").expect("a reset link");
-    link.rsplit_once("token=").unwrap().1.to_owned()
+    found
 }
 
 /// "Forgot your password?" answers a registered and an unknown address byte for byte alike.
@@ -948,4 +971,199 @@ async fn a_reset_link_sets_the_password_once_and_signs_nobody_in() {
     assert_eq!(r.location(), "/login/code", "a code is still asked for");
     let r = fresh.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the old password: {}", r.body);
+}
+
+/// The headers of a response but its CSRF cookie (which a first visit sets).
+fn headers_but_csrf(r: &Resp) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, v)| !(*k == header::SET_COOKIE && v.to_str().unwrap().starts_with("__Host-tessera_csrf=")))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sign-up answers a registered and a new address byte for byte alike (status, headers but
+/// the CSRF cookie, body), signs nobody in, and says what happens in the mail only.
+#[tokio::test]
+async fn sign_up_says_the_same_for_every_address() {
+    let h = harness(WebConfig::default()).await;
+    h.app.create_user("known@example.com", PASSWORD, &ClientContext::default()).await.unwrap();
+    let mut b = Browser::new("10.0.8.1");
+    b.get(&h, "/signup").await;
+    let known = b.post(&h, "/signup", &[("email", "known@example.com"), ("password", PASSWORD)]).await;
+    let new = b.post(&h, "/signup", &[("email", "new@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(known.status, StatusCode::OK);
+    assert!(known.body.contains("Check your email"), "{}", known.body);
+    assert_eq!((known.status, headers_but_csrf(&known), &known.body), (new.status, headers_but_csrf(&new), &new.body));
+    assert!(!b.jar.contains_key("__Host-tessera_session"), "nobody is signed in");
+    assert!(mailed(&h, "known@example.com", "Someone tried to create an account with your address").await.is_some());
+    assert!(mailed(&h, "new@example.com", "Confirm your email address").await.is_some());
+    // Input errors are said in words, whatever the address.
+    let bad = b.post(&h, "/signup", &[("email", "known@example.com"), ("password", "short")]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("role=\"alert\""));
+}
+
+/// The verification link: its page changes nothing (a button posts it), it works once, it signs
+/// nobody in and leaves another user's session in the browser alone; until it is used, the right
+/// password is answered with a way to get a new link.
+#[tokio::test]
+async fn a_verification_link_confirms_once_and_signs_nobody_in() {
+    let h = harness(WebConfig::default()).await;
+    let mut ada = Browser::new("10.0.8.2");
+    let creds = [("email", "ada@example.com"), ("password", PASSWORD)];
+    ada.post(&h, "/signup", &creds).await;
+    // (The sign-up finishes on its own task: its mail says it has.)
+    let token = mailed_token(&h, "ada@example.com", "Confirm your email address", "/verify-email").await;
+    // Until the link is used, the right password gets the answer a wrong one gets (else "sign
+    // up, then sign in" would tell whether the address was free), with a way to a new link.
+    let r = ada.post(&h, "/login", &creds).await;
+    let wrong = ada.post(&h, "/login", &[("email", "ada@example.com"), ("password", "not the password")]).await;
+    assert_eq!((r.status, &r.body), (wrong.status, &wrong.body));
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body.contains("Just signed up? Confirm your address first.")
+            && r.body.contains("href=\"/verify-email/send\"")
+    );
+    // "Send again" answers every address alike.
+    let again = ada.post(&h, "/verify-email/send", &[("email", "ada@example.com")]).await;
+    let unknown = ada.post(&h, "/verify-email/send", &[("email", "nobody@example.com")]).await;
+    assert_eq!((again.status, &again.body), (unknown.status, &unknown.body));
+    // The link just asked for (sent on its own task) voids the first.
+    let first = token;
+    let mut token = first.clone();
+    for _ in 0..200 {
+        token = mailed_token(&h, "ada@example.com", "Confirm your email address", "/verify-email").await;
+        if token != first {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_ne!(token, first, "a new link");
+    assert_eq!(h.app.email_verification_link(&first).await.unwrap(), tessera_app::LinkState::Invalid);
+
+    let mut bob = Browser::new("10.0.8.3");
+    signed_up(&h, &mut bob, "bob@example.com").await;
+    let bobs = session_of(&h, &bob).await;
+    let page = bob.get(&h, &format!("/verify-email?token={token}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(&format!("name=\"token\" value=\"{token}\"")) && page.body.contains("<button"));
+    assert!(page.body.contains("autocomplete=\"current-password\""), "the password is asked for");
+    assert_eq!(ada.post(&h, "/login", &creds).await.status, StatusCode::UNAUTHORIZED, "a GET changed nothing");
+    let forged = [("token", token.as_str()), ("password", PASSWORD)];
+    assert_eq!(bob.send(&h, Method::POST, "/verify-email", &forged, &[]).await.status, StatusCode::FORBIDDEN);
+    // Bob's password (or anyone's but the account's) does not confirm it.
+    let wrong = bob.post(&h, "/verify-email", &[("token", &token), ("password", "bob's own long password")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.body.contains("That password isn"), "{}", wrong.body);
+    let done = bob.post(&h, "/verify-email", &[("token", &token), ("password", PASSWORD)]).await;
+    assert_eq!((done.status, done.location()), (StatusCode::SEE_OTHER, "/login?verified=1"));
+    assert!(done.set_cookies().is_empty(), "no cookie set or cleared: {:?}", done.set_cookies());
+    assert_eq!(session_of(&h, &bob).await.id(), bobs.id(), "bob's session stays");
+    let used = bob.post(&h, "/verify-email", &[("token", &token), ("password", PASSWORD)]).await;
+    assert_eq!(used.status, StatusCode::GONE);
+    assert!(used.body.contains("This link has expired or was already used."));
+    for bad in [&token[..20], ""] {
+        assert_eq!(bob.get(&h, &format!("/verify-email?token={bad}")).await.status, StatusCode::BAD_REQUEST);
+    }
+    assert!(ada.get(&h, "/login?verified=1").await.body.contains("Your email address is confirmed"));
+    assert_eq!(ada.post(&h, "/login", &creds).await.location(), "/accounts");
+}
+
+/// Password and address changes from the pages: recent proof first, the current password, the
+/// other sessions end; an email change waits for the new mailbox's link.
+#[tokio::test]
+async fn password_and_email_changes() {
+    let h = harness(WebConfig::default()).await;
+    let mut a = Browser::new("10.0.8.4");
+    signed_up(&h, &mut a, "ada@example.com").await;
+    let mut other = Browser::new("10.0.8.5");
+    other.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+    let page = a.get(&h, "/settings/password").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("autocomplete=\"current-password\"") && page.body.contains("autocomplete=\"new-password\"")
+    );
+    let new_pw = "a completely new passphrase";
+    let r = a.post(&h, "/settings/password", &[("current_password", "not it"), ("new_password", new_pw)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("current password isn"), "{}", r.body);
+    let r = a.post(&h, "/settings/password", &[("current_password", PASSWORD), ("new_password", "short")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = a.post(&h, "/settings/password", &[("current_password", PASSWORD), ("new_password", new_pw)]).await;
+    assert_eq!(r.location(), "/settings/security?done=password");
+    assert!(a.get(&h, "/settings/security?done=password").await.body.contains("Your password is changed"));
+    assert_eq!(other.get(&h, "/settings/security").await.location(), "/login", "the other session ended");
+    assert!(mailed(&h, "ada@example.com", "Your password was changed").await.is_some());
+
+    let r = a.post(&h, "/settings/email", &[("new_email", "ada.new@example.com")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Check your email"), "{}", r.body);
+    let token =
+        mailed_token(&h, "ada.new@example.com", "Confirm your new email address", "/settings/email/confirm").await;
+    // Signed out, or signed in as someone else, the link moves nothing.
+    let mut stranger = Browser::new("10.0.8.7");
+    let page = stranger.get(&h, &format!("/settings/email/confirm?token={token}")).await;
+    assert!(page.body.contains("Sign in first") && !page.body.contains(&token), "{}", page.body);
+    let r = stranger.post(&h, "/settings/email/confirm", &[("token", &token)]).await;
+    assert_eq!(r.location(), "/login");
+    signed_up(&h, &mut stranger, "eve@example.com").await;
+    let r = stranger.post(&h, "/settings/email/confirm", &[("token", &token)]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body.contains("this link is for another account") || r.body.contains("This link is for another account"));
+    let confirm = a.get(&h, &format!("/settings/email/confirm?token={token}")).await;
+    assert!(confirm.body.contains("<button") && confirm.body.contains(&token));
+    assert!(a.get(&h, "/settings/security").await.body.contains(">ada@example.com<"), "not before the POST");
+    let r = a.post(&h, "/settings/email/confirm", &[("token", &token)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Email address changed"));
+    assert!(a.get(&h, "/settings/security").await.body.contains(">ada.new@example.com<"));
+    assert!(mailed(&h, "ada@example.com", "Your account's email address was changed").await.is_some());
+
+    // A stale session is sent to prove itself first.
+    h.clock.advance(time::Duration::minutes(16));
+    let r = a.post(&h, "/settings/password", &[("current_password", new_pw), ("new_password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Fpassword");
+    let r = a.post(&h, "/settings/email", &[("new_email", "ada3@example.com")]).await;
+    assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Femail");
+}
+
+/// A sign-in with a recovery code that leaves few lands on the security page, which offers new
+/// ones; the last one says so.
+#[tokio::test]
+async fn the_last_recovery_codes_lead_to_new_ones() {
+    let h = harness(WebConfig::default()).await;
+    let ctx = ClientContext::default();
+    let id = h.app.create_user("ada@example.com", PASSWORD, &ctx).await.unwrap();
+    let req = EnrollRequest {
+        subject_id: id.clone(),
+        label: "Phone".into(),
+        account_name: "ada".into(),
+        ..Default::default()
+    };
+    let e = h.app.enroll_totp(&req, &ctx).await.unwrap();
+    let codes = match h.app.confirm_totp(&id, &e.factor_id, &code_at(&e.secret_base32, T0), &ctx).await.unwrap() {
+        tessera_app::ConfirmOutcome::Confirmed { recovery_codes, .. } => recovery_codes,
+        other => panic!("{other:?}"),
+    };
+    for (i, code) in codes.iter().enumerate() {
+        let mut b = Browser::new(&format!("10.0.8.{}", 10 + i));
+        b.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD)]).await;
+        let r = b.post(&h, "/login/recovery", &[("code", code)]).await;
+        let left = codes.len() - i - 1;
+        let want = match left {
+            0 => "/settings/security?done=last-code",
+            1..=3 => "/settings/security?done=codes-low",
+            _ => "/accounts",
+        };
+        assert_eq!(r.location(), want, "{left} left");
+        if left == 0 {
+            let page = b.get(&h, want).await.body;
+            assert!(page.contains("your last recovery code") && page.contains("id=\"codes-low\""), "{page}");
+            assert!(page.contains("action=\"/settings/security/recovery-codes\""));
+        }
+    }
 }

@@ -98,6 +98,9 @@ fn web_pages_in_headless_chromium() {
         "13-reauth",
         "15-stranger-locked",
         "16-password-reset",
+        "01c-unverified",
+        "17-password-change",
+        "18-email-change",
     ] {
         assert!(out.join(format!("{page}.png")).exists(), "screenshot {page}");
     }

@@ -355,7 +355,14 @@ async fn password_reset_over_grpc() {
     let c = srv.client(TOKEN).await;
     let mut id = c.identity();
     let (email, pw) = ("rita@example.com", "correct horse battery staple");
-    id.create_user(pb::CreateUserRequest { email: email.into(), password: pw.into(), context: None }).await.unwrap();
+    id.create_user(pb::CreateUserRequest {
+        email: email.into(),
+        password: pw.into(),
+        context: None,
+        email_verified: true,
+    })
+    .await
+    .unwrap();
     let ctx =
         || Some(pb::ClientContext { ip: "192.0.2.9".into(), user_agent: "grpc-test".into(), ..Default::default() });
     for e in [email, "nobody@example.com"] {
@@ -394,6 +401,125 @@ async fn password_reset_over_grpc() {
     assert_eq!(r.status, LoginStatus::Authenticated as i32);
     let r = id.begin_login(login(pw)).await.unwrap().into_inner();
     assert_eq!(r.status, LoginStatus::Failed as i32);
+    srv.stop().await;
+}
+
+/// The account's lifecycle over gRPC, the same use cases as the pages: SignUp answers every
+/// address alike; an unverified user is told so after the right password; VerifyEmail with the
+/// mailed token; ChangePassword; RequestEmailChange and ConfirmEmailChange; CreateUser without
+/// `email_verified` mails a link too.
+#[tokio::test]
+async fn account_lifecycle_over_grpc() {
+    use tessera_client::pb::{ChangePasswordStatus, LoginStatus};
+    let srv = InProcess::start(None).await;
+    let c = srv.client(TOKEN).await;
+    let mut id = c.identity();
+    let mail_dir = srv.dir.path().join("mail");
+    let ctx =
+        || Some(pb::ClientContext { ip: "192.0.2.9".into(), user_agent: "grpc-test".into(), ..Default::default() });
+    let pw = "correct horse battery staple";
+    let token_of = |m: &tessera_testkit::Mail, path: &str| {
+        let link = m.link(&format!("http://localhost:8080{path}?token=")).expect("a link");
+        link.rsplit_once("token=").unwrap().1.to_owned()
+    };
+    let sign_up = |email: &str, password: &str| pb::SignUpRequest {
+        email: email.into(),
+        password: password.into(),
+        context: ctx(),
+    };
+    let login = |email: &str, password: &str| pb::BeginLoginRequest {
+        email: email.into(),
+        password: password.into(),
+        context: ctx(),
+    };
+    id.create_user(pb::CreateUserRequest {
+        email: "old@example.com".into(),
+        password: pw.into(),
+        context: None,
+        email_verified: true,
+    })
+    .await
+    .unwrap();
+    for e in ["sue@example.com", "old@example.com"] {
+        assert_eq!(id.sign_up(sign_up(e, pw)).await.unwrap().into_inner(), pb::SignUpResponse {});
+    }
+    let weak = id.sign_up(sign_up("x@example.com", "short")).await.unwrap_err();
+    assert_eq!(weak.code(), Code::InvalidArgument);
+    tessera_testkit::wait_for_mail(&mail_dir, "old@example.com", "Someone tried to create an account").await;
+    // Until the address is confirmed, the right password is answered as a wrong one.
+    let r = id.begin_login(login("sue@example.com", pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Failed as i32);
+    assert!(r.session_token.is_empty());
+    let m = tessera_testkit::wait_for_mail(&mail_dir, "sue@example.com", "Confirm your email address").await;
+    let token = token_of(&m, "/verify-email");
+    let verify = |t: &str, p: &str| pb::VerifyEmailRequest { token: t.into(), context: ctx(), password: p.into() };
+    assert_eq!(id.verify_email(verify(&token[..20], pw)).await.unwrap_err().code(), Code::InvalidArgument);
+    let r = id.verify_email(verify(&token, "not the password")).await.unwrap().into_inner();
+    assert_eq!(r.status, pb::VerifyEmailStatus::WrongPassword as i32, "the one who signed up confirms");
+    let r = id.verify_email(verify(&token, pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, pb::VerifyEmailStatus::Verified as i32);
+    assert_eq!(id.verify_email(verify(&token, pw)).await.unwrap_err().code(), Code::FailedPrecondition);
+    let r = id.begin_login(login("sue@example.com", pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Authenticated as i32);
+    let session = r.session_token;
+
+    // Change the password: the current one, then the new one works and the old does not.
+    let change = |current: &str, new: &str| pb::ChangePasswordRequest {
+        session_token: session.clone(),
+        current_password: current.into(),
+        new_password: new.into(),
+        context: ctx(),
+    };
+    let new_pw = "a new passphrase over grpc";
+    let r = id.change_password(change("wrong password here", new_pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, ChangePasswordStatus::WrongPassword as i32);
+    assert_eq!(id.change_password(change(pw, "short")).await.unwrap_err().code(), Code::InvalidArgument);
+    let r = id.change_password(change(pw, new_pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, ChangePasswordStatus::Changed as i32);
+    let stale = pb::ChangePasswordRequest { session_token: "A".repeat(43), ..change(new_pw, pw) };
+    assert_eq!(id.change_password(stale).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        id.begin_login(login("sue@example.com", pw)).await.unwrap().into_inner().status,
+        LoginStatus::Failed as i32
+    );
+
+    // Change the address: the link goes to the new one.
+    id.request_email_change(pb::RequestEmailChangeRequest {
+        session_token: session.clone(),
+        new_email: "sue.new@example.com".into(),
+        context: ctx(),
+    })
+    .await
+    .unwrap();
+    let m = tessera_testkit::wait_for_mail(&mail_dir, "sue.new@example.com", "Confirm your new email address").await;
+    let token = token_of(&m, "/settings/email/confirm");
+    let confirm =
+        |t: &str, s: &str| pb::ConfirmEmailChangeRequest { token: t.into(), context: ctx(), session_token: s.into() };
+    // Only in a session of the user who asked.
+    let other = id.confirm_email_change(confirm(&token, &"A".repeat(43))).await.unwrap_err();
+    assert_eq!(other.code(), Code::Unauthenticated);
+    id.confirm_email_change(confirm(&token, &session)).await.unwrap();
+    let again = id.confirm_email_change(confirm(&token, &session)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    tessera_testkit::wait_for_mail(&mail_dir, "sue@example.com", "Your account's email address was changed").await;
+    let r = id.begin_login(login("sue.new@example.com", new_pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Authenticated as i32);
+
+    // A service's user without `email_verified` waits for the link too; a new one can be asked for.
+    id.create_user(pb::CreateUserRequest {
+        email: "tom@example.com".into(),
+        password: pw.into(),
+        context: ctx(),
+        email_verified: false,
+    })
+    .await
+    .unwrap();
+    let r = id.begin_login(login("tom@example.com", pw)).await.unwrap().into_inner();
+    assert_eq!(r.status, LoginStatus::Failed as i32);
+    for e in ["tom@example.com", "nobody@example.com"] {
+        let r = id.send_email_verification(pb::SendEmailVerificationRequest { email: e.into(), context: ctx() });
+        assert_eq!(r.await.unwrap().into_inner(), pb::SendEmailVerificationResponse {});
+    }
     srv.stop().await;
 }
 
@@ -627,13 +753,23 @@ async fn identity_scenario(srv: &InProcess) {
 
     // sign up; a short password is INVALID_ARGUMENT naming the field
     let s = id
-        .create_user(pb::CreateUserRequest { email: "x@example.com".into(), password: "short".into(), context: None })
+        .create_user(pb::CreateUserRequest {
+            email: "x@example.com".into(),
+            password: "short".into(),
+            context: None,
+            email_verified: true,
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().contains("password"), "{}", s.message());
     let uid = id
-        .create_user(pb::CreateUserRequest { email: "Grace@Example.com".into(), password: pw.into(), context: None })
+        .create_user(pb::CreateUserRequest {
+            email: "Grace@Example.com".into(),
+            password: pw.into(),
+            context: None,
+            email_verified: true,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -792,7 +928,12 @@ async fn accounts_over_grpc(srv: &InProcess) {
     let mut users = Vec::new();
     for email in ["owner@example.com", "member@example.com"] {
         let uid = id
-            .create_user(pb::CreateUserRequest { email: email.into(), password: pw.into(), context: None })
+            .create_user(pb::CreateUserRequest {
+                email: email.into(),
+                password: pw.into(),
+                context: None,
+                email_verified: true,
+            })
             .await
             .unwrap()
             .into_inner()

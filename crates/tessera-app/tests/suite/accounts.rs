@@ -1,7 +1,7 @@
 //! Accounts and members: the MFA decision per account, invitations (a mailed code, nothing said
 //! about the invited), roles and the last owner, the account policy.
 
-use crate::{PW, challenge, enrol_secret_of, enrol_user, login_2fa, reauth_needed, sess, token, user_2fa};
+use crate::{PW, challenge, enrol_secret_of, enrol_user, login_2fa, reauth_needed, sess, signed_up, token, user_2fa};
 use tessera_app::{AppError, ConfirmOutcome, LoginOutcome, Session};
 use tessera_core::CoreError;
 use tessera_core::policy::{AccountAccess, Assurance};
@@ -14,20 +14,29 @@ async fn notice_ids(h: &Harness) -> std::collections::HashSet<String> {
     h.store.unsent_notifications(10_000).await.unwrap().into_iter().map(|n| n.id).collect()
 }
 
-/// Invite `email` and return the invitation's id and the code the mail to it carried (the
-/// test's mailbox: the outbox). Panics when no new mail went out.
-async fn invite_mail(h: &Harness, by: &Session, acct: &str, email: &str, role: Role) -> (String, String) {
+/// Invite `email` and return the invitation's id and the code the mail to it carried: the
+/// code waits sealed in the outbox row (never in its detail) and is read from the delivered
+/// message. Panics when no new mail went out.
+pub(crate) async fn invite_mail(h: &Harness, by: &Session, acct: &str, email: &str, role: Role) -> (String, String) {
     let before = notice_ids(h).await;
     let id = h.app.invite_member(by, acct, email, role, &ctx()).await.unwrap();
     let mails = h.store.unsent_notifications(10_000).await.unwrap();
     let m = mails.iter().find(|m| !before.contains(&m.id)).expect("an invitation mail");
     assert_eq!((m.email.as_str(), m.kind.as_str()), (email, "invitation"));
-    let detail: serde_json::Value = serde_json::from_str(&m.detail).unwrap();
-    (id, detail["code"].as_str().unwrap().to_owned())
+    assert!(m.secret.is_some() && !m.detail.contains("code"), "sealed: {}", m.detail);
+    let file = format!("{}.eml", m.id);
+    let delivered = crate::reset::mailbox(h).await;
+    let mail = delivered.iter().find(|d| d.file.ends_with(&file)).expect("delivered");
+    (id, invitation_code(&mail.text))
+}
+
+/// The code in an invitation message's text (the indented line).
+fn invitation_code(text: &str) -> String {
+    text.lines().find_map(|l| l.strip_prefix("    ")).expect("a code line").trim().to_owned()
 }
 
 /// Invite and accept (with the mailed code); the inviter's role rechecked at acceptance.
-async fn invite(h: &Harness, by: &Session, acct: &str, email: &str, role: Role, accept_with: &str) {
+pub(crate) async fn invite(h: &Harness, by: &Session, acct: &str, email: &str, role: Role, accept_with: &str) {
     let (id, code) = invite_mail(h, by, acct, email, role).await;
     let s = sess(h, accept_with).await;
     assert_eq!(h.app.accept_invitation(&s, &id, &code, &ctx()).await.unwrap(), acct);
@@ -82,7 +91,7 @@ async fn accounts_and_the_mfa_decision(h: &Harness) {
     assert_eq!(h.app.account_access(&t2, &a2).await.unwrap(), AccountAccess::EnrolmentRequired);
 
     // not a member, or no such session
-    let t3 = token(&h.app.sign_up("out@example.com", PW, &c).await.unwrap());
+    let t3 = signed_up(h, "out@example.com", &c).await;
     assert!(matches!(h.app.account_access(&t3, &a1).await, Err(AppError::NotFound(_))));
     assert!(matches!(h.app.account_access("no-such-token", &a1).await, Err(AppError::NotFound(_))));
     let _ = member;
@@ -102,10 +111,10 @@ async fn invitations(h: &Harness) {
 
     let (inv_known, code_known) = invite_mail(h, &so, &acct, "known@example.com", Role::Member).await;
     let (inv_unknown, code_unknown) = invite_mail(h, &so, &acct, "unknown@example.com", Role::Member).await;
-    let mails = h.store.unsent_notifications(1000).await.unwrap();
+    let mails = crate::reset::mailbox(h).await;
     let words = |code: &str| {
-        let m = mails.iter().find(|m| m.detail.contains(code)).unwrap();
-        (m.kind.clone(), m.detail.replace(code, "CODE"))
+        let m = mails.iter().find(|m| m.text.contains(code)).unwrap();
+        (m.subject.clone(), m.text.replace(code, "CODE"))
     };
     assert_eq!(words(&code_known), words(&code_unknown), "the same message to a user and to a stranger");
     let invited = h.app.account_invitations(&so, &acct).await.unwrap();
@@ -121,7 +130,7 @@ async fn invitations(h: &Harness) {
 
     // Someone who signs up with the invited address first cannot take the invitation: it needs
     // the code from the mailbox. Nor can they decline it for its owner.
-    let squat = token(&h.app.sign_up("Unknown@Example.com", PW, &c).await.unwrap());
+    let squat = signed_up(h, "Unknown@Example.com", &c).await;
     let squat = sess(h, &squat).await;
     assert_eq!(h.app.my_invitations(&squat).await.unwrap().len(), 1, "listed, to be accepted with its code");
     for guess in ["AAAA-AAAA-AAAA-AAAA", code_known.as_str()] {
@@ -130,7 +139,7 @@ async fn invitations(h: &Harness) {
     }
     assert!(matches!(h.app.accept_invitation(&squat, &inv_unknown, "not a code", &c).await, Err(AppError::Invalid(_))));
     // Another user with the code but another email cannot either.
-    let other = token(&h.app.sign_up("other@example.com", PW, &c).await.unwrap());
+    let other = signed_up(h, "other@example.com", &c).await;
     let so_other = sess(h, &other).await;
     assert!(matches!(
         h.app.accept_invitation(&so_other, &inv_known, &code_known, &c).await,
@@ -292,7 +301,7 @@ async fn account_policy_rules(h: &Harness) {
         ));
     }
     h.app.set_account_policy(&so, &acct, true, Some(now + tessera_app::MAX_GRACE), &c).await.unwrap();
-    let tm = token(&h.app.sign_up("admin@example.com", PW, &c).await.unwrap());
+    let tm = signed_up(h, "admin@example.com", &c).await;
     invite(h, &so, &acct, "admin@example.com", Role::Admin, &tm).await;
     let sm = sess(h, &tm).await;
     assert!(
@@ -300,7 +309,7 @@ async fn account_policy_rules(h: &Harness) {
         "an admin without a factor cannot lock themselves out"
     );
     h.app.set_account_policy(&sm, &acct, false, None, &c).await.unwrap();
-    let tx = token(&h.app.sign_up("x@example.com", PW, &c).await.unwrap());
+    let tx = signed_up(h, "x@example.com", &c).await;
     assert!(matches!(
         h.app.set_account_policy(&sess(h, &tx).await, &acct, false, None, &c).await,
         Err(AppError::NotFound(_))

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod keys;
+mod lifecycle;
 mod login;
 mod outbox;
 mod recovery;
@@ -65,6 +66,13 @@ fn challenge(o: &LoginOutcome) -> String {
         LoginOutcome::SecondFactorRequired { challenge } => challenge.to_string(),
         other => panic!("no challenge: {other:?}"),
     }
+}
+
+/// A new user (address vouched for), signed in with the password: the session's token. (The
+/// public sign-up signs nobody in: see `signup.rs`.)
+async fn signed_up(h: &Harness, email: &str, c: &tessera_app::ClientContext) -> String {
+    h.app.create_user(email, PW, c).await.unwrap();
+    token(&h.app.begin_login(email, PW, c).await.unwrap())
 }
 
 /// Enrol and confirm a device for a user id (a service's enrolment); returns its secret and

@@ -11,7 +11,7 @@ use time::Duration;
 const NEW_PW: &str = "a brand new passphrase for ada";
 
 /// Deliver what is queued to the test's mailbox; every message delivered so far.
-async fn mailbox(h: &Harness) -> Vec<Mail> {
+pub(crate) async fn mailbox(h: &Harness) -> Vec<Mail> {
     let dir = h.dir.path().join("mail");
     let mailer = Mailer::to_dir(dir.clone(), "Tessera <no-reply@localhost>").unwrap();
     h.app.deliver_notifications(&mailer, 100).await.unwrap();
@@ -19,7 +19,7 @@ async fn mailbox(h: &Harness) -> Vec<Mail> {
 }
 
 /// The token of the newest reset link mailed to `email`.
-async fn reset_token(h: &Harness, email: &str) -> String {
+pub(crate) async fn reset_token(h: &Harness, email: &str) -> String {
     let mail = mailbox(h).await.into_iter().rev().find(|m| m.to.contains(email) && m.subject == "Reset your password");
     let link = mail.expect("a reset mail").link("http://localhost:8080/password/reset?token=").expect("a link");
     link.rsplit_once("token=").unwrap().1.to_owned()
@@ -39,6 +39,17 @@ async fn a_reset_sets_the_password_and_nothing_else(h: &Harness) {
     }
     assert!(matches!(h.app.begin_login(email, PW, &stranger).await.unwrap(), LoginOutcome::Locked { .. }));
 
+    // Whoever had the password asked to move the account to their own mailbox.
+    let s = h.app.session(&t).await.unwrap().unwrap();
+    h.app.request_email_change(&s, "mallory@example.com", &ctx()).await.unwrap();
+    let change = loop {
+        let m = mailbox(h).await.into_iter().rev().find(|m| m.to.contains("mallory@example.com"));
+        if let Some(m) = m {
+            let link = m.link("http://localhost:8080/settings/email/confirm?token=").expect("a link");
+            break link.rsplit_once("token=").unwrap().1.to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     h.app.request_password_reset(" ADA@example.com ", &ctx()).await.unwrap();
     let tok = reset_token(h, email).await;
     assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), ResetLink::Live);
@@ -51,6 +62,7 @@ async fn a_reset_sets_the_password_and_nothing_else(h: &Harness) {
     h.app.complete_password_reset(&tok, NEW_PW, &ctx()).await.unwrap();
 
     assert!(h.app.session(&t).await.unwrap().is_none(), "every session ended");
+    assert_eq!(h.app.email_change_link(&change).await.unwrap(), ResetLink::Invalid, "the email change is void");
     assert_eq!(h.app.begin_login(email, PW, &ctx()).await.unwrap(), LoginOutcome::Failed, "the old password");
     // The address the stranger locked is unlocked; the new password is only the first factor.
     let ch = challenge(&h.app.begin_login(email, NEW_PW, &stranger).await.unwrap());

@@ -3,7 +3,8 @@
 //! ending password-only sessions.
 
 use crate::{
-    PW, accepted, enrol_secret_of, enrol_user, fresh, login_2fa, reauth_needed, req, sess, token, user_2fa, who, wrong,
+    PW, accepted, enrol_secret_of, enrol_user, fresh, login_2fa, reauth_needed, req, sess, signed_up, token, user_2fa,
+    who, wrong,
 };
 use tessera_app::{AppError, ConfirmOutcome, LoginOutcome, Proof};
 use tessera_core::policy::Assurance;
@@ -17,7 +18,7 @@ use time::Duration;
 async fn a_stale_session_cannot_become_a_second_factor(h: &Harness) {
     let c = ctx();
     // Ada signs up (session A, password only) and leaves that browser open.
-    let a = token(&h.app.sign_up("ada@example.com", PW, &c).await.unwrap());
+    let a = signed_up(h, "ada@example.com", &c).await;
     h.clock.advance(Duration::minutes(20));
     let sa = sess(h, &a).await;
     // A is too old to add a factor: it must prove the password again first.
@@ -140,7 +141,7 @@ async fn reauth_window_edges(h: &Harness) {
     h.app.new_recovery_codes(&sess(h, &t3).await, &c).await.unwrap();
 
     // A user without a factor confirms with the password.
-    let t = token(&h.app.sign_up("bob@example.com", PW, &c).await.unwrap());
+    let t = signed_up(h, "bob@example.com", &c).await;
     h.clock.advance(window - Duration::seconds(1));
     let s = sess(h, &t).await;
     let e = h.app.add_totp_device(&s, "Phone", &c).await.unwrap();
@@ -159,7 +160,7 @@ both!(reauth_window_edges);
 /// A new token at every level change and re-authentication; the session's id stays.
 async fn tokens_rotate_at_every_level_change(h: &Harness) {
     let c = ctx();
-    let t1 = token(&h.app.sign_up("ada@example.com", PW, &c).await.unwrap());
+    let t1 = signed_up(h, "ada@example.com", &c).await;
     let s1 = sess(h, &t1).await;
     assert_eq!(s1.assurance(), Assurance::Password);
     let e = h.app.add_totp_device(&s1, "Phone", &c).await.unwrap();
@@ -193,7 +194,7 @@ both!(tokens_rotate_at_every_level_change);
 /// last-seen time is written at most once a minute.
 async fn idle_timeout_and_lifetime(h: &Harness) {
     let c = ctx();
-    let t = token(&h.app.sign_up("ada@example.com", PW, &c).await.unwrap());
+    let t = signed_up(h, "ada@example.com", &c).await;
     let p = h.app.config().sessions;
     assert_eq!((p.idle_timeout, p.lifetime), (Duration::minutes(30), Duration::hours(12)));
     let opened = sess(h, &t).await.last_seen_at();
@@ -256,11 +257,9 @@ both!(sessions_list_and_sign_out);
 /// same key, a finished one never.
 async fn pending_devices_belong_to_their_session_and_expire(h: &Harness) {
     let c = ctx();
-    let before = h.app.password_verifications();
-    let o = h.app.sign_up("sam@example.com", PW, &c).await.unwrap();
-    assert_eq!(h.app.password_verifications(), before, "sign-up runs no password verification");
-    assert!(matches!(h.app.sign_up("SAM@example.com", PW, &c).await, Err(AppError::FailedPrecondition(_))));
-    let s = sess(h, &token(&o)).await;
+    h.app.create_user("sam@example.com", PW, &c).await.unwrap();
+    assert!(matches!(h.app.create_user("SAM@example.com", PW, &c).await, Err(AppError::FailedPrecondition(_))));
+    let s = sess(h, &token(&h.app.begin_login("sam@example.com", PW, &c).await.unwrap())).await;
     let e = h.app.add_totp_device(&s, "Phone", &c).await.unwrap();
     let again = h.app.pending_totp_device(&s, &e.factor_id).await.unwrap();
     assert_eq!((again.secret_base32, again.otpauth_uri), (e.secret_base32.clone(), e.otpauth_uri.clone()));
@@ -292,7 +291,7 @@ both!(pending_devices_belong_to_their_session_and_expire);
 async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
     use tessera_store::Activation;
     let c = ctx();
-    let t = token(&h.app.sign_up("ada@example.com", PW, &c).await.unwrap());
+    let t = signed_up(h, "ada@example.com", &c).await;
     let s = sess(h, &t).await;
     let e = h.app.add_totp_device(&s, "Phone", &c).await.unwrap();
     h.clock.advance(tessera_app::PENDING_TTL - Duration::seconds(1));

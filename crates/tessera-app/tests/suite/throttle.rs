@@ -1,7 +1,7 @@
 //! Throttling: code lockouts and their doubling, the gate that admits a matched code, password
 //! locks per address, and the 100-failure ceilings (no lockout lever for strangers).
 
-use crate::{PW, accepted, active_device, challenge, enrol_user, fresh, sess, token, wrong};
+use crate::{PW, accepted, active_device, challenge, enrol_user, fresh, sess, signed_up, token, wrong};
 use tessera_app::{AppError, ClientContext, ConfirmOutcome, LoginOutcome, Outcome, Proof};
 use tessera_core::otp::TotpParams;
 use tessera_testkit::{Harness, both, ctx, ctx_from};
@@ -317,7 +317,7 @@ both!(hundred_code_failures_disable_totp);
 /// factorless user is no way around it. A support reset lifts the suspension.
 async fn reauthentication_respects_the_suspension(h: &Harness) {
     let c = ctx();
-    let t = token(&h.app.sign_up("ada@example.com", PW, &c).await.unwrap());
+    let t = signed_up(h, "ada@example.com", &c).await;
     h.clock.advance(Duration::minutes(16));
     let s = sess(h, &t).await;
     for i in 0..h.app.config().password_throttle.suspend_after {

@@ -63,6 +63,11 @@ fn describe(kind: &str, detail: &str) -> String {
         Some(K::MemberRoleChanged) => format!("Role in an account changed to {}", s("role")),
         Some(K::PasswordResetRequested) => "A password-reset link was emailed".into(),
         Some(K::PasswordReset) => "Password set with a reset link; every session signed out".into(),
+        Some(K::EmailVerificationSent) => "A link to confirm your email address was emailed".into(),
+        Some(K::EmailVerified) => "Email address confirmed".into(),
+        Some(K::PasswordChanged) => "Password changed; other sessions signed out".into(),
+        Some(K::EmailChangeRequested) => "A link to confirm a new email address was emailed".into(),
+        Some(K::EmailChanged) => "Email address changed".into(),
         None => kind.replace('_', " "),
     }
 }

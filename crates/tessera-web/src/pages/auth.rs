@@ -68,16 +68,22 @@ pub(crate) async fn signup_form(req: Req, State(web): State<Web>) -> Response {
 
 fn signup_page(web: &Web, req: &Req, status: StatusCode, email: String, error: Option<String>) -> Response {
     let min_chars = web.app.config().min_password_chars;
-    views::page(status, &views::Signup { chrome: req.chrome("Create an account"), email, error, min_chars })
+    let open = web.app.config().signup_open;
+    views::page(status, &views::Signup { chrome: req.chrome("Create an account"), email, error, min_chars, open })
 }
 
+/// One answer for every acceptable sign-up, whether the address is new, registered, or (with
+/// sign-up closed) not invited: what happens next is said only in the mail. No session.
 pub(crate) async fn signup(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<Credentials>) -> Response {
-    match web.app.sign_up(&f.email, &f.password, &req.ctx).await {
-        Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
-            end_previous(&web, &req).await;
-            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/settings/security")
-        }
-        Ok(_) => views::internal("sign-up did not sign in"),
+    match web.app.sign_up_in_background(&f.email, &f.password, &req.ctx).await {
+        Ok(()) => views::message_link(
+            StatusCode::OK,
+            req.chrome("Check your email"),
+            "We have emailed the address you gave. To finish, open the link in that message: it works once, \
+             for 24 hours. Nothing there? Look in the spam folder, or ask for a new link.",
+            "/verify-email/send",
+            "Email me a new link",
+        ),
         Err(AppError::Invalid(e)) => {
             signup_page(&web, &req, StatusCode::BAD_REQUEST, f.email, Some(sentence(&e.to_string())))
         }
@@ -95,6 +101,7 @@ pub(crate) async fn signup(req: Req, State(web): State<Web>, axum::Form(f): axum
 pub(crate) struct LoginQuery {
     expired: Option<String>,
     reset: Option<String>,
+    verified: Option<String>,
 }
 
 pub(crate) async fn login_form(req: Req, State(web): State<Web>, Query(q): Query<LoginQuery>) -> Response {
@@ -104,6 +111,7 @@ pub(crate) async fn login_form(req: Req, State(web): State<Web>, Query(q): Query
         return Redirect::to("/accounts").into_response();
     }
     let notice = match (q.expired, q.reset) {
+        _ if q.verified.is_some() => Some("Your email address is confirmed. Sign in with your password.".to_owned()),
         (_, Some(_)) => Some(
             "Your new password is set and every session was signed out. Sign in with it (and your \
              authenticator, if you have one)."
@@ -151,7 +159,9 @@ pub(crate) async fn login(req: Req, State(web): State<Web>, axum::Form(f): axum:
             &req,
             StatusCode::UNAUTHORIZED,
             f.email,
-            Some("That email and password don't match.".into()),
+            // (An unconfirmed address gets this answer too: anything else would tell whoever
+            // signed up with an address, then signed in, whether it was already registered.)
+            Some("That email and password don't match. Just signed up? Confirm your address first.".into()),
             None,
         ),
         Err(AppError::Invalid(_)) => {
@@ -208,9 +218,18 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String) -> Resp
         SecondStep::Recovery => web.app.complete_login_recovery(&challenge, &code, &req.ctx).await,
     };
     match r {
-        Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
+        Ok(LoginOutcome::Authenticated { token, browser_token, user_id, .. }) => {
             end_previous(&web, &req).await;
-            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/accounts")
+            // After a recovery code, a user running out of them lands where new ones are made.
+            let to = match step {
+                SecondStep::Recovery => match web.app.recovery_codes_remaining(&user_id).await {
+                    Ok(0) => "/settings/security?done=last-code",
+                    Ok(n) if n <= 3 => "/settings/security?done=codes-low",
+                    _ => "/accounts",
+                },
+                SecondStep::Totp => "/accounts",
+            };
+            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), to)
         }
         Ok(LoginOutcome::Rejected { attempts_remaining }) => {
             let msg = match step {

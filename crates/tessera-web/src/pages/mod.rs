@@ -14,6 +14,7 @@
 mod accounts;
 mod activity;
 mod auth;
+mod email;
 mod password;
 mod security;
 
@@ -42,6 +43,11 @@ pub(crate) fn routes() -> Router<Web> {
         .route("/settings/reauth", get(auth::reauth_form).post(auth::reauth))
         .route("/password/forgot", get(password::forgot_form).post(password::forgot))
         .route("/password/reset", get(password::reset_form).post(password::reset))
+        .route("/verify-email", get(email::verify_form).post(email::verify))
+        .route("/verify-email/send", get(email::send_form).post(email::send))
+        .route("/settings/password", get(password::change_form).post(password::change))
+        .route("/settings/email", get(email::change_form).post(email::change))
+        .route("/settings/email/confirm", get(email::confirm_form).post(email::confirm))
         .route("/settings/security", get(security::page))
         .route("/settings/security/totp", post(security::enroll))
         .route("/settings/security/totp/{id}", get(security::setup))

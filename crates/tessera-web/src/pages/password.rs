@@ -7,13 +7,13 @@
 //! link (it may hold another user's): the new password is only the first factor, and the user
 //! signs in at `/login` as usual.
 
-use super::{Req, sentence};
+use super::{Req, User, sentence};
 use crate::{Web, views};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use tessera_app::{AppError, ResetLink, well_formed_token};
+use tessera_app::{AppError, PasswordChangeOutcome, ResetLink, well_formed_token};
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -100,5 +100,53 @@ pub(crate) async fn reset(req: Req, State(web): State<Web>, axum::Form(f): axum:
         }
         Err(AppError::FailedPrecondition(_)) => link_refused(&req, false),
         Err(e) => views::app_error(req.chrome("Error"), e),
+    }
+}
+
+// ---- password change ---------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct ChangeForm {
+    current_password: String,
+    new_password: String,
+}
+
+fn change_page(web: &Web, user: &User, status: StatusCode, error: Option<String>) -> Response {
+    views::page(
+        status,
+        &views::PasswordChange {
+            chrome: user.chrome("Change your password"),
+            email: user.email.clone(),
+            min_chars: web.app.config().min_password_chars,
+            error,
+        },
+    )
+}
+
+/// `/settings/password`: a live session; the change needs recent authentication (else the
+/// re-authentication page first) and the current password.
+pub(crate) async fn change_form(user: User, State(web): State<Web>) -> Response {
+    change_page(&web, &user, StatusCode::OK, None)
+}
+
+pub(crate) async fn change(user: User, State(web): State<Web>, axum::Form(f): axum::Form<ChangeForm>) -> Response {
+    let now = web.app.now();
+    match web.app.change_password(&user.session, &f.current_password, &f.new_password, user.ctx()).await {
+        Ok(PasswordChangeOutcome::Changed { .. }) => Redirect::to("/settings/security?done=password").into_response(),
+        Ok(PasswordChangeOutcome::WrongPassword) => {
+            change_page(&web, &user, StatusCode::UNAUTHORIZED, Some("Your current password isn't right.".into()))
+        }
+        Ok(PasswordChangeOutcome::Locked { until }) => {
+            change_page(&web, &user, StatusCode::TOO_MANY_REQUESTS, Some(super::locked(until, now)))
+        }
+        Ok(PasswordChangeOutcome::Suspended) => change_page(
+            &web,
+            &user,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Password sign-in is paused for your address after too many failed attempts: reset your password by email instead.".into()),
+        ),
+        Err(AppError::Invalid(e)) => change_page(&web, &user, StatusCode::BAD_REQUEST, Some(sentence(&e.to_string()))),
+        Err(e) => user.fail(e, "/settings/password"),
     }
 }

@@ -32,6 +32,11 @@ pub(crate) async fn page(user: User, State(web): State<Web>, Query(q): Query<Don
         Some("revoked") => Some("All your other sessions are signed out."),
         Some("signed-out") => Some("That session is signed out."),
         Some("added") => Some("Authenticator app added."),
+        Some("last-code") => Some(
+            "You signed in with your last recovery code. Generate new ones below now, and keep them somewhere safe.",
+        ),
+        Some("codes-low") => Some("You signed in with a recovery code, and few are left. Generate new ones below."),
+        Some("password") => Some("Your password is changed. Your other sessions are signed out."),
         _ => None,
     };
     flatten(security_page(&web, &user, StatusCode::OK, notice.map(str::to_owned), None).await)

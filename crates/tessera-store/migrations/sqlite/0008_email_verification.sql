@@ -1,0 +1,9 @@
+-- Email verification (SQLite): a user signs in only once their address is proven by a mailed
+-- link (or vouched for by the service that created them). Users from before this migration
+-- count as verified: they have been signing in with these addresses all along.
+ALTER TABLE users ADD COLUMN email_verified_at INTEGER;
+UPDATE users SET email_verified_at = created_at;
+
+-- Messages counted per user and kind (rate limits on notices that a stranger can cause, such
+-- as "someone tried to sign up with your address").
+CREATE INDEX outbox_by_user ON outbox (user_id, kind, created_at);
