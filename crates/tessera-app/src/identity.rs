@@ -340,6 +340,10 @@ impl App {
         let mut ev = self.event(now, &user.id, None, AuditKind::PasswordSignInSuspended, ctx);
         ev.detail = json!({ "failures": self.config.password_throttle.suspend_after }).to_string();
         self.store.append_audit(&ev).await?;
+        if !user.email_verified {
+            // Nobody has confirmed this address: no mail goes to it on a stranger's behalf.
+            return Ok(());
+        }
         self.notify(&user, "password_suspended", json!({ "at": now.unix_timestamp() }), now).await
     }
 

@@ -29,7 +29,7 @@ pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
 pub use lifecycle::{
     LINKS_PER_HOUR, LinkState, PasswordChangeOutcome, RESET_TTL, RESETS_PER_HOUR, ResetLink, SIGNUP_NOTICES_PER_DAY,
-    VERIFY_TTL, VerifyOutcome,
+    VERIFICATIONS_PER_ADDRESS_PER_WEEK, VERIFY_TTL, VerifyOutcome,
 };
 pub use outbox::{DeliveryReport, MAX_DELIVERY_ATTEMPTS, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};

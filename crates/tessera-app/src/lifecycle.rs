@@ -40,6 +40,9 @@ pub const VERIFY_TTL: Duration = Duration::hours(24);
 /// Verification links (sign-up's included) or email-change links mailed to one user per hour
 /// at most; beyond, the same answer and no mail.
 pub const LINKS_PER_HOUR: u32 = 3;
+/// Verification mails to one address per week at most, whoever signed up with it (a stranger
+/// can cause them).
+pub const VERIFICATIONS_PER_ADDRESS_PER_WEEK: u32 = 6;
 /// "Someone tried to create an account with your address" notices per user per day at most (a
 /// stranger can cause them).
 pub const SIGNUP_NOTICES_PER_DAY: u32 = 2;
@@ -287,6 +290,7 @@ impl App {
         &self,
         c: CheckedSignUp,
         verified: bool,
+        self_registered: bool,
         ctx: &ClientContext,
     ) -> Result<Option<String>, AppError> {
         let hash = Zeroizing::new(self.hash_password(c.password).await?);
@@ -299,6 +303,7 @@ impl App {
             password_hash: &hash,
             verified,
             pending_until: now - VERIFY_TTL,
+            self_registered,
         };
         let created = if verified {
             self.store.create_user(&u, None, now).await?
@@ -343,7 +348,7 @@ impl App {
         ctx: &ClientContext,
     ) -> Result<String, AppError> {
         let c = self.check_sign_up(email, password).await?;
-        self.insert_user(c, verified, ctx)
+        self.insert_user(c, verified, false, ctx)
             .await?
             .ok_or_else(|| AppError::FailedPrecondition("an account with this email already exists".into()))
     }
@@ -383,10 +388,21 @@ impl App {
             return Ok(());
         }
         let email_norm = c.email_norm.clone();
-        if self.insert_user(c, false, ctx).await?.is_some() {
+        if self.verification_mails_capped(&email_norm, now).await? {
+            return Ok(());
+        }
+        if self.insert_user(c, false, true, ctx).await?.is_some() {
             return Ok(());
         }
         let Some(user) = self.store.user_by_email(&email_norm).await? else { return Ok(()) };
+        if !user.email_verified {
+            // Someone signed up with this address and has not confirmed it: a new link (within
+            // the limits) is what its owner can use; "you already have an account" is not true.
+            if pending_or_verified(&user, now) {
+                self.send_email_verification(&user.email, ctx).await?;
+            }
+            return Ok(());
+        }
         self.notify_limited(
             &user,
             "signup_existing",
@@ -397,6 +413,18 @@ impl App {
         )
         .await?;
         Ok(())
+    }
+
+    /// Whether an address has had [`VERIFICATIONS_PER_ADDRESS_PER_WEEK`] verification mails in
+    /// the last week (counted by address, so replacing an expired sign-up does not start the
+    /// count again): then no more go to it.
+    async fn verification_mails_capped(&self, email_norm: &str, now: OffsetDateTime) -> Result<bool, AppError> {
+        let sent = self.store.mails_to_address(email_norm, "verify_email", now - Duration::days(7)).await?;
+        if sent >= VERIFICATIONS_PER_ADDRESS_PER_WEEK {
+            tracing::info!("no verification mail: {VERIFICATIONS_PER_ADDRESS_PER_WEEK} to this address this week");
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Mail a new verification link to `email` if it is an unverified user's (at most
@@ -410,6 +438,9 @@ impl App {
         else {
             return Ok(());
         };
+        if self.verification_mails_capped(&email_norm, now).await? {
+            return Ok(());
+        }
         let mail = self.link_mail(&user.id, &user.email, "verify_email", json!({ "hours": 24 }), now, ctx)?;
         let t = NewMailToken {
             token_hash: &mail.hash,

@@ -33,9 +33,9 @@ impl<'a> Facts<'a> {
             ip: quoted_ip(d),
             agent: quoted_agent(d),
             secret: secret.unwrap_or("(missing: request a new one)"),
-            label: text("label", "authenticator app"),
+            label: quoted_name(d, "label", "authenticator app"),
             ticket: text("ticket", "unknown"),
-            account: text("account", "an account"),
+            account: quoted_name(d, "account", "an account"),
             role: text("role", "member"),
             minutes: int("minutes", 30),
             hours: int("hours", 24),
@@ -177,6 +177,21 @@ fn quoted_agent(d: &serde_json::Value) -> String {
     if plain { ua.to_owned() } else { "an unknown browser".to_owned() }
 }
 
+/// A name someone chose (an account's, a device's) as a message may quote it: kept only when it
+/// looks like a name (letters, digits, spaces and `.,'&()_-`, at most 64 characters, no link or
+/// address), else `fallback`, so nobody can plant a link or a sentence in a real message of ours
+/// to someone else.
+fn quoted_name(d: &serde_json::Value, key: &str, fallback: &str) -> String {
+    let name = d.get(key).and_then(|v| v.as_str()).unwrap_or_default().trim();
+    let lower = name.to_lowercase();
+    let plain = !name.is_empty()
+        && name.chars().count() <= 64
+        && name.chars().all(|c| c.is_alphanumeric() || " .,'&()_-".contains(c))
+        && !lower.contains("www.")
+        && !lower.contains("http");
+    if plain { name.to_owned() } else { fallback.to_owned() }
+}
+
 /// When something happened, as a message says it: "on 2 December 2026 at 14:05 UTC".
 fn quoted_when(d: &serde_json::Value) -> String {
     d.get("at")
@@ -217,15 +232,20 @@ mod rendering {
     #[test]
     fn every_kind_renders_its_facts_and_the_html_escapes_them() {
         let d = serde_json::json!({ "at": 1_796_083_200, "ip": "203.0.113.7", "user_agent": "suite/1.0",
-                                    "left": 2, "account": "<Acme & Co>", "grace_until": 1_796_688_000 });
+                                    "left": 2, "account": "Acme & Co", "grace_until": 1_796_688_000 });
         let (subject, text) = render("recovery_code_used", &d.to_string(), None);
         assert_eq!(subject, "A recovery code was used to sign in to your account");
         assert!(text.contains("on 1 December 2026 at 00:00 UTC from 203.0.113.7 (suite/1.0)"), "{text}");
         assert!(text.contains("You have 2 recovery codes left: create new ones"), "{text}");
         let (_, text) = render("mfa_required", &d.to_string(), None);
-        assert!(text.contains("\"<Acme & Co>\"") && text.contains("Until 8 December 2026 at 00:00 UTC"), "{text}");
+        assert!(text.contains("\"Acme & Co\"") && text.contains("Until 8 December 2026 at 00:00 UTC"), "{text}");
         let page = html(&text, None, None);
-        assert!(page.contains("&#60;Acme &#38; Co&#62;") && !page.contains("<Acme"), "{page}");
+        assert!(page.contains("Acme &#38; Co") && !page.contains("Acme & Co"), "{page}");
+        // A name that is a link, an address or markup is not quoted.
+        for name in ["Pay at https://evil.example", "www.evil.example", "<b>Acme</b>", "help@evil.example"] {
+            let d = serde_json::json!({ "account": name });
+            assert!(render("mfa_required", &d.to_string(), None).1.contains("\"an account\""), "{name}");
+        }
         let link = "http://localhost:8080/verify-email?token=abc";
         let (_, text) = render("verify_email", &d.to_string(), Some(link));
         assert!(html(&text, Some(link), None).contains(&format!("<a href=\"{link}\">")));

@@ -338,6 +338,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// How many messages of `kind` were queued to an address (compared case-insensitively)
+    /// since `since`, whichever user they were for.
+    pub async fn mails_to_address(
+        &self,
+        email_norm: &str,
+        kind: &str,
+        since: OffsetDateTime,
+    ) -> Result<u32, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE kind = $2 AND created_at > $3 AND LOWER(email) = $1")
+                .bind(email_norm)
+                .bind(kind)
+                .bind(to_millis(since))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+}
+
 /// Insert a token (in the caller's transaction).
 pub(crate) async fn insert(
     conn: &mut sqlx::AnyConnection,

@@ -40,6 +40,9 @@ pub struct NewUser<'a> {
     /// An unverified user of the same address who signed up before this, and whose last
     /// verification link has expired, is replaced (the address is free again).
     pub pending_until: OffsetDateTime,
+    /// A public sign-up (not a service's or an operator's user): only such a row, left
+    /// unconfirmed, may be replaced.
+    pub self_registered: bool,
 }
 
 /// Delete the unverified user of `email_norm` who signed up before `before`, has no live
@@ -53,10 +56,12 @@ pub(crate) async fn delete_stale_unverified(
     now: OffsetDateTime,
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query(
-        "DELETE FROM users WHERE email_norm = $1 AND email_verified_at IS NULL AND created_at < $2 \
+        "DELETE FROM users WHERE email_norm = $1 AND email_verified_at IS NULL AND self_registered = 1 \
+         AND created_at < $2 \
          AND NOT EXISTS (SELECT 1 FROM mail_tokens t WHERE t.user_id = users.id AND t.used_at IS NULL \
                          AND t.expires_at > $3) \
-         AND NOT EXISTS (SELECT 1 FROM factors f WHERE f.subject_id = users.id)",
+         AND NOT EXISTS (SELECT 1 FROM factors f WHERE f.subject_id = users.id) \
+         AND NOT EXISTS (SELECT 1 FROM recovery_codes r WHERE r.subject_id = users.id)",
     )
     .bind(email_norm)
     .bind(to_millis(before))
@@ -102,10 +107,12 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        delete_stale_unverified(&mut tx, u.email_norm, u.pending_until, now).await?;
+        if delete_stale_unverified(&mut tx, u.email_norm, u.pending_until, now).await? > 0 {
+            tracing::info!("an unconfirmed sign-up of this address expired; its row is replaced");
+        }
         let n = sqlx::query(
-            "INSERT INTO users (id, email, email_norm, password_hash, created_at, email_verified_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email_norm) DO NOTHING",
+            "INSERT INTO users (id, email, email_norm, password_hash, created_at, email_verified_at, self_registered) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (email_norm) DO NOTHING",
         )
         .bind(u.id)
         .bind(u.email)
@@ -113,6 +120,7 @@ impl Store {
         .bind(u.password_hash)
         .bind(to_millis(now))
         .bind(u.verified.then(|| to_millis(now)))
+        .bind(i32::from(u.self_registered))
         .execute(&mut *tx)
         .await?
         .rows_affected();

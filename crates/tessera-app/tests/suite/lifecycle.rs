@@ -155,6 +155,30 @@ async fn verification_links_expire_and_the_newest_wins(h: &Harness) {
 }
 both!(verification_links_expire_and_the_newest_wins);
 
+/// A stranger who signs up with someone's address, again and again as each sign-up expires,
+/// gets at most six verification mails a week to it: the count is by address, not by the row
+/// that a new sign-up replaces. A second sign-up while the first waits sends its link again
+/// (not "you already have an account").
+async fn verification_mail_to_an_address_is_capped(h: &Harness) {
+    let c = ctx();
+    let to = "victim@example.com";
+    for day in 0..4 {
+        h.app.sign_up(to, PW, &c).await.unwrap();
+        h.app.sign_up(to, PW, &c).await.unwrap();
+        h.app.send_email_verification(to, &c).await.unwrap();
+        h.app.send_email_verification(to, &c).await.unwrap();
+        let sent = mails(h, to, "Confirm your email address").await.len();
+        assert_eq!(sent, [3, 6, 6, 6][day], "day {day}");
+        h.clock.advance(VERIFY_TTL + Duration::hours(1));
+    }
+    assert!(mails(h, to, "Someone tried").await.is_empty(), "nobody has an account there");
+    // A week on, the owner can sign up.
+    h.clock.advance(Duration::days(7));
+    h.app.sign_up(to, PW, &c).await.unwrap();
+    assert_eq!(mails(h, to, "Confirm your email address").await.len(), 7);
+}
+both!(verification_mail_to_an_address_is_capped);
+
 /// With sign-up closed, only an address with an open invitation gets an account; every other
 /// address gets the same answer and nothing else.
 async fn closed_sign_up_admits_invited_addresses_only(h: &Harness) {
