@@ -14,9 +14,11 @@ import { chromium } from 'playwright-core';
 const require = createRequire(import.meta.url);
 const BASE = process.env.BASE_URL ?? 'http://127.0.0.1:8080';
 const OUT = process.env.OUT_DIR ?? 'target/web-e2e';
-// The server's data directory: with no SMTP relay configured, mail waits in its outbox, which
-// stands in for the users' mailboxes here.
+// The server's data directory, and the mailbox: the messages a real SMTP server on 127.0.0.1
+// received from the server (MAIL_DIR), or without one the .eml files the server writes to
+// DATA/mail.
 const DATA = process.env.DATA_DIR ?? 'tessera-data';
+const MAIL = process.env.MAIL_DIR ?? path.join(DATA, 'mail');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const PASSWORD = 'correct horse battery staple 42';
@@ -42,8 +44,8 @@ function wrongCode(secret) {
   return String(c).padStart(6, '0');
 }
 
-/// The newest mail to `email` whose subject contains `subject`, as text: read from the .eml
-/// files the server writes to DATA/mail without an SMTP relay (waiting up to 20 s for it).
+/// The newest mail to `email` whose subject contains `subject`, as text: read from the mailbox
+/// (MAIL, above), waiting up to 20 s for it.
 function mailTo(email, subject) {
   // The address must match exactly: "ada@example.com" is a substring of "dana@example.com".
   const py = 'import sys, os, glob, time, email, email.policy, email.utils\n' +
@@ -58,7 +60,7 @@ function mailTo(email, subject) {
     '    if found:\n' +
     '        print(sorted(found)[-1][1]); break\n' +
     '    time.sleep(0.1)\n';
-  return execFileSync('python3', ['-c', py, path.join(DATA, 'mail'), email, subject], { encoding: 'utf8' });
+  return execFileSync('python3', ['-c', py, MAIL, email, subject], { encoding: 'utf8' });
 }
 
 /// The code in the newest invitation mail to `email`.

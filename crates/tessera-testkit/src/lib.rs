@@ -25,9 +25,11 @@ mod harness;
 mod mail;
 mod pg;
 mod serve;
+mod smtp;
 
 pub use codes::{T0, code_at, code_with, ctx, ctx_from, test_clock};
 pub use harness::{Harness, app_over};
 pub use mail::{Mail, read_mailbox, wait_for_mail};
 pub use pg::{CI_PG_URL, PgDatabase, loud, pg_url, pg_url_or_skip};
 pub use serve::Serve;
+pub use smtp::MailSink;

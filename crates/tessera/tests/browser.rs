@@ -65,7 +65,11 @@ fn web_pages_in_headless_chromium() {
     .unwrap();
     // The scenario plays several people at several addresses through one loopback socket: the
     // server trusts the loopback proxy's X-Forwarded-For (each browser context sets its own).
+    // Mail goes over SMTP to a real server on 127.0.0.1, as in production; the scenario reads
+    // the messages it received and follows their links.
+    let sink = tessera_testkit::MailSink::start(&data.path().join("smtp-received"));
     let env = [
+        ("TESSERA_SMTP_URL", sink.url.as_str()),
         ("TESSERA_PWNED_MODE", "offline"),
         ("TESSERA_PWNED_DIR", ranges.to_str().unwrap()),
         ("TESSERA_TRUSTED_PROXIES", "127.0.0.1/32"),
@@ -82,6 +86,7 @@ fn web_pages_in_headless_chromium() {
         .env("BASE_URL", &base)
         .env("OUT_DIR", &out)
         .env("DATA_DIR", data.path())
+        .env("MAIL_DIR", &sink.dir)
         .status()
         .unwrap();
     drop(serve); // stops the server
