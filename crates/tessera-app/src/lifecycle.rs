@@ -508,8 +508,9 @@ impl App {
 
     /// Change the password in session `s`: the current password (throttled like a sign-in,
     /// never past a suspension), the recent authentication of sensitive actions, and a new
-    /// password that meets the rules of sign-up. Every other session ends, reset links and
-    /// login challenges are void; an audit event and a notice are written.
+    /// password that meets the rules of sign-up. Every other session ends, every mailed link
+    /// and login challenge is void, every other known browser is forgotten (known browsers may
+    /// pass a password suspension); an audit event and a notice are written.
     pub async fn change_password(
         &self,
         s: &Session,
@@ -531,12 +532,14 @@ impl App {
         let new_hash = Zeroizing::new(self.hash_password(p).await?);
         let now = self.clock.now();
         let audit = self.event(now, &user.id, None, AuditKind::PasswordChanged, ctx);
+        let keep_browser = ctx.browser.as_deref().filter(|t| crate::well_formed_token(t)).map(token_hash);
         let notice = crate::identity::notice_to(&user, "password_changed", event_detail(now, ctx));
         let c = PasswordChange {
             user_id: &user.id,
             old_hash: &user.password_hash,
             new_hash: &new_hash,
             keep_session: s.id(),
+            keep_browser: keep_browser.as_deref(),
             audit: &audit,
             notice: &notice,
             now,

@@ -40,6 +40,9 @@ pub struct PasswordChange<'a> {
     pub new_hash: &'a str,
     /// The session that changed it (kept); every other session ends.
     pub keep_session: &'a str,
+    /// The SHA-256 of the known-browser token of the browser that changed it (kept); every
+    /// other browser is forgotten.
+    pub keep_browser: Option<&'a [u8]>,
     /// Audit event and notice, written with the change.
     pub audit: &'a NewAuditEvent,
     /// See `audit`.
@@ -175,8 +178,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // Every other link too: an email change asked for by whoever had the old password must
-        // not outlive the reset.
+        // not outlive the reset. Nor do known browsers (which may pass a suspension): those that
+        // knew the old password are not vouched for by the new one.
         void_all(&mut tx, r.user_id, r.now).await?;
+        crate::sessions::forget_browsers(&mut tx, r.user_id, None).await?;
         sqlx::query("UPDATE login_challenges SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
             .bind(r.user_id)
             .bind(now)
@@ -242,6 +247,7 @@ impl Store {
             .bind(to_millis(c.now))
             .execute(&mut *tx)
             .await?;
+        crate::sessions::forget_browsers(&mut tx, c.user_id, c.keep_browser).await?;
         let ended = sessions::revoke_others(&mut tx, c.user_id, Some(c.keep_session), c.now).await?;
         audit::insert(&mut tx, c.audit).await?;
         insert_notification(&mut tx, c.notice, c.now).await?;

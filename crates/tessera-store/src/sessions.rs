@@ -199,6 +199,22 @@ pub(crate) async fn revoke_others(
     .rows_affected())
 }
 
+/// Forget the user's known browsers but `keep` (a token's SHA-256), in the caller's transaction:
+/// a password change or reset, after which a browser is known again by signing in.
+pub(crate) async fn forget_browsers(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    keep: Option<&[u8]>,
+) -> Result<u64, StoreError> {
+    let q = match keep {
+        Some(k) => {
+            sqlx::query("DELETE FROM known_browsers WHERE user_id = $1 AND token_hash <> $2").bind(user_id).bind(k)
+        }
+        None => sqlx::query("DELETE FROM known_browsers WHERE user_id = $1").bind(user_id),
+    };
+    Ok(q.execute(conn).await?.rows_affected())
+}
+
 impl Store {
     /// Store a login challenge (by its token's hash).
     ///

@@ -249,6 +249,48 @@ async fn a_password_change_needs_the_current_password_and_recent_proof(h: &Harne
 }
 both!(a_password_change_needs_the_current_password_and_recent_proof);
 
+/// Known browsers (which may sign in past a password suspension) are vouched for by the
+/// password: a change forgets every other browser, a reset forgets them all.
+async fn a_new_password_forgets_known_browsers(h: &Harness) {
+    let email = "kim@example.com";
+    let (uid, secret, _, _) = user_2fa(h, email).await;
+    let (ta, a) = sign_in_from(h, email, &secret, None).await;
+    let (_, b) = sign_in_from(h, email, &secret, None).await;
+    assert!(known(h, &uid, &a).await && known(h, &uid, &b).await);
+    let s = sess(h, &ta).await;
+    let from_a = tessera_app::ClientContext { browser: Some(a.clone()), ..ctx() };
+    assert!(matches!(
+        h.app.change_password(&s, PW, NEW_PW, &from_a).await.unwrap(),
+        PasswordChangeOutcome::Changed { .. }
+    ));
+    assert!(known(h, &uid, &a).await, "the browser that changed it stays known");
+    assert!(!known(h, &uid, &b).await, "the other is forgotten");
+    h.app.request_password_reset(email, &ctx()).await.unwrap();
+    let tok = reset_token(h, email).await;
+    h.app.complete_password_reset(&tok, "yet another new passphrase", &ctx()).await.unwrap();
+    assert!(!known(h, &uid, &a).await, "a reset forgets them all");
+}
+
+/// Sign in with PW and a fresh code from a browser holding `browser` (a known-browser token);
+/// the session's token and the browser's new known-browser token.
+async fn sign_in_from(h: &Harness, email: &str, secret: &str, browser: Option<String>) -> (String, String) {
+    let c = tessera_app::ClientContext { browser, ..ctx() };
+    let ch = challenge(&h.app.begin_login(email, PW, &c).await.unwrap());
+    match h.app.complete_login_totp(&ch, &fresh(h, secret), &c).await.unwrap() {
+        LoginOutcome::Authenticated { token, browser_token, .. } => {
+            (token.to_string(), browser_token.unwrap().to_string())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn known(h: &Harness, uid: &str, browser: &str) -> bool {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(browser.as_bytes()).to_vec();
+    h.store.is_known_browser(uid, &hash, h.clock_now_dt() - Duration::days(1)).await.unwrap()
+}
+both!(a_new_password_forgets_known_browsers);
+
 /// An email change needs recent proof; the link goes to the new address and makes the change;
 /// the old address is told and can no longer sign in; outstanding reset links are void. An
 /// address that is another user's gets no mail (and the same answer); one taken meanwhile is
