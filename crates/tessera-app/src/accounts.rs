@@ -152,7 +152,7 @@ impl App {
             return Err(AppError::FailedPrecondition("too many invitations sent today; try again tomorrow".into()));
         }
         let code = RecoveryCode::generate()?;
-        let account = self.role_and_name(s, account_id).await?;
+        let account = self.account_name(s, account_id).await?;
         let mail = if mail_now {
             let id = uuid::Uuid::new_v4().to_string();
             // The code waits for delivery sealed in the outbox row, as a link's token does.
@@ -193,7 +193,7 @@ impl App {
         r
     }
 
-    async fn role_and_name(&self, s: &Session, account_id: &str) -> Result<String, AppError> {
+    async fn account_name(&self, s: &Session, account_id: &str) -> Result<String, AppError> {
         Ok(self
             .store
             .memberships_of(s.user_id())
@@ -371,14 +371,7 @@ impl App {
         grace_until: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> Result<(), AppError> {
-        let name = self
-            .store
-            .memberships_of(s.user_id())
-            .await?
-            .into_iter()
-            .find(|m| m.policy.account_id == account_id)
-            .map(|m| m.name)
-            .unwrap_or_default();
+        let name = self.account_name(s, account_id).await?;
         for m in self.store.members_of(account_id).await?.into_iter().filter(|m| !m.has_mfa) {
             let detail = json!({ "at": now.unix_timestamp(), "account": name,
                                  "grace_until": grace_until.map(|t| t.unix_timestamp()) });

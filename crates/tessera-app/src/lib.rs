@@ -28,7 +28,7 @@ pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email, well_formed_tok
 pub use keyfile::KeyringSource;
 pub use keys::{KeyStatus, ReencryptReport};
 pub use lifecycle::{
-    LINKS_PER_HOUR, LinkState, PasswordChangeOutcome, RESET_TTL, RESETS_PER_HOUR, ResetLink, SIGNUP_NOTICES_PER_DAY,
+    LINKS_PER_HOUR, LinkState, PasswordChangeOutcome, RESET_TTL, RESETS_PER_HOUR, SIGNUP_NOTICES_PER_DAY,
     VERIFICATIONS_PER_ADDRESS_PER_WEEK, VERIFY_TTL, VerifyOutcome,
 };
 pub use outbox::{DeliveryReport, MAX_DELIVERY_ATTEMPTS, Mailer};

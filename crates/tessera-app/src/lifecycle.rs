@@ -66,9 +66,6 @@ pub enum LinkState {
     Invalid,
 }
 
-/// The earlier name of [`LinkState`].
-pub type ResetLink = LinkState;
-
 /// What a password change led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PasswordChangeOutcome {
@@ -199,11 +196,9 @@ impl App {
     /// one. What transports call.
     pub fn request_password_reset_in_background(&self, email: &str, ctx: &ClientContext) -> Result<(), AppError> {
         normalise_email(email)?;
-        let (app, email, ctx) = (self.clone(), email.to_owned(), ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = app.request_password_reset(&email, &ctx).await {
-                tracing::warn!(error = %e, "password reset request failed");
-            }
+        let (email, ctx) = (email.to_owned(), ctx.clone());
+        self.in_background("password reset request", move |app| async move {
+            app.request_password_reset(&email, &ctx).await
         });
         Ok(())
     }
@@ -260,6 +255,48 @@ impl App {
         tracing::info!(user_id = %user.id, "password set with a reset link; sessions revoked");
         Ok(())
     }
+}
+
+impl App {
+    /// Run `work` on its own task, after the caller has answered: for work whose duration
+    /// would tell a known address from an unknown one. A failure is logged (`what` names it).
+    fn in_background<F, Fut>(&self, what: &'static str, work: F)
+    where
+        F: FnOnce(App) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), AppError>> + Send + 'static,
+    {
+        let app = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = work(app).await {
+                tracing::warn!(error = %e, "{what} failed");
+            }
+        });
+    }
+
+    /// Check `user`'s password as a sign-in would (the locks; `suspension` says how a suspended
+    /// address is treated): the user as checked (a rehash may have changed its hash), or why not.
+    async fn prove_password(
+        &self,
+        user: &tessera_store::UserRow,
+        password: &str,
+        ctx: &ClientContext,
+        suspension: Suspension,
+        accept_unverified: bool,
+    ) -> Result<Result<Box<tessera_store::UserRow>, PasswordRefusal>, AppError> {
+        Ok(match self.check_password(&user.email, password, ctx, suspension, accept_unverified).await? {
+            PasswordCheck::Ok(u) if u.id == user.id => Ok(u),
+            PasswordCheck::Ok(_) | PasswordCheck::Failed => Err(PasswordRefusal::Wrong),
+            PasswordCheck::Locked(until) => Err(PasswordRefusal::Locked(until)),
+            PasswordCheck::Suspended => Err(PasswordRefusal::Suspended),
+        })
+    }
+}
+
+/// Why a password was not accepted in a session's or a link's form.
+enum PasswordRefusal {
+    Wrong,
+    Locked(OffsetDateTime),
+    Suspended,
 }
 
 /// A sign-up's input, checked: what every answer to it waits for (so a known and an unknown
@@ -372,12 +409,8 @@ impl App {
         ctx: &ClientContext,
     ) -> Result<(), AppError> {
         let c = self.check_sign_up(email, password).await?;
-        let (app, ctx) = (self.clone(), ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = app.finish_sign_up(c, &ctx).await {
-                tracing::warn!(error = %e, "sign-up failed");
-            }
-        });
+        let ctx = ctx.clone();
+        self.in_background("sign-up", move |app| async move { app.finish_sign_up(c, &ctx).await });
         Ok(())
     }
 
@@ -459,12 +492,11 @@ impl App {
     /// As [`App::send_email_verification`], answered at once (the rest on its own task).
     pub fn send_email_verification_in_background(&self, email: &str, ctx: &ClientContext) -> Result<(), AppError> {
         normalise_email(email)?;
-        let (app, email, ctx) = (self.clone(), email.to_owned(), ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = app.send_email_verification(&email, &ctx).await {
-                tracing::warn!(error = %e, "verification mail failed");
-            }
-        });
+        let (email, ctx) = (email.to_owned(), ctx.clone());
+        self.in_background(
+            "verification mail",
+            move |app| async move { app.send_email_verification(&email, &ctx).await },
+        );
         Ok(())
     }
 
@@ -491,11 +523,11 @@ impl App {
         let now = self.clock.now();
         let user_id = self.store.mail_token_user(&hash, EMAIL_VERIFICATION, now).await?.ok_or_else(link_invalid)?;
         let user = self.store.user_by_id(&user_id).await?.ok_or_else(link_invalid)?;
-        match self.check_password(&user.email, password, ctx, Suspension::KnownBrowsersOnly, true).await? {
-            PasswordCheck::Ok(u) if u.id == user.id => {}
-            PasswordCheck::Ok(_) | PasswordCheck::Failed => return Ok(VerifyOutcome::WrongPassword),
-            PasswordCheck::Locked(until) => return Ok(VerifyOutcome::Locked { until }),
-            PasswordCheck::Suspended => return Ok(VerifyOutcome::Suspended),
+        match self.prove_password(&user, password, ctx, Suspension::KnownBrowsersOnly, true).await? {
+            Ok(_) => {}
+            Err(PasswordRefusal::Wrong) => return Ok(VerifyOutcome::WrongPassword),
+            Err(PasswordRefusal::Locked(until)) => return Ok(VerifyOutcome::Locked { until }),
+            Err(PasswordRefusal::Suspended) => return Ok(VerifyOutcome::Suspended),
         }
         let now = self.clock.now();
         let audit = self.event(now, &user_id, None, AuditKind::EmailVerified, ctx);
@@ -523,11 +555,11 @@ impl App {
         let p = Password::new_checked(new_password, self.config.min_password_chars)?;
         password::check_context_words(&p, &user.email, &self.config.issuer)?;
         self.pwned.check(&p).await?;
-        let user = match self.check_password(&user.email, current, ctx, Suspension::Refuse, false).await? {
-            PasswordCheck::Ok(u) if u.id == user.id => u,
-            PasswordCheck::Ok(_) | PasswordCheck::Failed => return Ok(PasswordChangeOutcome::WrongPassword),
-            PasswordCheck::Locked(until) => return Ok(PasswordChangeOutcome::Locked { until }),
-            PasswordCheck::Suspended => return Ok(PasswordChangeOutcome::Suspended),
+        let user = match self.prove_password(&user, current, ctx, Suspension::Refuse, false).await? {
+            Ok(u) => u,
+            Err(PasswordRefusal::Wrong) => return Ok(PasswordChangeOutcome::WrongPassword),
+            Err(PasswordRefusal::Locked(until)) => return Ok(PasswordChangeOutcome::Locked { until }),
+            Err(PasswordRefusal::Suspended) => return Ok(PasswordChangeOutcome::Suspended),
         };
         let new_hash = Zeroizing::new(self.hash_password(p).await?);
         let now = self.clock.now();
@@ -574,11 +606,9 @@ impl App {
         }
         let now = self.clock.now();
         self.store.append_audit(&self.event(now, &user.id, None, AuditKind::EmailChangeRequested, ctx)).await?;
-        let (app, new_email, ctx) = (self.clone(), new_email.trim().to_owned(), ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = app.mail_email_change(&user, &new_email, &email_norm, &ctx).await {
-                tracing::warn!(error = %e, "email change mail failed");
-            }
+        let (new_email, ctx) = (new_email.trim().to_owned(), ctx.clone());
+        self.in_background("email change mail", move |app| async move {
+            app.mail_email_change(&user, &new_email, &email_norm, &ctx).await
         });
         Ok(())
     }

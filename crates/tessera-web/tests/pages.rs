@@ -1167,3 +1167,39 @@ async fn the_last_recovery_codes_lead_to_new_ones() {
         }
     }
 }
+
+/// Every form this issue added refuses a POST without the browser's CSRF token (a hostile page
+/// cannot change a password, an address, or confirm a link in a victim's browser), and counts
+/// against the tight sign-in budget (they try a password or a mailed token, or send mail).
+#[tokio::test]
+async fn the_account_forms_need_the_csrf_token_and_share_the_sign_in_budget() {
+    let h =
+        harness(WebConfig { rate_limit_per_minute: 2, post_rate_limit_per_minute: 100, ..Default::default() }).await;
+    let mut b = Browser::new("10.0.8.30");
+    signed_up(&h, &mut b, "ada@example.com").await; // (1 of 2 sign-in POSTs)
+    let token = "A".repeat(43);
+    let forms: [(&str, Vec<(&str, &str)>); 5] = [
+        ("/settings/password", vec![("current_password", PASSWORD), ("new_password", "a brand new passphrase")]),
+        ("/settings/email", vec![("new_email", "mallory@example.com")]),
+        ("/settings/email/confirm", vec![("token", &token)]),
+        ("/verify-email", vec![("token", &token), ("password", PASSWORD)]),
+        ("/verify-email/send", vec![("email", "ada@example.com")]),
+    ];
+    for (path, form) in &forms {
+        let r = b.send(&h, Method::POST, path, form, &[]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path} without the token");
+    }
+    assert!(
+        matches!(
+            h.app.begin_login("ada@example.com", PASSWORD, &ClientContext::default()).await.unwrap(),
+            tessera_app::LoginOutcome::Authenticated { .. }
+        ),
+        "the password is unchanged"
+    );
+    // One sign-in POST is left: the first of these takes it, the rest are refused.
+    let (first, rest) = forms.split_first().unwrap();
+    assert!(!rate_limited(&b.post(&h, first.0, &first.1).await));
+    for (path, form) in rest {
+        assert!(rate_limited(&b.post(&h, path, form).await), "{path} shares the sign-in budget");
+    }
+}

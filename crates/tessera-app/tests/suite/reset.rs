@@ -4,7 +4,7 @@
 //! its token sealed in the outbox until delivery. The mailbox is a directory of `.eml` files.
 
 use crate::{PW, challenge, fresh, token, user_2fa};
-use tessera_app::{AppError, LoginOutcome, Mailer, RESET_TTL, ResetLink};
+use tessera_app::{AppError, LinkState, LoginOutcome, Mailer, RESET_TTL};
 use tessera_testkit::{Harness, Mail, both, ctx, ctx_from, read_mailbox};
 use time::Duration;
 
@@ -52,7 +52,7 @@ async fn a_reset_sets_the_password_and_nothing_else(h: &Harness) {
     };
     h.app.request_password_reset(" ADA@example.com ", &ctx()).await.unwrap();
     let tok = reset_token(h, email).await;
-    assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), ResetLink::Live);
+    assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), LinkState::Live);
     // The rules of sign-up apply to the new password; a refused one leaves the link live.
     assert!(matches!(h.app.complete_password_reset(&tok, "short", &ctx()).await, Err(AppError::Invalid(_))));
     assert!(matches!(
@@ -62,7 +62,7 @@ async fn a_reset_sets_the_password_and_nothing_else(h: &Harness) {
     h.app.complete_password_reset(&tok, NEW_PW, &ctx()).await.unwrap();
 
     assert!(h.app.session(&t).await.unwrap().is_none(), "every session ended");
-    assert_eq!(h.app.email_change_link(&change).await.unwrap(), ResetLink::Invalid, "the email change is void");
+    assert_eq!(h.app.email_change_link(&change).await.unwrap(), LinkState::Invalid, "the email change is void");
     assert_eq!(h.app.begin_login(email, PW, &ctx()).await.unwrap(), LoginOutcome::Failed, "the old password");
     // The address the stranger locked is unlocked; the new password is only the first factor.
     let ch = challenge(&h.app.begin_login(email, NEW_PW, &stranger).await.unwrap());
@@ -75,11 +75,11 @@ async fn a_reset_sets_the_password_and_nothing_else(h: &Harness) {
     // A sign-in with the second factor voids an outstanding link too.
     h.app.request_password_reset(email, &ctx()).await.unwrap();
     let later = reset_token(h, email).await;
-    assert_eq!(h.app.password_reset_link(&later).await.unwrap(), ResetLink::Live);
+    assert_eq!(h.app.password_reset_link(&later).await.unwrap(), LinkState::Live);
     let ch = challenge(&h.app.begin_login(email, NEW_PW, &ctx()).await.unwrap());
     token(&h.app.complete_login_totp(&ch, &fresh(h, &secret), &ctx()).await.unwrap());
-    assert_eq!(h.app.password_reset_link(&later).await.unwrap(), ResetLink::Invalid);
-    assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), ResetLink::Invalid);
+    assert_eq!(h.app.password_reset_link(&later).await.unwrap(), LinkState::Invalid);
+    assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), LinkState::Invalid);
 
     let kinds: Vec<String> =
         h.app.list_audit_events(&uid, 100, "").await.unwrap().0.into_iter().map(|e| e.kind).collect();
@@ -97,9 +97,9 @@ async fn links_expire_and_are_voided(h: &Harness) {
     h.app.request_password_reset(email, &ctx()).await.unwrap();
     let tok = reset_token(h, email).await;
     h.clock.advance(RESET_TTL - Duration::seconds(1));
-    assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), ResetLink::Live);
+    assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), LinkState::Live);
     h.clock.advance(Duration::seconds(1));
-    assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), ResetLink::Invalid);
+    assert_eq!(h.app.password_reset_link(&tok).await.unwrap(), LinkState::Invalid);
     assert!(expired(h.app.complete_password_reset(&tok, NEW_PW, &ctx()).await));
     // A newer link voids the older.
     h.app.request_password_reset(email, &ctx()).await.unwrap();
@@ -107,11 +107,11 @@ async fn links_expire_and_are_voided(h: &Harness) {
     h.app.request_password_reset(email, &ctx()).await.unwrap();
     let newer = reset_token(h, email).await;
     assert_ne!(older, newer);
-    assert_eq!(h.app.password_reset_link(&older).await.unwrap(), ResetLink::Invalid);
-    assert_eq!(h.app.password_reset_link(&newer).await.unwrap(), ResetLink::Live);
+    assert_eq!(h.app.password_reset_link(&older).await.unwrap(), LinkState::Invalid);
+    assert_eq!(h.app.password_reset_link(&newer).await.unwrap(), LinkState::Live);
     // A sign-in voids it: the user remembers the password.
     token(&h.app.begin_login(email, PW, &ctx()).await.unwrap());
-    assert_eq!(h.app.password_reset_link(&newer).await.unwrap(), ResetLink::Invalid);
+    assert_eq!(h.app.password_reset_link(&newer).await.unwrap(), LinkState::Invalid);
     // Forged and truncated tokens.
     for bad in ["", "x", &newer[..42], &"A".repeat(43)] {
         assert!(expired(h.app.complete_password_reset(bad, NEW_PW, &ctx()).await), "{bad:?}");

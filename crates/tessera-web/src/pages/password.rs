@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use tessera_app::{AppError, PasswordChangeOutcome, ResetLink, well_formed_token};
+use tessera_app::{AppError, LinkState, PasswordChangeOutcome, well_formed_token};
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -76,8 +76,8 @@ pub(crate) async fn reset_form(req: Req, State(web): State<Web>, Query(q): Query
         return link_refused(&req, true);
     }
     match web.app.password_reset_link(&q.token).await {
-        Ok(ResetLink::Live) => reset_page(&web, &req, StatusCode::OK, q.token, None),
-        Ok(ResetLink::Invalid) => link_refused(&req, false),
+        Ok(LinkState::Live) => reset_page(&web, &req, StatusCode::OK, q.token, None),
+        Ok(LinkState::Invalid) => link_refused(&req, false),
         Err(e) => views::app_error(req.chrome("Error"), e),
     }
 }
