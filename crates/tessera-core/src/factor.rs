@@ -10,9 +10,18 @@ use time::OffsetDateTime;
 pub enum FactorKind {
     /// An RFC 6238 authenticator app.
     Totp,
+    /// A WebAuthn credential used after the password (user presence; verification preferred).
+    SecurityKey,
+    /// A discoverable WebAuthn credential with user verification: signs in on its own, and
+    /// serves as a second factor too.
+    Passkey,
 }
 
 impl FactorKind {
+    /// Whether this kind is a WebAuthn credential.
+    pub fn is_webauthn(self) -> bool {
+        matches!(self, Self::SecurityKey | Self::Passkey)
+    }
     /// Storage name.
     pub fn as_str(self) -> &'static str {
         self.into()
@@ -149,6 +158,17 @@ pub enum AuditKind {
     EmailChangeRequested,
     /// The user's address changed (the link to the new one was followed).
     EmailChanged,
+    /// A security key or passkey was registered (active at once: the ceremony proved it).
+    WebauthnRegistered,
+    /// A registration ceremony's answer was refused.
+    WebauthnRegistrationFailed,
+    /// A security key or passkey assertion was accepted.
+    WebauthnVerified,
+    /// A security key or passkey assertion was refused (bad signature, origin, ceremony…).
+    WebauthnRejected,
+    /// An assertion's signature counter did not go forward: the credential may have been
+    /// cloned. Refused.
+    WebauthnCounterRegressed,
 }
 
 impl AuditKind {
@@ -211,6 +231,11 @@ mod tests {
                 "password_changed",
                 "email_change_requested",
                 "email_changed",
+                "webauthn_registered",
+                "webauthn_registration_failed",
+                "webauthn_verified",
+                "webauthn_rejected",
+                "webauthn_counter_regressed",
             ]
         );
         for k in AuditKind::VARIANTS {
@@ -219,6 +244,9 @@ mod tests {
         assert_eq!(AuditKind::parse("Locked"), None, "names are case-sensitive");
         assert_eq!(AuditKind::parse("no_such_kind"), None);
         assert_eq!((FactorKind::Totp.as_str(), FactorKind::parse("totp")), ("totp", Some(FactorKind::Totp)));
+        assert_eq!(FactorKind::parse("security_key"), Some(FactorKind::SecurityKey));
+        assert_eq!(FactorKind::Passkey.as_str(), "passkey");
+        assert!(FactorKind::Passkey.is_webauthn() && !FactorKind::Totp.is_webauthn());
         assert_eq!(FactorStatus::parse(FactorStatus::Pending.as_str()), Some(FactorStatus::Pending));
         assert_eq!(FactorStatus::Active.as_str(), "active");
         assert_eq!(FactorStatus::parse("Active"), None);

@@ -214,6 +214,16 @@ impl FactorChange {
         audit::insert(&mut self.tx, ev).await
     }
 
+    /// The transaction (for the steps other modules add: `webauthn`).
+    pub(crate) fn tx(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// The subject this change is about.
+    pub(crate) fn subject(&self) -> &str {
+        &self.subject_id
+    }
+
     /// Commit the change.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await
@@ -222,16 +232,16 @@ impl FactorChange {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct FactorRow {
-    id: String,
-    subject_id: String,
-    kind: String,
-    label: String,
-    status: String,
-    created_at: i64,
-    confirmed_at: Option<i64>,
-    last_used_at: Option<i64>,
-    session_id: Option<String>,
-    disabled_at: Option<i64>,
+    pub(crate) id: String,
+    pub(crate) subject_id: String,
+    pub(crate) kind: String,
+    pub(crate) label: String,
+    pub(crate) status: String,
+    pub(crate) created_at: i64,
+    pub(crate) confirmed_at: Option<i64>,
+    pub(crate) last_used_at: Option<i64>,
+    pub(crate) session_id: Option<String>,
+    pub(crate) disabled_at: Option<i64>,
 }
 
 impl TryFrom<FactorRow> for Factor {
@@ -383,7 +393,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         purge_expired(&mut tx, &f.subject_id, pending_cutoff).await?;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND kind = 'totp'")
             .bind(&f.subject_id)
             .fetch_one(&mut *tx)
             .await?;

@@ -25,6 +25,7 @@ mod outbox;
 mod recovery;
 mod sessions;
 mod users;
+mod webauthn;
 
 pub use accounts::{
     Acceptance as InvitationAcceptance, InvitationMails, InvitationRow, MemberChangeError, MemberRow, MembershipRow,
@@ -42,6 +43,7 @@ pub use outbox::{NewNotification, QueuedMail};
 pub use recovery::NewRecoveryCode;
 pub use sessions::{BrowserSeen, NewSession, PasswordSession, Rotation, SessionRow};
 pub use users::{NewUser, ResetReport, UserRow};
+pub use webauthn::{Ceremony, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Executor};

@@ -284,6 +284,16 @@ impl Store {
         Ok(true)
     }
 
+    /// Open `session` (a sign-in that needs no challenge: a passkey) and append `audit`, in one
+    /// transaction that also voids the user's outstanding password-reset links.
+    pub async fn open_session(&self, session: &NewSession, audit: &NewAuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        insert_session(&mut tx, session).await?;
+        audit::insert(&mut tx, audit).await?;
+        crate::mail_tokens::void(&mut tx, &session.user_id, crate::PASSWORD_RESET, session.created_at).await?;
+        tx.commit().await
+    }
+
     /// Void every open challenge of a user (when they get locked).
     pub async fn void_challenges(&self, user_id: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
         Ok(sqlx::query("UPDATE login_challenges SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
