@@ -119,6 +119,51 @@ pub(crate) fn to_sealed(s: Sealed) -> SealedSecret {
     SealedSecret { key_id: s.key_id.to_string(), nonce: s.nonce, ciphertext: s.ciphertext }
 }
 
+/// What the rule of the first factor needs (see [`first_factor_rule`]).
+pub(crate) struct FirstFactor<'a> {
+    /// The recovery codes it brings.
+    pub(crate) codes: &'a [NewRecoveryCode],
+    /// Their audit event.
+    pub(crate) audit: &'a NewAuditEvent,
+    /// The session that added the factor (pages), if any: it stays, raised.
+    pub(crate) session_id: Option<&'a str>,
+    /// That session's new token's hash.
+    pub(crate) new_token_hash: &'a [u8],
+}
+
+/// The rule of the first factor, in `change` after the new factor is in it: when it is the
+/// subject's first active factor, it brings the recovery codes and every other session ends
+/// (they were opened with the password alone); the session that added it is raised under a new
+/// token. Returns (first, sessions revoked, raised). An authenticator app's confirmation and a
+/// security key's registration both apply it.
+pub(crate) async fn first_factor_rule(
+    change: &mut tessera_store::FactorChange,
+    subject: &str,
+    f: &FirstFactor<'_>,
+    now: OffsetDateTime,
+    idle_cutoff: OffsetDateTime,
+) -> Result<(bool, u64, bool), AppError> {
+    if change.active_factors().await? != 1 {
+        return Ok((false, 0, false));
+    }
+    change.replace_recovery_codes(f.codes, now).await?;
+    change.audit(f.audit).await?;
+    let revoked = change.revoke_other_sessions(f.session_id, now).await?;
+    let mut raised = false;
+    if let Some(session_id) = f.session_id {
+        let r = Rotation {
+            session_id,
+            user_id: subject,
+            new_token_hash: f.new_token_hash,
+            aal: 2,
+            password_verified_at: None,
+            mfa_verified_at: Some(now),
+        };
+        raised = change.rotate_session(&r, now, idle_cutoff).await?;
+    }
+    Ok((true, revoked, raised))
+}
+
 /// What a failed or refused attempt becomes.
 enum Failure {
     Rejected(u32),
@@ -246,6 +291,20 @@ impl App {
         Ok(())
     }
 
+    /// Tell a user (a subject that is one) that a factor was added to their account.
+    pub(crate) async fn factor_added_notice(
+        &self,
+        subject: &str,
+        label: &str,
+        sessions_revoked: u64,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<(), AppError> {
+        let detail = json!({ "label": label, "at": now.unix_timestamp(), "sessions_revoked": sessions_revoked,
+                             "ip": ctx.ip(), "user_agent": ctx.user_agent() });
+        self.notify_user(subject, "factor_added", detail, now).await
+    }
+
     /// Tell a user (a subject that is one) that a factor of theirs was removed.
     pub(crate) async fn factor_removed_notice(
         &self,
@@ -271,7 +330,7 @@ impl App {
         }
     }
 
-    fn recovery_batch(
+    pub(crate) fn recovery_batch(
         &self,
         keyring: &Keyring,
         subject: &str,
@@ -419,26 +478,9 @@ impl App {
             return Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_confirm());
         }
         change.audit(&ev_confirm).await?;
-        // The rule of the first factor: it brings the recovery codes, and every other session
-        // ends (they were opened with the password alone); the confirming one is raised.
-        let first = change.active_factors().await? == 1;
-        let (mut sessions_revoked, mut raised) = (0, false);
-        if first {
-            change.replace_recovery_codes(&rows, now).await?;
-            change.audit(&ev_codes).await?;
-            sessions_revoked = change.revoke_other_sessions(session_id, now).await?;
-            if let Some(session_id) = session_id {
-                let r = Rotation {
-                    session_id,
-                    user_id: subject,
-                    new_token_hash: &hash,
-                    aal: 2,
-                    password_verified_at: None,
-                    mfa_verified_at: Some(now),
-                };
-                raised = change.rotate_session(&r, now, idle_cutoff).await?;
-            }
-        }
+        let added = FirstFactor { codes: &rows, audit: &ev_codes, session_id, new_token_hash: &hash };
+        let (first, sessions_revoked, raised) =
+            first_factor_rule(&mut change, subject, &added, now, idle_cutoff).await?;
         change.commit().await?;
         metrics::counter!("tessera_enrolments_total", "stage" => "confirmed").increment(1);
         let factor =
@@ -446,14 +488,7 @@ impl App {
         if first && sessions_revoked > 0 {
             tracing::info!(subject, sessions_revoked, "first factor confirmed: other sessions signed out");
         }
-        self.notify_user(
-            subject,
-            "factor_added",
-            json!({ "label": factor.label, "at": now.unix_timestamp(), "sessions_revoked": sessions_revoked,
-                    "ip": ctx.ip(), "user_agent": ctx.user_agent() }),
-            now,
-        )
-        .await?;
+        self.factor_added_notice(subject, &factor.label, sessions_revoked, now, ctx).await?;
         Ok(ConfirmOutcome::Confirmed {
             factor: Box::new(factor),
             recovery_codes: if first { shown } else { Vec::new() },

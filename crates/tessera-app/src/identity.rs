@@ -64,6 +64,9 @@ pub enum LoginOutcome {
     /// The user's authenticator apps were taken out of use after too many consecutive wrong
     /// codes: sign in with a recovery code (or ask support).
     TotpDisabled,
+    /// A security key or passkey's answer was refused (a login challenge stays usable: begin
+    /// again).
+    KeyRefused(crate::KeyRefusal),
 }
 
 /// How a password check treats an email whose password sign-in is suspended (100 consecutive
@@ -177,7 +180,7 @@ impl App {
     /// server minted are ever recorded, so a value planted in a victim's browser never becomes
     /// a known browser of theirs. A browser the user never signed in with before (but for
     /// their very first) is worth a notice: when, from where, which browser.
-    async fn known_browser(
+    pub(crate) async fn known_browser(
         &self,
         user_id: &str,
         now: OffsetDateTime,
@@ -225,7 +228,7 @@ impl App {
     }
 
     /// A session row to insert: proven the password now (and a second factor if `mfa_at`).
-    fn session_row(
+    pub(crate) fn session_row(
         &self,
         user_id: &str,
         token_hash: Vec<u8>,
@@ -427,8 +430,13 @@ impl App {
     /// wrong codes (so no attempt is spent on them).
     pub(crate) async fn totp_disabled_outcome(&self, user_id: &str) -> Result<Option<LoginOutcome>, AppError> {
         let factors = self.store.list_factors(user_id, self.clock.now()).await?;
-        let active: Vec<_> =
-            factors.iter().filter(|f| f.status == tessera_core::factor::FactorStatus::Active).collect();
+        let active: Vec<_> = factors
+            .iter()
+            .filter(|f| {
+                f.status == tessera_core::factor::FactorStatus::Active
+                    && f.kind == tessera_core::factor::FactorKind::Totp
+            })
+            .collect();
         let all_disabled = !active.is_empty() && active.iter().all(|f| f.disabled_at.is_some());
         Ok(all_disabled.then_some(LoginOutcome::TotpDisabled))
     }
@@ -487,25 +495,7 @@ impl App {
             return Ok(LoginOutcome::ChallengeInvalid);
         };
         match check(self.clone(), user_id.clone()).await? {
-            Outcome::Accepted { .. } => {
-                let now = self.clock.now();
-                let (token, hash) = self.fresh_token()?;
-                let session = self.session_row(&user_id, hash, 2, now, Some(now), ctx);
-                let mut ev = self.event(now, &user_id, None, AuditKind::LoginSucceeded, ctx);
-                ev.detail = json!({ "assurance": "password+second_factor" }).to_string();
-                if !self.store.complete_challenge(&ch, &session, &ev).await? {
-                    return Ok(LoginOutcome::ChallengeInvalid);
-                }
-                let browser_token = self.known_browser(&user_id, now, ctx).await?;
-                Ok(LoginOutcome::Authenticated {
-                    token,
-                    user_id,
-                    assurance: Assurance::PasswordAndSecondFactor,
-                    enrolment_required: Vec::new(),
-                    grace: Vec::new(),
-                    browser_token,
-                })
-            }
+            Outcome::Accepted { .. } => self.second_step_passed(challenge, &user_id, "code", ctx).await,
             Outcome::Rejected { attempts_remaining } => Ok(LoginOutcome::Rejected { attempts_remaining }),
             Outcome::Locked { until } => {
                 // A locked login cannot go on guessing: every open challenge is void.
@@ -516,6 +506,34 @@ impl App {
                 Ok(LoginOutcome::Locked { until })
             }
         }
+    }
+
+    /// The second step of a login passed (`with`: how, for the audit trail): use the challenge
+    /// up and open a session at the second-factor level.
+    pub(crate) async fn second_step_passed(
+        &self,
+        challenge: &str,
+        user_id: &str,
+        with: &str,
+        ctx: &ClientContext,
+    ) -> Result<LoginOutcome, AppError> {
+        let now = self.clock.now();
+        let (token, hash) = self.fresh_token()?;
+        let session = self.session_row(user_id, hash, 2, now, Some(now), ctx);
+        let mut ev = self.event(now, user_id, None, AuditKind::LoginSucceeded, ctx);
+        ev.detail = json!({ "assurance": "password+second_factor", "with": with }).to_string();
+        if !self.store.complete_challenge(&token_hash(challenge), &session, &ev).await? {
+            return Ok(LoginOutcome::ChallengeInvalid);
+        }
+        let browser_token = self.known_browser(user_id, now, ctx).await?;
+        Ok(LoginOutcome::Authenticated {
+            token,
+            user_id: user_id.to_owned(),
+            assurance: Assurance::PasswordAndSecondFactor,
+            enrolment_required: Vec::new(),
+            grace: Vec::new(),
+            browser_token,
+        })
     }
 
     /// May the session of `token` use this account's resources now? Evaluated against the

@@ -17,6 +17,7 @@ mod outbox;
 mod pwned;
 mod self_service;
 mod sessions;
+mod webauthn;
 
 pub use accounts::{
     INVITATION_MAILS_PER_ADDRESS_PER_DAY, INVITATION_MAILS_PER_DAY, INVITATION_MAILS_PER_INVITER_PER_DAY,
@@ -35,6 +36,7 @@ pub use outbox::{DeliveryReport, MAX_DELIVERY_ATTEMPTS, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
 pub use sessions::{Proof, Session};
 pub use tessera_store::{AuditEvent, InvitationRow, MemberRow, MembershipRow};
+pub use webauthn::{CEREMONY_TTL, CeremonyStart, KeyOutcome, KeyRefusal, MAX_WEBAUTHN_CREDENTIALS, SecondSteps};
 
 use std::sync::Arc;
 use tessera_core::clock::Clock;
@@ -137,6 +139,8 @@ pub struct App {
     pwned: PwnedChecker,
     /// Woken when a use case has queued mail, so delivery need not wait for its next pass.
     outbox: Arc<tokio::sync::Notify>,
+    /// The WebAuthn relying party of `config.public_url`.
+    webauthn: Arc<webauthn::RelyingParty>,
 }
 
 impl App {
@@ -149,7 +153,9 @@ impl App {
             PwnedChecker::without_client(config.pwned.clone())
         });
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let webauthn = Arc::new(webauthn::RelyingParty::new(&config.public_url, &config.issuer));
         Self {
+            webauthn,
             store,
             keys,
             clock,

@@ -82,6 +82,13 @@ pub enum Proof<'a> {
     RecoveryCode(&'a str),
     /// The password: only for a user without an active factor.
     Password(&'a str),
+    /// A security key or passkey: the answer to the ceremony [`App::begin_reauth_key`] began.
+    Key {
+        /// The ceremony id.
+        ceremony: &'a str,
+        /// The browser's answer (PublicKeyCredential JSON).
+        response: &'a str,
+    },
 }
 
 impl App {
@@ -156,7 +163,7 @@ impl App {
                     "confirm with your authenticator app or a recovery code: this account has two-factor authentication",
                 )));
             }
-            (Proof::Totp(_) | Proof::RecoveryCode(_), false) => {
+            (Proof::Totp(_) | Proof::RecoveryCode(_) | Proof::Key { .. }, false) => {
                 return Err(AppError::Invalid(tessera_core::CoreError::invalid(
                     "code",
                     "this account has no two-factor authentication: confirm with the password",
@@ -170,6 +177,11 @@ impl App {
                 self.verify_totp(&user, code, ctx).await?
             }
             (Proof::RecoveryCode(code), true) => self.redeem_recovery_code(&user, code, ctx).await?.0,
+            (Proof::Key { ceremony, response }, true) => match self.check_reauth_key(s, ceremony, response, ctx).await?
+            {
+                crate::KeyOutcome::Accepted { factor_id } => Outcome::Accepted { factor_id: Some(factor_id) },
+                crate::KeyOutcome::Refused(r) => return Ok(LoginOutcome::KeyRefused(r)),
+            },
             (Proof::Password(password), false) => {
                 let email = self.store.user_by_id(&user).await?.ok_or(AppError::NotFound("user"))?.email;
                 match self.check_password(&email, password, ctx, crate::identity::Suspension::Refuse, false).await? {

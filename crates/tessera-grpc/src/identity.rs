@@ -62,6 +62,7 @@ fn login_response(o: LoginOutcome) -> pb::LoginResponse {
         LoginOutcome::ChallengeInvalid => r.status = pb::LoginStatus::ChallengeInvalid as i32,
         LoginOutcome::Suspended => r.status = pb::LoginStatus::Suspended as i32,
         LoginOutcome::TotpDisabled => r.status = pb::LoginStatus::TotpDisabled as i32,
+        LoginOutcome::KeyRefused(_) => r.status = pb::LoginStatus::KeyRefused as i32,
     }
     r
 }

@@ -1,7 +1,8 @@
 //! `FactorService` handlers.
 
 use crate::{convert, edge};
-use tessera_app::{App, AppError, ConfirmOutcome, EnrollRequest};
+use tessera_app::{App, AppError, ConfirmOutcome, EnrollRequest, KeyOutcome, KeyRefusal};
+use tessera_core::factor::FactorKind;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::factor_service_server::FactorService;
 use tonic::{Request, Response, Status};
@@ -162,6 +163,81 @@ impl FactorService for FactorSvc {
                 })
                 .collect(),
             next_page_token: next,
+        }))
+    }
+
+    async fn begin_webauthn_registration(
+        &self,
+        req: Request<pb::BeginWebauthnRegistrationRequest>,
+    ) -> Result<Response<pb::BeginWebauthnRegistrationResponse>, Status> {
+        let r = req.into_inner();
+        let kind = match pb::WebauthnKind::try_from(r.kind) {
+            Ok(pb::WebauthnKind::SecurityKey) => FactorKind::SecurityKey,
+            Ok(pb::WebauthnKind::Passkey) => FactorKind::Passkey,
+            _ => return Err(Status::invalid_argument("kind: WEBAUTHN_KIND_SECURITY_KEY or WEBAUTHN_KIND_PASSKEY")),
+        };
+        let c =
+            self.app.begin_webauthn_registration(&r.subject_id, &r.label, kind, &r.user_name).await.map_err(status)?;
+        Ok(Response::new(pb::BeginWebauthnRegistrationResponse { ceremony_id: c.id, options_json: c.options }))
+    }
+
+    async fn finish_webauthn_registration(
+        &self,
+        req: Request<pb::FinishWebauthnRegistrationRequest>,
+    ) -> Result<Response<pb::FinishWebauthnRegistrationResponse>, Status> {
+        let r = req.into_inner();
+        let out = self
+            .app
+            .finish_webauthn_registration(&r.subject_id, &r.ceremony_id, &r.response_json, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
+        match out {
+            ConfirmOutcome::Confirmed { factor, recovery_codes, .. } => {
+                Ok(Response::new(pb::FinishWebauthnRegistrationResponse {
+                    factor: Some(convert::factor(*factor)),
+                    recovery_codes: recovery_codes.iter().map(|c| c.to_string()).collect(),
+                }))
+            }
+            // (A registration never counts as a failed attempt.)
+            _ => Err(Status::internal("unexpected registration outcome")),
+        }
+    }
+
+    async fn begin_webauthn_assertion(
+        &self,
+        req: Request<pb::BeginWebauthnAssertionRequest>,
+    ) -> Result<Response<pb::BeginWebauthnAssertionResponse>, Status> {
+        let r = req.into_inner();
+        let c = self.app.begin_webauthn_assertion(&r.subject_id).await.map_err(status)?;
+        Ok(Response::new(pb::BeginWebauthnAssertionResponse { ceremony_id: c.id, options_json: c.options }))
+    }
+
+    async fn finish_webauthn_assertion(
+        &self,
+        req: Request<pb::FinishWebauthnAssertionRequest>,
+    ) -> Result<Response<pb::FinishWebauthnAssertionResponse>, Status> {
+        let r = req.into_inner();
+        let o = self
+            .app
+            .finish_webauthn_assertion(&r.subject_id, &r.ceremony_id, &r.response_json, &convert::ctx(r.context))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match o {
+            KeyOutcome::Accepted { factor_id } => pb::FinishWebauthnAssertionResponse {
+                outcome: pb::Outcome::Accepted as i32,
+                factor_id,
+                refusal: pb::WebauthnRefusal::Unspecified as i32,
+            },
+            KeyOutcome::Refused(why) => pb::FinishWebauthnAssertionResponse {
+                outcome: pb::Outcome::Rejected as i32,
+                factor_id: String::new(),
+                refusal: match why {
+                    KeyRefusal::CeremonyInvalid => pb::WebauthnRefusal::CeremonyInvalid,
+                    KeyRefusal::UnknownCredential => pb::WebauthnRefusal::UnknownCredential,
+                    KeyRefusal::NotVerified => pb::WebauthnRefusal::NotVerified,
+                    KeyRefusal::PossibleClone => pb::WebauthnRefusal::PossibleClone,
+                } as i32,
+            },
         }))
     }
 }

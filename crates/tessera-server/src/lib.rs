@@ -117,6 +117,13 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         }
     };
     summary.push(format!("public URL (links in mail): {}", cfg.public_url));
+    match app.webauthn_problem() {
+        None => summary.push(format!("security keys and passkeys: on, for origin {}", cfg.public_url)),
+        Some(why) => {
+            tracing::warn!("{why}");
+            summary.push(format!("security keys and passkeys: off ({why})"));
+        }
+    }
     summary.push(format!("sign-up: {}", if cfg.signup_open { "open" } else { "closed (invitation only)" }));
     let grpc_tls = match &cfg.grpc_tls {
         Some(t) => {

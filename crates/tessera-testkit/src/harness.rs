@@ -59,6 +59,15 @@ impl Harness {
         Some(Self::build(url, Some(schema), dir, config).await)
     }
 
+    /// A second replica: another app over the same database (its own connections, write turn
+    /// and writer), with the same keyring file, clock and settings. Close its store when done.
+    pub async fn replica(&self) -> (App, Store) {
+        let opts = StoreOptions { max_connections: 8, pg_schema: self.schema.clone(), ..Default::default() };
+        let store = Store::connect(&self.url, opts).await.unwrap();
+        let app = App::new(store.clone(), self.keys.clone(), Arc::new(self.clock.clone()), self.app.config().clone());
+        (app, store)
+    }
+
     /// Close the store and drop the test's PostgreSQL schema.
     pub async fn cleanup(self) {
         self.store.close().await;

@@ -13,6 +13,8 @@
 //! - `codes.rs` — [`T0`], [`test_clock`], [`code_at`] and [`ctx`].
 //! - `mail.rs` — [`read_mailbox`], [`wait_for_mail`]: the `.eml` files Tessera writes without
 //!   an SMTP relay, read as a mail client would.
+//! - `webauthn.rs` — [`SoftKey`], a software authenticator (webauthn-authenticator-rs's) that
+//!   answers the options Tessera makes as a browser with a security key would.
 //! - `serve.rs` — [`Serve`], the real binary; its path is a parameter because
 //!   `CARGO_BIN_EXE_tessera` exists only in the binary crate's own tests.
 
@@ -26,6 +28,7 @@ mod mail;
 mod pg;
 mod serve;
 mod smtp;
+mod webauthn;
 
 pub use codes::{T0, code_at, code_with, ctx, ctx_from, test_clock};
 pub use harness::{Harness, app_over};
@@ -33,3 +36,4 @@ pub use mail::{Mail, read_mailbox, wait_for_mail};
 pub use pg::{CI_PG_URL, PgDatabase, loud, pg_url, pg_url_or_skip};
 pub use serve::Serve;
 pub use smtp::MailSink;
+pub use webauthn::SoftKey;

@@ -12,17 +12,22 @@ use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use subtle::ConstantTimeEq;
 
-/// Largest form body accepted (the biggest form is a few hundred bytes).
+/// Largest form body accepted (the biggest form, a WebAuthn registration's answer, is a few KB).
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// Forms that try a password, a code or a mailed token, or that send mail: their POSTs share
 /// the tight per-client budget (`WebConfig::rate_limit_per_minute`); every other POST draws on
 /// the generous one (`WebConfig::post_rate_limit_per_minute`).
-const SIGN_IN: [&str; 12] = [
+const SIGN_IN: [&str; 17] = [
     "/signup",
     "/login",
     "/login/code",
     "/login/recovery",
+    "/login/key",
+    "/login/key/finish",
+    "/login/passkey",
+    "/login/passkey/finish",
+    "/settings/reauth/key",
     "/settings/reauth",
     "/password/forgot",
     "/password/reset",

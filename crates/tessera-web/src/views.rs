@@ -13,11 +13,13 @@ pub(crate) struct Chrome {
     pub(crate) csrf: String,
     pub(crate) email: Option<String>,
     pub(crate) title: String,
+    /// The page runs a WebAuthn ceremony: load `/static/webauthn.js`.
+    pub(crate) webauthn: bool,
 }
 
 impl Chrome {
     pub(crate) fn new(csrf: &str, email: Option<&str>, title: &str) -> Self {
-        Self { csrf: csrf.to_owned(), email: email.map(str::to_owned), title: title.to_owned() }
+        Self { csrf: csrf.to_owned(), email: email.map(str::to_owned), title: title.to_owned(), webauthn: false }
     }
 }
 
@@ -207,12 +209,37 @@ pub(crate) struct Login {
     pub(crate) email: String,
     pub(crate) error: Option<String>,
     pub(crate) notice: Option<String>,
+    /// Offer "Sign in with a passkey" (WebAuthn is configured).
+    pub(crate) passkeys: bool,
 }
 
 #[derive(Template)]
 #[template(path = "login_code.html")]
 pub(crate) struct LoginCode {
     pub(crate) chrome: Chrome,
+    pub(crate) error: Option<String>,
+    /// The user has an authenticator app in use: ask for its code.
+    pub(crate) totp: bool,
+    /// The user has a security key or passkey: offer it.
+    pub(crate) keys: bool,
+}
+
+/// A WebAuthn ceremony: the options for the browser, and where its answer goes.
+#[derive(Template)]
+#[template(path = "webauthn.html")]
+pub(crate) struct Webauthn {
+    pub(crate) chrome: Chrome,
+    pub(crate) heading: String,
+    pub(crate) intro: String,
+    /// `create` (registration) or `get` (assertion).
+    pub(crate) mode: &'static str,
+    pub(crate) options: String,
+    pub(crate) ceremony: String,
+    pub(crate) action: String,
+    /// More hidden fields of the answer's form.
+    pub(crate) extra: Vec<(String, String)>,
+    pub(crate) button: String,
+    pub(crate) back: String,
     pub(crate) error: Option<String>,
 }
 
@@ -240,6 +267,8 @@ pub(crate) struct DeviceView {
     pub(crate) mine: bool,
     /// Taken out of use after too many wrong codes.
     pub(crate) disabled: bool,
+    /// "Authenticator app", "Security key" or "Passkey".
+    pub(crate) kind: &'static str,
     pub(crate) added: String,
     pub(crate) last_used: String,
 }
@@ -266,6 +295,8 @@ pub(crate) struct Security {
     pub(crate) codes_left: u32,
     pub(crate) notice: Option<String>,
     pub(crate) error: Option<String>,
+    /// Offer "Add a security key" (WebAuthn is configured).
+    pub(crate) webauthn: bool,
 }
 
 #[derive(Template)]
@@ -276,6 +307,10 @@ pub(crate) struct Reauth {
     pub(crate) next: String,
     /// The user has no factor: ask for the password.
     pub(crate) password: bool,
+    /// The user has an authenticator app in use.
+    pub(crate) totp: bool,
+    /// The user has a security key or passkey.
+    pub(crate) keys: bool,
     pub(crate) minutes: i64,
     pub(crate) error: Option<String>,
 }

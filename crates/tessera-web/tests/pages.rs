@@ -1203,3 +1203,106 @@ async fn the_account_forms_need_the_csrf_token_and_share_the_sign_in_budget() {
         assert!(rate_limited(&b.post(&h, path, form).await), "{path} shares the sign-in budget");
     }
 }
+
+/// The ceremony a WebAuthn page carries: (ceremony id, options JSON), unescaped from the HTML.
+fn ceremony(r: &Resp) -> (String, String) {
+    let attr = |name: &str| {
+        let start = r.body.find(name).unwrap_or_else(|| panic!("no {name} in {}", r.body)) + name.len();
+        let rest = &r.body[start..];
+        let value = &rest[..rest.find('"').unwrap()];
+        value
+            .replace("&#34;", "\"")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#60;", "<")
+            .replace("&#62;", ">")
+            .replace("&#38;", "&")
+            .replace("&amp;", "&")
+    };
+    (attr("name=\"ceremony\" value=\""), attr("data-options=\""))
+}
+
+/// Security keys through the pages: added in a fresh session (the first factor brings codes and
+/// rotates the session), offered after the password, accepted for re-authentication; a stale
+/// session is sent to re-authenticate first; the ceremony pages load their script from /static
+/// and nothing inline.
+#[tokio::test]
+async fn security_keys_through_the_pages() {
+    let h = harness(WebConfig { rate_limit_per_minute: 0, ..Default::default() }).await;
+    let mut b = Browser::new("10.0.0.7");
+    signed_up(&h, &mut b, "kay@example.com").await;
+    let mut key = tessera_testkit::SoftKey::new("http://localhost:8080");
+    let page = b.post(&h, "/settings/security/keys", &[("label", "Blue key"), ("kind", "security_key")]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("<script src=\"/static/webauthn.js\" defer></script>"), "{}", page.body);
+    assert!(!page.body.contains("<script>"), "no inline script");
+    let csp = page.headers.get("content-security-policy").unwrap().to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let (id, options) = ceremony(&page);
+    let answer = key.register(&options);
+    let old = b.jar["__Host-tessera_session"].clone();
+    let r = b.post(&h, "/settings/security/keys/finish", &[("ceremony", &id), ("response", &answer)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("recovery codes") || r.body.contains("Recovery codes"), "{}", r.body);
+    assert_ne!(b.jar["__Host-tessera_session"], old, "the first factor raises the session under a new token");
+    // The same answer again: the ceremony is gone.
+    let r = b.post(&h, "/settings/security/keys/finish", &[("ceremony", &id), ("response", &answer)]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = b.get(&h, "/settings/security").await;
+    assert!(r.body.contains("Blue key") && r.body.contains("Security key"), "{}", r.body);
+    assert_eq!(b.get(&h, "/static/webauthn.js").await.status, StatusCode::OK);
+
+    // Sign in again: password, then the key (the code page offers no code field: no app).
+    let mut c = Browser::new("10.0.0.8");
+    let r = c.post(&h, "/login", &[("email", "kay@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/login/code");
+    let r = c.get(&h, "/login/code").await;
+    assert!(r.body.contains("Use your security key") && !r.body.contains("name=\"code\""), "{}", r.body);
+    // Without the challenge cookie there is nothing to begin.
+    let mut stranger = Browser::new("10.0.0.9");
+    assert_eq!(stranger.post(&h, "/login/key", &[]).await.location(), "/login?expired=1");
+    let page = c.post(&h, "/login/key", &[]).await;
+    let (id, options) = ceremony(&page);
+    // A garbage answer is refused in words, and the sign-in can go on.
+    let r = c.post(&h, "/login/key/finish", &[("ceremony", &id), ("response", "nonsense")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("no answer from a key"), "{}", r.body);
+    let r = c.post(&h, "/login/key/finish", &[("ceremony", &id), ("response", &key.assert(&options))]).await;
+    assert_eq!(r.location(), "/accounts", "{}", r.body);
+
+    // A stale session re-authenticates with the key before adding another.
+    h.clock.advance(time::Duration::minutes(15));
+    let r = c.post(&h, "/settings/security/keys", &[("label", "Spare"), ("kind", "passkey")]).await;
+    assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Fsecurity");
+    let r = c.get(&h, "/settings/reauth?next=%2Fsettings%2Fsecurity").await;
+    assert!(r.body.contains("Confirm with your security key") && !r.body.contains("value=\"totp\""), "{}", r.body);
+    let page = c.post(&h, "/settings/reauth/key", &[("next", "/settings/security")]).await;
+    let (id, options) = ceremony(&page);
+    assert!(page.body.contains("name=\"method\" value=\"key\""), "{}", page.body);
+    let r = c
+        .post(
+            &h,
+            "/settings/reauth",
+            &[
+                ("method", "key"),
+                ("next", "/settings/security"),
+                ("ceremony", &id),
+                ("response", &key.assert(&options)),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/settings/security", "{}", r.body);
+    let r = c.post(&h, "/settings/security/keys", &[("label", "Spare"), ("kind", "passkey")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // The passkey button is on the login page, and its ceremony page needs no session.
+    let r = stranger.get(&h, "/login").await;
+    assert!(r.body.contains("Sign in with a passkey"), "{}", r.body);
+    let page = stranger.post(&h, "/login/passkey", &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let (id, options) = ceremony(&page);
+    // kay's security key is not a passkey: it never signs in alone.
+    let r = stranger.post(&h, "/login/passkey/finish", &[("ceremony", &id), ("response", &key.assert(&options))]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(!stranger.jar.contains_key("__Host-tessera_session"));
+}

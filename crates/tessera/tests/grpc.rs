@@ -1443,3 +1443,86 @@ async fn sighup_reloads_the_keyring() {
     assert_eq!(key_rows(&keys_cli(data, &["status"]), &new), (1, 10));
     assert!(sigterm(&mut p).success(), "SIGHUP does not stop the server");
 }
+
+/// Security keys over gRPC, as a middleware would offer them: the four WebAuthn RPCs carry the
+/// spec's JSON both ways (answered here by a software authenticator at the public URL's
+/// origin), ListFactors shows the new kind, and refusals are outcomes or named errors.
+#[tokio::test]
+async fn security_keys_over_grpc() {
+    let srv = InProcess::start(None).await;
+    let c = srv.client(TOKEN).await;
+    let mut raw = c.raw();
+    let subject = uuid::Uuid::new_v4().to_string();
+    let mut key = tessera_testkit::SoftKey::new("http://localhost:8080");
+    let begin = raw
+        .begin_webauthn_registration(pb::BeginWebauthnRegistrationRequest {
+            subject_id: subject.clone(),
+            label: "Blue key".into(),
+            kind: pb::WebauthnKind::SecurityKey as i32,
+            user_name: "sam@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let options: serde_json::Value = serde_json::from_str(&begin.options_json).unwrap();
+    assert_eq!(options["publicKey"]["rp"]["id"], "localhost", "{options}");
+    let answer = key.register(&begin.options_json);
+    let done = raw
+        .finish_webauthn_registration(pb::FinishWebauthnRegistrationRequest {
+            subject_id: subject.clone(),
+            ceremony_id: begin.ceremony_id.clone(),
+            response_json: answer.clone(),
+            context: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.recovery_codes.len(), 10, "a first factor brings recovery codes");
+    assert_eq!(done.factor.as_ref().unwrap().kind, "security_key");
+    let factors = c.list_factors(&subject).await.unwrap();
+    assert_eq!(factors.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>(), ["security_key"]);
+    // Used once.
+    let again = raw
+        .finish_webauthn_registration(pb::FinishWebauthnRegistrationRequest {
+            subject_id: subject.clone(),
+            ceremony_id: begin.ceremony_id,
+            response_json: answer,
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+
+    let begin_assertion = || pb::BeginWebauthnAssertionRequest { subject_id: subject.clone() };
+    let b = raw.begin_webauthn_assertion(begin_assertion()).await.unwrap().into_inner();
+    let finish = |ceremony: &str, response: &str| pb::FinishWebauthnAssertionRequest {
+        subject_id: subject.clone(),
+        ceremony_id: ceremony.into(),
+        response_json: response.into(),
+        context: None,
+    };
+    let a = key.assert(&b.options_json);
+    let ok = raw.finish_webauthn_assertion(finish(&b.ceremony_id, &a)).await.unwrap().into_inner();
+    assert_eq!((ok.outcome, ok.factor_id.as_str()), (pb::Outcome::Accepted as i32, done.factor.unwrap().id.as_str()));
+    let replay = raw.finish_webauthn_assertion(finish(&b.ceremony_id, &a)).await.unwrap().into_inner();
+    assert_eq!(
+        (replay.outcome, replay.refusal),
+        (pb::Outcome::Rejected as i32, pb::WebauthnRefusal::CeremonyInvalid as i32)
+    );
+    // Malformed input names its field.
+    let b = raw.begin_webauthn_assertion(begin_assertion()).await.unwrap().into_inner();
+    let bad = raw.finish_webauthn_assertion(finish(&b.ceremony_id, "not json")).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("response"), "{}", bad.message());
+    let bad = raw
+        .begin_webauthn_registration(pb::BeginWebauthnRegistrationRequest {
+            subject_id: subject.clone(),
+            label: "k".into(),
+            kind: pb::WebauthnKind::Unspecified as i32,
+            user_name: "sam".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    srv.stop().await;
+}

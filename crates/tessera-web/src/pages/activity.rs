@@ -35,6 +35,7 @@ fn describe(kind: &str, detail: &str) -> String {
         Some(K::FactorRemoved) => "Device removed".into(),
         Some(K::UserCreated) => "Signed up".into(),
         Some(K::PasswordRejected) => "Wrong password".into(),
+        Some(K::LoginSucceeded) if s("assurance") == "passkey" => "Signed in with a passkey".into(),
         Some(K::LoginSucceeded) if s("assurance").contains("second_factor") => {
             "Signed in with two-factor authentication".into()
         }
@@ -68,6 +69,14 @@ fn describe(kind: &str, detail: &str) -> String {
         Some(K::PasswordChanged) => "Password changed; other sessions signed out".into(),
         Some(K::EmailChangeRequested) => "A link to confirm a new email address was emailed".into(),
         Some(K::EmailChanged) => "Email address changed".into(),
+        Some(K::WebauthnRegistered) if s("kind") == "passkey" => format!("Added a passkey ({})", s("label")),
+        Some(K::WebauthnRegistered) => format!("Added a security key ({})", s("label")),
+        Some(K::WebauthnRegistrationFailed) => "A security key's registration was refused".into(),
+        Some(K::WebauthnVerified) => "Security key or passkey accepted".into(),
+        Some(K::WebauthnRejected) => "Security key or passkey refused".into(),
+        Some(K::WebauthnCounterRegressed) => {
+            "Security key refused: its signature counter went backwards (it may have been copied)".into()
+        }
         None => kind.replace('_', " "),
     }
 }

@@ -6,10 +6,17 @@
 //! the code pages need the login challenge cookie the password step set; `/settings/reauth`
 //! needs a live session and proves a factor the user already has (or, without one, the
 //! password) again, then returns to a local path only.
+//!
+//! Security keys and passkeys (`/login/key`, `/login/passkey`, `/settings/reauth/key`): each
+//! POST begins a ceremony the app binds to what began it (the login challenge cookie, nothing,
+//! the session) and renders a page whose script asks the browser; the answer comes back by
+//! form POST (CSRF-checked, rate-limited like a code). A key after the password needs the
+//! challenge cookie; a passkey needs no password, and only a passkey (never a security key)
+//! signs in on its own.
 
 use super::{
-    Page, Req, TOTP_DISABLED, User, attempts_left, compact, did_not_match, flatten, locked, sentence, session_cookie,
-    with_cookies,
+    CeremonyPage, KeyAnswer, Page, Req, TOTP_DISABLED, User, attempts_left, ceremony_page, compact, did_not_match,
+    flatten, key_refused, locked, sentence, session_cookie, with_cookies,
 };
 use crate::views;
 use crate::{Web, cookies};
@@ -120,11 +127,19 @@ pub(crate) async fn login_form(req: Req, State(web): State<Web>, Query(q): Query
         (Some(_), None) => Some("Your sign-in expired or was cancelled. Please sign in again.".to_owned()),
         (None, None) => None,
     };
-    login_page(&req, StatusCode::OK, String::new(), None, notice)
+    login_page(&web, &req, StatusCode::OK, String::new(), None, notice)
 }
 
-fn login_page(req: &Req, status: StatusCode, email: String, error: Option<String>, notice: Option<String>) -> Response {
-    views::page(status, &views::Login { chrome: req.chrome("Sign in"), email, error, notice })
+fn login_page(
+    web: &Web,
+    req: &Req,
+    status: StatusCode,
+    email: String,
+    error: Option<String>,
+    notice: Option<String>,
+) -> Response {
+    let passkeys = web.app.webauthn_enabled();
+    views::page(status, &views::Login { chrome: req.chrome("Sign in"), email, error, notice, passkeys })
 }
 
 pub(crate) async fn login(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<Credentials>) -> Response {
@@ -142,9 +157,10 @@ pub(crate) async fn login(req: Req, State(web): State<Web>, axum::Form(f): axum:
             )
         }
         Ok(LoginOutcome::Locked { until }) => {
-            login_page(&req, StatusCode::TOO_MANY_REQUESTS, f.email, Some(locked(until, now)), None)
+            login_page(&web, &req, StatusCode::TOO_MANY_REQUESTS, f.email, Some(locked(until, now)), None)
         }
         Ok(LoginOutcome::Suspended) => login_page(
+            &web,
             &req,
             StatusCode::TOO_MANY_REQUESTS,
             f.email,
@@ -156,6 +172,7 @@ pub(crate) async fn login(req: Req, State(web): State<Web>, axum::Form(f): axum:
             None,
         ),
         Ok(_) => login_page(
+            &web,
             &req,
             StatusCode::UNAUTHORIZED,
             f.email,
@@ -165,17 +182,36 @@ pub(crate) async fn login(req: Req, State(web): State<Web>, axum::Form(f): axum:
             None,
         ),
         Err(AppError::Invalid(_)) => {
-            login_page(&req, StatusCode::BAD_REQUEST, f.email, Some("Enter your email address.".into()), None)
+            login_page(&web, &req, StatusCode::BAD_REQUEST, f.email, Some("Enter your email address.".into()), None)
         }
         Err(e) => views::app_error(req.chrome("Error"), e),
     }
 }
 
-pub(crate) async fn code_form(req: Req) -> Response {
+/// The code page: a code field if the user has an authenticator app in use, "Use your security
+/// key" if they have one (the user has proven the password: this tells them nothing new).
+fn code_page(req: &Req, steps: tessera_app::SecondSteps, status: StatusCode, error: Option<String>) -> Response {
+    // (No factor in use at all — apps turned off — still shows the code field: its answer explains.)
+    let totp = steps.totp || !steps.keys;
+    views::page(
+        status,
+        &views::LoginCode { chrome: req.chrome("Two-factor authentication"), error, totp, keys: steps.keys },
+    )
+}
+
+async fn second_steps(web: &Web, req: &Req) -> Option<tessera_app::SecondSteps> {
+    let challenge = req.challenge.as_deref()?;
+    web.app.second_steps(challenge).await.ok().flatten()
+}
+
+pub(crate) async fn code_form(req: Req, State(web): State<Web>) -> Response {
     if req.challenge.is_none() {
         return Redirect::to("/login").into_response();
     }
-    views::page(StatusCode::OK, &views::LoginCode { chrome: req.chrome("Two-factor authentication"), error: None })
+    match second_steps(&web, &req).await {
+        Some(steps) => code_page(&req, steps, StatusCode::OK, None),
+        None => with_cookies(Redirect::to("/login?expired=1").into_response(), &[cookies::clear(cookies::CHALLENGE)]),
+    }
 }
 
 pub(crate) async fn recovery_form(req: Req) -> Response {
@@ -203,11 +239,9 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String) -> Resp
     let Some(challenge) = req.challenge.clone() else {
         return Redirect::to("/login?expired=1").into_response();
     };
+    let steps = second_steps(&web, &req).await.unwrap_or_default();
     let render = |status: StatusCode, error: String| match step {
-        SecondStep::Totp => views::page(
-            status,
-            &views::LoginCode { chrome: req.chrome("Two-factor authentication"), error: Some(error) },
-        ),
+        SecondStep::Totp => code_page(&req, steps, status, Some(error)),
         SecondStep::Recovery => {
             views::page(status, &views::LoginRecovery { chrome: req.chrome("Use a recovery code"), error: Some(error) })
         }
@@ -263,6 +297,105 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String) -> Resp
     }
 }
 
+// ---- security keys and passkeys at sign-in ---------------------------------------------------
+
+/// "Use your security key" on the code page: a ceremony bound to the login challenge.
+pub(crate) async fn key_begin(req: Req, State(web): State<Web>) -> Response {
+    let expired =
+        || with_cookies(Redirect::to("/login?expired=1").into_response(), &[cookies::clear(cookies::CHALLENGE)]);
+    let Some(challenge) = req.challenge.clone() else { return expired() };
+    match web.app.begin_login_key(&challenge).await {
+        Ok(Some(c)) => ceremony_page(
+            req.chrome("Use your security key"),
+            CeremonyPage {
+                heading: "Use your security key",
+                intro: "Insert or touch your security key, or use the passkey on this device, when your browser asks.",
+                mode: "get",
+                action: "/login/key/finish",
+                extra: Vec::new(),
+                button: "Use security key",
+                back: "/login/code",
+            },
+            c,
+        ),
+        Ok(None) => expired(),
+        Err(AppError::FailedPrecondition(m)) => {
+            let steps = second_steps(&web, &req).await.unwrap_or_default();
+            code_page(&req, steps, StatusCode::CONFLICT, Some(sentence(&m)))
+        }
+        Err(e) => views::app_error(req.chrome("Error"), e),
+    }
+}
+
+/// The key's answer: signed in at the second-factor level, or back to the code page.
+pub(crate) async fn key_finish(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<KeyAnswer>) -> Response {
+    let Some(challenge) = req.challenge.clone() else {
+        return Redirect::to("/login?expired=1").into_response();
+    };
+    let steps = second_steps(&web, &req).await.unwrap_or_default();
+    match web.app.complete_login_key(&challenge, &f.ceremony, &f.response, &req.ctx).await {
+        Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
+            end_previous(&web, &req).await;
+            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/accounts")
+        }
+        Ok(LoginOutcome::KeyRefused(r)) => code_page(&req, steps, StatusCode::UNAUTHORIZED, Some(key_refused(r))),
+        Ok(_) => with_cookies(Redirect::to("/login?expired=1").into_response(), &[cookies::clear(cookies::CHALLENGE)]),
+        Err(AppError::Invalid(_)) => code_page(
+            &req,
+            steps,
+            StatusCode::BAD_REQUEST,
+            Some("Your browser sent no answer from a key. Try again.".into()),
+        ),
+        Err(AppError::FailedPrecondition(m)) => code_page(&req, steps, StatusCode::CONFLICT, Some(sentence(&m))),
+        Err(e) => views::app_error(req.chrome("Error"), e),
+    }
+}
+
+/// "Sign in with a passkey" on `/login`: a ceremony that names no user.
+pub(crate) async fn passkey_begin(req: Req, State(web): State<Web>) -> Response {
+    match web.app.begin_passkey_login().await {
+        Ok(c) => ceremony_page(
+            req.chrome("Sign in with a passkey"),
+            CeremonyPage {
+                heading: "Sign in with a passkey",
+                intro: "Choose your passkey when your browser asks, and confirm with your fingerprint, face or PIN.",
+                mode: "get",
+                action: "/login/passkey/finish",
+                extra: Vec::new(),
+                button: "Use passkey",
+                back: "/login",
+            },
+            c,
+        ),
+        Err(AppError::FailedPrecondition(m)) => {
+            login_page(&web, &req, StatusCode::CONFLICT, String::new(), Some(sentence(&m)), None)
+        }
+        Err(e) => views::app_error(req.chrome("Error"), e),
+    }
+}
+
+/// The passkey's answer: signed in (at the second-factor level), or back to `/login`.
+pub(crate) async fn passkey_finish(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<KeyAnswer>) -> Response {
+    let fail = |status, msg: String| login_page(&web, &req, status, String::new(), Some(msg), None);
+    match web.app.complete_passkey_login(&f.ceremony, &f.response, &req.ctx).await {
+        Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
+            end_previous(&web, &req).await;
+            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/accounts")
+        }
+        Ok(LoginOutcome::KeyRefused(tessera_app::KeyRefusal::UnknownCredential)) => fail(
+            StatusCode::UNAUTHORIZED,
+            "That passkey isn't one that can sign in here (or it was removed). Sign in with your password.".into(),
+        ),
+        Ok(LoginOutcome::KeyRefused(r)) => fail(StatusCode::UNAUTHORIZED, key_refused(r)),
+        Ok(_) => fail(StatusCode::UNAUTHORIZED, key_refused(tessera_app::KeyRefusal::CeremonyInvalid)),
+        Err(AppError::Invalid(_)) => {
+            fail(StatusCode::BAD_REQUEST, "Your browser sent no answer from a passkey. Try again.".into())
+        }
+        Err(AppError::FailedPrecondition(m)) => fail(StatusCode::CONFLICT, sentence(&m)),
+        Err(e) => views::app_error(req.chrome("Error"), e),
+    }
+}
+
 pub(crate) async fn logout_form(req: Req) -> Response {
     views::page(StatusCode::OK, &views::Logout { chrome: req.chrome("Sign out") })
 }
@@ -293,7 +426,14 @@ fn return_to(next: &str) -> String {
 }
 
 async fn reauth_page(web: &Web, user: &User, next: &str, status: StatusCode, error: Option<String>) -> Page {
-    let needs = web.app.reauth_needs(&user.session).await.map_err(|e| user.fail(e, "/settings/security"))?;
+    let fail = |e| user.fail(e, "/settings/security");
+    let needs = web.app.reauth_needs(&user.session).await.map_err(fail)?;
+    let factors = web.app.devices(&user.session).await.map_err(fail)?;
+    let live = |f: &&tessera_core::factor::Factor| {
+        f.status == tessera_core::factor::FactorStatus::Active && f.disabled_at.is_none()
+    };
+    let keys = factors.iter().filter(live).any(|f| f.kind.is_webauthn());
+    let totp = factors.iter().filter(live).any(|f| f.kind == tessera_core::factor::FactorKind::Totp) || !keys;
     let minutes = web.app.config().sessions.reauth_window.whole_minutes();
     Ok(views::page(
         status,
@@ -301,10 +441,36 @@ async fn reauth_page(web: &Web, user: &User, next: &str, status: StatusCode, err
             chrome: user.chrome("Confirm it's you"),
             next: return_to(next),
             password: needs == Recency::NeedPassword,
+            totp,
+            keys,
             minutes,
             error,
         },
     ))
+}
+
+/// "Confirm with your security key": a ceremony bound to this session; its answer goes to
+/// `/settings/reauth` with `method=key`.
+pub(crate) async fn reauth_key(user: User, State(web): State<Web>, axum::Form(f): axum::Form<Next>) -> Response {
+    match web.app.begin_reauth_key(&user.session).await {
+        Ok(c) => ceremony_page(
+            user.chrome("Confirm it's you"),
+            CeremonyPage {
+                heading: "Confirm it's you",
+                intro: "Use your security key or passkey when your browser asks.",
+                mode: "get",
+                action: "/settings/reauth",
+                extra: vec![("method".into(), "key".into()), ("next".into(), return_to(&f.next))],
+                button: "Use security key",
+                back: "/settings/security",
+            },
+            c,
+        ),
+        Err(AppError::FailedPrecondition(m)) => {
+            flatten(reauth_page(&web, &user, &f.next, StatusCode::CONFLICT, Some(sentence(&m))).await)
+        }
+        Err(e) => user.fail(e, "/settings/security"),
+    }
 }
 
 pub(crate) async fn reauth_form(user: User, State(web): State<Web>, Query(q): Query<Next>) -> Response {
@@ -318,6 +484,8 @@ pub(crate) struct ReauthForm {
     code: String,
     password: String,
     next: String,
+    ceremony: String,
+    response: String,
 }
 
 pub(crate) async fn reauth(user: User, State(web): State<Web>, axum::Form(f): axum::Form<ReauthForm>) -> Response {
@@ -326,8 +494,9 @@ pub(crate) async fn reauth(user: User, State(web): State<Web>, axum::Form(f): ax
         "totp" => Proof::Totp(&compacted),
         "recovery" => Proof::RecoveryCode(&f.code),
         "password" => Proof::Password(&f.password),
+        "key" => Proof::Key { ceremony: &f.ceremony, response: &f.response },
         _ => {
-            let msg = "Choose how to confirm: a code, a recovery code or your password.".to_owned();
+            let msg = "Choose how to confirm: a code, a security key, a recovery code or your password.".to_owned();
             return flatten(reauth_page(&web, &user, &f.next, StatusCode::BAD_REQUEST, Some(msg)).await);
         }
     };
@@ -346,6 +515,7 @@ pub(crate) async fn reauth(user: User, State(web): State<Web>, axum::Form(f): ax
         ),
         Ok(LoginOutcome::Locked { until }) => (StatusCode::TOO_MANY_REQUESTS, locked(until, now)),
         Ok(LoginOutcome::TotpDisabled) => (StatusCode::FORBIDDEN, TOTP_DISABLED.into()),
+        Ok(LoginOutcome::KeyRefused(r)) => (StatusCode::UNAUTHORIZED, key_refused(r)),
         Ok(LoginOutcome::Failed) => (StatusCode::UNAUTHORIZED, "That password isn't right.".into()),
         Ok(LoginOutcome::Suspended) => (
             StatusCode::TOO_MANY_REQUESTS,

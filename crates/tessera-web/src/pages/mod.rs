@@ -35,10 +35,16 @@ pub(crate) fn routes() -> Router<Web> {
         .route("/", get(auth::home))
         .route("/static/style.css", get(css))
         .route("/static/app.js", get(js))
+        .route("/static/webauthn.js", get(webauthn_js))
         .route("/signup", get(auth::signup_form).post(auth::signup))
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/login/code", get(auth::code_form).post(auth::code))
         .route("/login/recovery", get(auth::recovery_form).post(auth::recovery))
+        .route("/login/key", post(auth::key_begin))
+        .route("/login/key/finish", post(auth::key_finish))
+        .route("/login/passkey", post(auth::passkey_begin))
+        .route("/login/passkey/finish", post(auth::passkey_finish))
+        .route("/settings/reauth/key", post(auth::reauth_key))
         .route("/logout", get(auth::logout_form).post(auth::logout))
         .route("/settings/reauth", get(auth::reauth_form).post(auth::reauth))
         .route("/password/forgot", get(password::forgot_form).post(password::forgot))
@@ -53,6 +59,8 @@ pub(crate) fn routes() -> Router<Web> {
         .route("/settings/security/totp/{id}", get(security::setup))
         .route("/settings/security/totp/{id}/confirm", post(security::confirm))
         .route("/settings/security/recovery-codes", post(security::regenerate))
+        .route("/settings/security/keys", post(security::add_key))
+        .route("/settings/security/keys/finish", post(security::finish_key))
         .route("/settings/security/devices/{id}/remove", post(security::remove_device))
         .route("/settings/security/sessions/revoke-others", post(security::revoke_others))
         .route("/settings/security/sessions/{id}/revoke", post(security::revoke_session))
@@ -98,6 +106,64 @@ impl Req {
     fn chrome(&self, title: &str) -> Chrome {
         Chrome::new(&self.csrf, None, title)
     }
+}
+
+/// A WebAuthn ceremony's answer, as the page's script posts it.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct KeyAnswer {
+    ceremony: String,
+    response: String,
+}
+
+/// What a WebAuthn ceremony page says and where its answer goes.
+pub(crate) struct CeremonyPage<'a> {
+    heading: &'a str,
+    intro: &'a str,
+    /// `create` or `get`.
+    mode: &'static str,
+    action: &'a str,
+    extra: Vec<(String, String)>,
+    button: &'a str,
+    back: &'a str,
+}
+
+/// Render a ceremony the app began: its options go into the page, the script asks the browser
+/// and posts the answer to `p.action`.
+fn ceremony_page(mut chrome: Chrome, p: CeremonyPage<'_>, c: tessera_app::CeremonyStart) -> Response {
+    chrome.webauthn = true;
+    views::page(
+        StatusCode::OK,
+        &views::Webauthn {
+            chrome,
+            heading: p.heading.to_owned(),
+            intro: p.intro.to_owned(),
+            mode: p.mode,
+            options: c.options,
+            ceremony: c.id,
+            action: p.action.to_owned(),
+            extra: p.extra,
+            button: p.button.to_owned(),
+            back: p.back.to_owned(),
+            error: None,
+        },
+    )
+}
+
+/// What a refused key answer tells the user.
+fn key_refused(r: tessera_app::KeyRefusal) -> String {
+    match r {
+        tessera_app::KeyRefusal::CeremonyInvalid => "That took too long, or the request was already used. Try again.",
+        tessera_app::KeyRefusal::UnknownCredential => {
+            "That key or passkey isn't registered to this account (or it was removed). Try another one."
+        }
+        tessera_app::KeyRefusal::NotVerified => "Your key's answer could not be verified. Try again.",
+        tessera_app::KeyRefusal::PossibleClone => {
+            "This key was refused: its signature counter went backwards, which can mean it was copied. \
+             Use another factor, and check your security page."
+        }
+    }
+    .to_owned()
 }
 
 /// A signed-in user: a live session (else a redirect to the login page).
@@ -219,6 +285,10 @@ async fn css() -> Response {
 
 async fn js() -> Response {
     static_file("text/javascript; charset=utf-8", include_str!("../../static/app.js"))
+}
+
+async fn webauthn_js() -> Response {
+    static_file("text/javascript; charset=utf-8", include_str!("../../static/webauthn.js"))
 }
 
 fn static_file(ty: &'static str, body: &'static str) -> Response {

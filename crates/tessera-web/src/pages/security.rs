@@ -1,12 +1,17 @@
-//! The security page: authenticator apps (add, finish setting up, remove), recovery codes, and
-//! the user's sessions.
+//! The security page: authenticator apps (add, finish setting up, remove), security keys and
+//! passkeys (add, remove), recovery codes, and the user's sessions.
 //!
 //! Who may do what (decided in the app; the page only routes): viewing needs a live session;
 //! adding or removing an authenticator, new recovery codes and signing out other sessions need
 //! recent authentication (else a redirect to `/settings/reauth`); a pending setup is shown and
 //! finished only in the session that started it; any session may cancel one or sign itself out.
+//! Adding a security key or passkey is a ceremony the app binds to this session: it begins and
+//! finishes only with recent authentication, in the session that began it.
 
-use super::{Page, User, attempts_left, compact, flatten, locked, sentence, session_cookie, with_cookies};
+use super::{
+    CeremonyPage, KeyAnswer, Page, User, attempts_left, ceremony_page, compact, flatten, locked, sentence,
+    session_cookie, with_cookies,
+};
 use crate::views;
 use crate::{Web, views::DeviceView};
 use axum::extract::{Path, Query, State};
@@ -14,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use tessera_app::{AppError, ConfirmOutcome};
-use tessera_core::factor::FactorStatus;
+use tessera_core::factor::{FactorKind, FactorStatus};
 use tessera_core::policy::Assurance;
 
 const BACK: &str = "/settings/security";
@@ -32,6 +37,7 @@ pub(crate) async fn page(user: User, State(web): State<Web>, Query(q): Query<Don
         Some("revoked") => Some("All your other sessions are signed out."),
         Some("signed-out") => Some("That session is signed out."),
         Some("added") => Some("Authenticator app added."),
+        Some("key-added") => Some("Security key added."),
         Some("last-code") => Some(
             "You signed in with your last recovery code. Generate new ones below now, and keep them somewhere safe.",
         ),
@@ -61,6 +67,11 @@ async fn security_page(
             pending: f.status == FactorStatus::Pending,
             mine: f.started_in.as_deref() == Some(user.session.id()),
             disabled: f.disabled_at.is_some(),
+            kind: match f.kind {
+                FactorKind::Totp => "Authenticator app",
+                FactorKind::SecurityKey => "Security key",
+                FactorKind::Passkey => "Passkey",
+            },
             added: views::timestamp(f.created_at),
             last_used: f.last_used_at.map_or_else(|| "never".to_owned(), views::timestamp),
             id: f.id,
@@ -90,6 +101,7 @@ async fn security_page(
             codes_left,
             notice,
             error,
+            webauthn: web.app.webauthn_enabled(),
         },
     ))
 }
@@ -212,6 +224,75 @@ pub(crate) async fn confirm(
             flatten(security_page(&web, &user, StatusCode::CONFLICT, None, Some(sentence(&m))).await)
         }
         Err(e) => user.fail(e, &back),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct KeyForm {
+    label: String,
+    kind: String,
+}
+
+/// "Add a security key": a registration ceremony bound to this session (recent authentication
+/// needed, as for an authenticator app).
+pub(crate) async fn add_key(user: User, State(web): State<Web>, axum::Form(f): axum::Form<KeyForm>) -> Response {
+    let kind = match f.kind.as_str() {
+        "passkey" => FactorKind::Passkey,
+        _ => FactorKind::SecurityKey,
+    };
+    let default = if kind == FactorKind::Passkey { "Passkey" } else { "Security key" };
+    let label = if f.label.trim().is_empty() { default.to_owned() } else { f.label };
+    match web.app.begin_key_registration(&user.session, &label, kind).await {
+        Ok(c) => ceremony_page(
+            user.chrome("Add a security key"),
+            CeremonyPage {
+                heading: if kind == FactorKind::Passkey { "Add a passkey" } else { "Add a security key" },
+                intro: if kind == FactorKind::Passkey {
+                    "Your browser will ask where to keep the passkey (this device, your phone, or a security key) \
+                     and to confirm with your fingerprint, face or PIN."
+                } else {
+                    "Insert your security key and touch it when your browser asks."
+                },
+                mode: "create",
+                action: "/settings/security/keys/finish",
+                extra: Vec::new(),
+                button: if kind == FactorKind::Passkey { "Create passkey" } else { "Register security key" },
+                back: BACK,
+            },
+            c,
+        ),
+        Err(AppError::Invalid(e)) => {
+            flatten(security_page(&web, &user, StatusCode::BAD_REQUEST, None, Some(sentence(&e.to_string()))).await)
+        }
+        Err(AppError::FailedPrecondition(m)) => {
+            flatten(security_page(&web, &user, StatusCode::CONFLICT, None, Some(sentence(&m))).await)
+        }
+        Err(e) => user.fail(e, BACK),
+    }
+}
+
+/// The key's answer to the registration: an active factor at once (a first factor brings
+/// recovery codes, as an authenticator app's confirmation does).
+pub(crate) async fn finish_key(user: User, State(web): State<Web>, axum::Form(f): axum::Form<KeyAnswer>) -> Response {
+    match web.app.finish_key_registration(&user.session, &f.ceremony, &f.response, user.ctx()).await {
+        Ok(ConfirmOutcome::Confirmed { recovery_codes, sessions_revoked, session_token, .. }) => {
+            let cookies: Vec<String> = session_token.iter().map(|t| session_cookie(&web, t)).collect();
+            let page = if recovery_codes.is_empty() {
+                Redirect::to("/settings/security?done=key-added").into_response()
+            } else {
+                codes_page(&user, recovery_codes, true, sessions_revoked)
+            };
+            with_cookies(page, &cookies)
+        }
+        Ok(_) => Redirect::to(BACK).into_response(),
+        Err(AppError::Invalid(e)) => {
+            flatten(security_page(&web, &user, StatusCode::BAD_REQUEST, None, Some(sentence(&e.to_string()))).await)
+        }
+        Err(AppError::FailedPrecondition(m)) => {
+            flatten(security_page(&web, &user, StatusCode::CONFLICT, None, Some(sentence(&m))).await)
+        }
+        Err(e) => user.fail(e, BACK),
     }
 }
 
