@@ -26,8 +26,12 @@ impl Serve {
     /// override those). Returns once it has printed its addresses.
     pub fn spawn(bin: impl AsRef<OsStr>, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args(extra)
+        cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
+        // A test that needs a known HTTP port (a WebAuthn origin) passes its own --http-addr.
+        if !extra.contains(&"--http-addr") {
+            cmd.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        cmd.args(extra)
             .env("TESSERA_DATA_DIR", data)
             .env("TESSERA_PWNED_MODE", "off")
             .env("TESSERA_LOG", "warn")

@@ -1,7 +1,8 @@
 //! The web pages in a real browser: starts the real `tessera serve` on 127.0.0.1 and runs
 //! `e2e/web.test.mjs` (headless Debian Chromium driven by playwright-core, codes from oathtool,
-//! the QR code decoded by zxing-cpp, axe-core for accessibility). Screenshots of the key pages
-//! land in `target/tmp/web-e2e/`.
+//! the QR code decoded by zxing-cpp, axe-core for accessibility) and `e2e/webauthn.test.mjs`
+//! (security keys and passkeys with Chromium's virtual authenticators, on `http://localhost:PORT`).
+//! Screenshots of the key pages land in `target/tmp/web-e2e/` and `target/tmp/webauthn-e2e/`.
 //!
 //! Needs node with `e2e/node_modules` (`npm ci --prefix e2e`), `/usr/bin/chromium`, `oathtool`
 //! and Python's `zxingcpp` + `PIL`; `.ci/run` installs them. Without them the test prints
@@ -41,8 +42,8 @@ fn missing() -> Vec<&'static str> {
     m
 }
 
-#[test]
-fn web_pages_in_headless_chromium() {
+/// Whether the browser tests can run here (else SKIPPED, loudly; a failure under CI=true).
+fn can_run() -> bool {
     let missing = missing();
     if !missing.is_empty() {
         assert!(
@@ -51,6 +52,57 @@ fn web_pages_in_headless_chromium() {
             missing.join(", ")
         );
         loud(&format!("SKIPPED (browser): missing {}", missing.join(", ")));
+        return false;
+    }
+    true
+}
+
+/// Run a scenario script against `base`; screenshots in `target/tmp/<out>`.
+fn scenario(script: &str, base: &str, out: &str, data: &Path, mail: &Path) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out);
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new("node")
+        .arg(repo().join("e2e").join(script))
+        .env("BASE_URL", base)
+        .env("OUT_DIR", &out)
+        .env("DATA_DIR", data)
+        .env("MAIL_DIR", mail)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the browser scenario {script} failed (screenshots so far in {})", out.display());
+    out
+}
+
+/// Security keys and passkeys: the relying party is `--public-url`, which must be a name, so
+/// this server is reached at `http://localhost:PORT` on a port chosen here.
+#[test]
+fn security_keys_and_passkeys_in_headless_chromium() {
+    if !can_run() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let sink = tessera_testkit::MailSink::start(&data.path().join("smtp-received"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let base = format!("http://localhost:{port}");
+    let env = [
+        ("TESSERA_SMTP_URL", sink.url.as_str()),
+        ("TESSERA_PUBLIC_URL", base.as_str()),
+        ("TESSERA_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("TESSERA_WEB_RATE_LIMIT_PER_MINUTE", "200"),
+    ];
+    let serve = Serve::spawn(env!("CARGO_BIN_EXE_tessera"), data.path(), &["--http-addr", &addr], &env);
+    let out = scenario("webauthn.test.mjs", &base, "webauthn-e2e", data.path(), &sink.dir);
+    drop(serve);
+    for page in ["20-key-register", "21-login-key", "22-passkey-login", "23-clone-refused"] {
+        assert!(out.join(format!("{page}.png")).exists(), "screenshot {page}");
+    }
+    loud(&format!("webauthn browser test passed; screenshots in {}", out.display()));
+}
+
+#[test]
+fn web_pages_in_headless_chromium() {
+    if !can_run() {
         return;
     }
     let data = tempfile::tempdir().unwrap();
@@ -79,18 +131,8 @@ fn web_pages_in_headless_chromium() {
     ];
     let serve = Serve::spawn(env!("CARGO_BIN_EXE_tessera"), data.path(), &[], &env);
     let base = serve.http.clone();
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-e2e");
-    let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new("node")
-        .arg(repo().join("e2e/web.test.mjs"))
-        .env("BASE_URL", &base)
-        .env("OUT_DIR", &out)
-        .env("DATA_DIR", data.path())
-        .env("MAIL_DIR", &sink.dir)
-        .status()
-        .unwrap();
+    let out = scenario("web.test.mjs", &base, "web-e2e", data.path(), &sink.dir);
     drop(serve); // stops the server
-    assert!(status.success(), "the browser scenario failed (screenshots so far in {})", out.display());
     for page in [
         "01-signup",
         "03-setup-qr",
