@@ -238,7 +238,13 @@ impl App {
         let phc = Zeroizing::new(self.hash_password(p).await?);
         let now = self.clock.now();
         let audit = self.event(now, &user.id, None, AuditKind::PasswordReset, ctx);
-        let notice = crate::identity::notice_to(&user, "password_reset_done", event_detail(now, ctx));
+        let passkeys = self.store.webauthn_credentials(&user.id).await?;
+        let passkeys = passkeys.iter().filter(|c| c.factor.kind == tessera_core::factor::FactorKind::Passkey).count();
+        let mut detail = event_detail(now, ctx);
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("passkeys".into(), serde_json::json!(passkeys));
+        }
+        let notice = crate::identity::notice_to(&user, "password_reset_done", detail);
         let r = PasswordReset {
             token_hash: &hash,
             user_id: &user.id,

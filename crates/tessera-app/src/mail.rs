@@ -22,6 +22,7 @@ struct Facts<'a> {
     left: u64,
     grace: Option<String>,
     signed_out: bool,
+    passkeys: u64,
 }
 
 impl<'a> Facts<'a> {
@@ -43,6 +44,7 @@ impl<'a> Facts<'a> {
             left: d.get("left").and_then(serde_json::Value::as_u64).unwrap_or(0),
             grace: d.get("grace_until").and_then(serde_json::Value::as_i64).and_then(date_time),
             signed_out: d.get("sessions_revoked").and_then(serde_json::Value::as_u64).unwrap_or(0) > 0,
+            passkeys: d.get("passkeys").and_then(serde_json::Value::as_u64).unwrap_or(0),
         }
     }
 }
@@ -78,6 +80,7 @@ mail_templates! {
     RecoveryCodeUsed => "mail/recovery_code_used.txt",
     NewBrowser => "mail/new_browser.txt",
     MfaRequired => "mail/mfa_required.txt",
+    KeyPossiblyCloned => "mail/key_possibly_cloned.txt",
     Other => "mail/other.txt",
 }
 
@@ -112,6 +115,9 @@ pub(crate) fn render(kind: &str, detail: &str, secret: Option<&str>) -> (String,
             ("A recovery code was used to sign in to your account", RecoveryCodeUsed { f }.render())
         }
         "new_browser" => ("A new sign-in to your account", NewBrowser { f }.render()),
+        "key_possibly_cloned" => {
+            ("A security key of yours was turned off: it may have been copied", KeyPossiblyCloned { f }.render())
+        }
         "mfa_required" => {
             ("An account you belong to now requires two-factor authentication", MfaRequired { f }.render())
         }

@@ -35,7 +35,7 @@ use tessera_core::CoreError;
 use tessera_core::factor::{AuditKind, Factor, FactorKind};
 use tessera_core::policy::Assurance;
 use tessera_core::validate;
-use tessera_store::{NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse};
+use tessera_store::{LiveSession, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse};
 use time::Duration;
 use webauthn_rs::prelude::DiscoverableAuthentication;
 use webauthn_rs::prelude::{
@@ -435,8 +435,12 @@ impl App {
         let (token, hash) = self.fresh_token()?;
         let idle_cutoff = self.config.sessions.idle_cutoff(now);
         let mut change = self.store.begin_factor_change(subject).await?;
-        match change.insert_webauthn(&row, MAX_WEBAUTHN_CREDENTIALS).await? {
+        let live = session.map(|s| LiveSession { id: s.id(), now, idle_cutoff });
+        match change.insert_webauthn(&row, MAX_WEBAUTHN_CREDENTIALS, live).await? {
             WebauthnInsert::Inserted => {}
+            WebauthnInsert::SessionGone => {
+                return Err(AppError::FailedPrecondition("this session has ended: sign in again".into()));
+            }
             WebauthnInsert::LimitReached => {
                 return Err(AppError::FailedPrecondition(format!(
                     "at most {MAX_WEBAUTHN_CREDENTIALS} security keys and passkeys; remove one first"
@@ -458,18 +462,29 @@ impl App {
             first_factor_rule(&mut change, subject, &added, now, idle_cutoff).await?;
         change.commit().await?;
         metrics::counter!("tessera_enrolments_total", "stage" => "webauthn").increment(1);
-        let factor = self.factor(subject, &factor_id).await?;
-        self.factor_added_notice(subject, &factor.label, sessions_revoked, now, ctx).await?;
+        // Committed: what follows must not turn the answer into an error (the first factor's
+        // recovery codes and the session's new token are shown only in it).
+        if let Err(e) = self.factor_added_notice(subject, &label, sessions_revoked, now, ctx).await {
+            tracing::error!(subject, error = %e, "could not queue the notice of a new security key");
+        }
+        let factor = Factor {
+            id: factor_id,
+            subject_id: subject.to_owned(),
+            kind,
+            label,
+            status: tessera_core::factor::FactorStatus::Active,
+            created_at: now,
+            confirmed_at: Some(now),
+            last_used_at: None,
+            disabled_at: None,
+            started_in: None,
+        };
         Ok(ConfirmOutcome::Confirmed {
             factor: Box::new(factor),
             recovery_codes: if first { shown } else { Vec::new() },
             sessions_revoked,
             session_token: raised.then_some(token),
         })
-    }
-
-    async fn factor(&self, subject: &str, factor_id: &str) -> Result<Factor, AppError> {
-        self.list_factors(subject).await?.into_iter().find(|f| f.id == factor_id).ok_or(AppError::NotFound("factor"))
     }
 
     // ---- assertions of a known subject ------------------------------------------------
@@ -575,13 +590,23 @@ impl App {
         }
     }
 
+    /// A signature counter that did not move forward: two authenticators answer for this
+    /// credential, and nobody can tell which is the genuine one (a clone can run its counter
+    /// ahead). The credential is taken out of use (the WebAuthn spec's "SHOULD invalidate"), the
+    /// user is told, and the answer refused; they remove it and add their key again.
     async fn possible_clone(&self, stored: &WebauthnCredential, ctx: &ClientContext) -> Result<KeyOutcome, AppError> {
         let now = self.clock.now();
         let subject = stored.factor.subject_id.as_str();
         tracing::warn!(subject, factor_id = %stored.factor.id, "webauthn signature counter went backwards: possible clone");
         let mut ev = self.event(now, subject, Some(&stored.factor.id), AuditKind::WebauthnCounterRegressed, ctx);
         ev.detail = json!({ "stored_counter": stored.sign_count, "label": stored.factor.label }).to_string();
-        self.store.append_audit(&ev).await?;
+        if self.store.disable_webauthn(&stored.factor.id, now, &ev).await? {
+            let mut detail = crate::lifecycle::event_detail(now, ctx);
+            if let Some(d) = detail.as_object_mut() {
+                d.insert("label".into(), json!(stored.factor.label));
+            }
+            self.notify_user(subject, "key_possibly_cloned", detail, now).await?;
+        }
         metrics::counter!("tessera_verifications_total", "kind" => "webauthn", "outcome" => "clone").increment(1);
         Ok(KeyOutcome::Refused(KeyRefusal::PossibleClone))
     }
@@ -700,6 +725,24 @@ impl App {
             tracing::info!("passkey sign-in with an unknown credential");
             return Ok(LoginOutcome::KeyRefused(KeyRefusal::UnknownCredential));
         };
+        // The signature first: until it verifies, the answer may be anyone's (a credential id is
+        // no secret), so it writes nothing to the credential owner's trail.
+        let cred = credential_of(&stored)?;
+        let verdict = rp
+            .finish_discoverable_authentication_v2(&pkc, state, &cred)
+            .and_then(|r| if r.user_verified() { Ok(r) } else { Err(WebauthnError::UserNotVerified) });
+        let result = match verdict {
+            Ok(r) => r,
+            Err(WebauthnError::CredentialPossibleCompromise) => {
+                self.possible_clone(&stored, ctx).await?;
+                return Ok(LoginOutcome::KeyRefused(KeyRefusal::PossibleClone));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "passkey sign-in answer did not verify");
+                return Ok(LoginOutcome::KeyRefused(KeyRefusal::NotVerified));
+            }
+        };
+        // Signed by the credential: now whether it may sign in on its own, and as whom.
         let subject = stored.factor.subject_id.clone();
         if handle.to_string() != subject || stored.factor.kind != FactorKind::Passkey {
             let why = if stored.factor.kind == FactorKind::Passkey {
@@ -713,12 +756,7 @@ impl App {
         let Some(user) = self.store.user_by_id(&subject).await?.filter(|u| u.email_verified) else {
             return Ok(LoginOutcome::KeyRefused(KeyRefusal::UnknownCredential));
         };
-        let cred = credential_of(&stored)?;
-        let verdict = rp
-            .finish_discoverable_authentication_v2(&pkc, state, &cred)
-            .and_then(|r| if r.user_verified() { Ok(r) } else { Err(WebauthnError::UserNotVerified) })
-            .map(|r| (r, SecurityKey::from(cred)));
-        match self.record_assertion(&stored, verdict, ctx).await? {
+        match self.record_assertion(&stored, Ok((result, SecurityKey::from(cred))), ctx).await? {
             KeyOutcome::Accepted { .. } => {}
             KeyOutcome::Refused(r) => return Ok(LoginOutcome::KeyRefused(r)),
         }

@@ -43,7 +43,9 @@ pub use outbox::{NewNotification, QueuedMail};
 pub use recovery::NewRecoveryCode;
 pub use sessions::{BrowserSeen, NewSession, PasswordSession, Rotation, SessionRow};
 pub use users::{NewUser, ResetReport, UserRow};
-pub use webauthn::{Ceremony, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse};
+pub use webauthn::{
+    Ceremony, LiveSession, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse,
+};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Executor};

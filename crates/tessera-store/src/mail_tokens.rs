@@ -152,7 +152,8 @@ impl Store {
     /// password, void the user's other reset links and open login challenges, revoke every
     /// session, clear the email's password failures (the total and every address's, which
     /// lifts a suspension), and write the audit event and the notice. Factors and recovery
-    /// codes are not touched: the new password is only the first factor.
+    /// codes stay (the new password is only the first factor), but passkeys become security
+    /// keys: nothing that signs in without the password outlives its reset.
     pub async fn reset_password(&self, r: &PasswordReset<'_>) -> Result<bool, StoreError> {
         let now = to_millis(r.now);
         let mut tx = self.begin().await?;
@@ -182,6 +183,13 @@ impl Store {
         // knew the old password are not vouched for by the new one.
         void_all(&mut tx, r.user_id, r.now).await?;
         crate::sessions::forget_browsers(&mut tx, r.user_id, None).await?;
+        // A passkey signs in without the password: one added by whoever had the old password
+        // must not outlive the reset as a way in. Passkeys become security keys (asked for after
+        // the new password); their owner adds them again as passkeys.
+        sqlx::query("UPDATE factors SET kind = 'security_key' WHERE subject_id = $1 AND kind = 'passkey'")
+            .bind(r.user_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE login_challenges SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
             .bind(r.user_id)
             .bind(now)

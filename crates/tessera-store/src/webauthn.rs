@@ -55,6 +55,21 @@ pub enum WebauthnInsert {
     LimitReached,
     /// This credential is registered already (to this subject or another): nothing written.
     AlreadyRegistered,
+    /// The session that began the registration is no longer live (signed out, revoked,
+    /// expired or idle): nothing written.
+    SessionGone,
+}
+
+/// The session registering a credential, which must still be live when the credential is
+/// written (see [`FactorChange::insert_webauthn`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSession<'a> {
+    /// The session id.
+    pub id: &'a str,
+    /// Now.
+    pub now: OffsetDateTime,
+    /// It must have been seen after this instant (not idle).
+    pub idle_cutoff: OffsetDateTime,
 }
 
 /// A registered credential of a subject, with its factor.
@@ -156,9 +171,32 @@ impl TryFrom<CredentialRow> for WebauthnCredential {
 
 impl FactorChange {
     /// Register a credential as an active factor of the subject, unless the subject already
-    /// has `max` WebAuthn credentials or the credential is registered already.
-    pub async fn insert_webauthn(&mut self, c: &NewWebauthnCredential, max: u32) -> Result<WebauthnInsert, StoreError> {
+    /// has `max` WebAuthn credentials, the credential is registered already, or `session`
+    /// (the one registering it, on the pages) is no longer live: a session revoked after its
+    /// request was resolved must not finish adding a factor (checked in this transaction, as
+    /// an authenticator app's confirmation checks it).
+    pub async fn insert_webauthn(
+        &mut self,
+        c: &NewWebauthnCredential,
+        max: u32,
+        session: Option<LiveSession<'_>>,
+    ) -> Result<WebauthnInsert, StoreError> {
         let subject = self.subject().to_owned();
+        if let Some(s) = session {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+                 AND expires_at > $3 AND last_seen_at > $4",
+            )
+            .bind(s.id)
+            .bind(&subject)
+            .bind(to_millis(s.now))
+            .bind(to_millis(s.idle_cutoff))
+            .fetch_one(&mut *self.tx())
+            .await?;
+            if live != 1 {
+                return Ok(WebauthnInsert::SessionGone);
+            }
+        }
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND kind IN ('security_key', 'passkey')",
         )
@@ -282,6 +320,29 @@ impl Store {
         .transpose()
     }
 
+    /// Take a credential out of use (a possible clone), appending `audit`; `false` if it was
+    /// not in use.
+    pub async fn disable_webauthn(
+        &self,
+        factor_id: &str,
+        now: OffsetDateTime,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE factors SET disabled_at = $2 WHERE id = $1 AND kind IN ('security_key', 'passkey') \
+             AND disabled_at IS NULL",
+        )
+        .bind(factor_id)
+        .bind(to_millis(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        audit::insert(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     /// Record an accepted assertion: the credential's new stored form and counter, the
     /// factor's last use, and `audit`, in one transaction. The counter guard is one
     /// statement: it moves only forward (or stays 0 for an authenticator that keeps none), so
@@ -331,6 +392,94 @@ impl Store {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use crate::{Store, StoreOptions};
+
+    fn ceremony(id: &str, now: time::OffsetDateTime) -> crate::NewCeremony {
+        crate::NewCeremony {
+            id: id.into(),
+            purpose: "verify",
+            subject_id: Some("s1".into()),
+            bound_to: Some("subject:s1".into()),
+            state: "{}".into(),
+            detail: "{}".into(),
+            created_at: now,
+            expires_at: now + time::Duration::minutes(5),
+        }
+    }
+
+    /// Of many concurrent takes of one ceremony, exactly one gets it; a wrong binding or
+    /// purpose gets nothing and leaves it; an expired one is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_ceremony_is_taken_once() {
+        let (_dir, _path, store) = crate::temp_sqlite().await;
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        store.put_ceremony(&ceremony("c1", now)).await.unwrap();
+        assert!(store.take_ceremony("c1", "verify", Some("subject:s2"), now).await.unwrap().is_none());
+        assert!(store.take_ceremony("c1", "reauth", Some("subject:s1"), now).await.unwrap().is_none());
+        let takes = (0..16).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_ceremony("c1", "verify", Some("subject:s1"), now).await.unwrap() })
+        });
+        let mut won = 0;
+        for t in takes {
+            won += usize::from(t.await.unwrap().is_some());
+        }
+        assert_eq!(won, 1);
+        store.put_ceremony(&ceremony("c2", now)).await.unwrap();
+        let later = now + time::Duration::minutes(5);
+        assert!(store.take_ceremony("c2", "verify", Some("subject:s1"), later).await.unwrap().is_none(), "expired");
+    }
+
+    /// The counter guard: an authenticator that keeps no counter (0) is accepted again and
+    /// again; once a counter was seen, 0 or anything not above it is refused.
+    #[tokio::test]
+    async fn the_counter_only_moves_forward() {
+        use crate::{NewWebauthnCredential, WebauthnInsert, WebauthnUse};
+        use tessera_core::factor::{AuditKind, FactorKind};
+        let (_dir, _path, store) = crate::temp_sqlite().await;
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let cred = |id: &str, cid: u8| NewWebauthnCredential {
+            factor_id: id.into(),
+            kind: FactorKind::SecurityKey,
+            label: "k".into(),
+            credential_id: vec![cid],
+            credential: "{}".into(),
+            sign_count: 0,
+            transports: String::new(),
+            backup_eligible: false,
+            backup_state: false,
+            aaguid: None,
+            user_verified: false,
+            created_at: now,
+        };
+        let mut change = store.begin_factor_change("s1").await.unwrap();
+        assert_eq!(change.insert_webauthn(&cred("f1", 1), 20, None).await.unwrap(), WebauthnInsert::Inserted);
+        assert_eq!(change.insert_webauthn(&cred("f2", 1), 20, None).await.unwrap(), WebauthnInsert::AlreadyRegistered);
+        change.commit().await.unwrap();
+        let ev = crate::NewAuditEvent {
+            at: now,
+            subject_id: "s1".into(),
+            factor_id: None,
+            actor: None,
+            kind: AuditKind::WebauthnVerified,
+            ip: None,
+            user_agent: None,
+            detail: "{}".into(),
+        };
+        let used = |n: u32| {
+            let store = store.clone();
+            let ev = ev.clone();
+            async move { store.record_webauthn_use("f1", "{}", n, false, now, &ev).await.unwrap() }
+        };
+        assert_eq!(used(0).await, WebauthnUse::Recorded);
+        assert_eq!(used(0).await, WebauthnUse::Recorded, "no counter: 0 again is fine");
+        assert_eq!(used(5).await, WebauthnUse::Recorded);
+        assert_eq!(used(5).await, WebauthnUse::CounterRegressed);
+        assert_eq!(used(3).await, WebauthnUse::CounterRegressed);
+        assert_eq!(used(0).await, WebauthnUse::CounterRegressed, "0 after a counter was seen");
+        assert_eq!(used(6).await, WebauthnUse::Recorded);
+        assert!(store.disable_webauthn("f1", now, &ev).await.unwrap());
+        assert_eq!(used(7).await, WebauthnUse::Gone, "a disabled credential is out of use");
+    }
 
     /// SQLite's migration 0009 rebuilds `factors` and `totp_secrets`: a database from before
     /// keeps every device, its secret and replay guard, and the rebuilt tables keep their rules

@@ -73,6 +73,14 @@ impl SoftKey {
         self.try_assert(options).expect("the soft key answers")
     }
 
+    /// Answer with this authenticator's own credential whatever the options allow (a key the
+    /// server did not ask for: the server must refuse it, not the authenticator).
+    pub fn assert_unasked(&mut self, options: &str) -> String {
+        let mut v: Value = serde_json::from_str(options).unwrap();
+        v["publicKey"]["allowCredentials"] = json!([]);
+        self.assert(&v.to_string())
+    }
+
     /// As [`SoftKey::assert`], or the authenticator's refusal (e.g. none of its credentials is
     /// allowed).
     pub fn try_assert(&mut self, options: &str) -> Result<String, String> {

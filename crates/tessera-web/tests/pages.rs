@@ -1178,12 +1178,17 @@ async fn the_account_forms_need_the_csrf_token_and_share_the_sign_in_budget() {
     let mut b = Browser::new("10.0.8.30");
     signed_up(&h, &mut b, "ada@example.com").await; // (1 of 2 sign-in POSTs)
     let token = "A".repeat(43);
-    let forms: [(&str, Vec<(&str, &str)>); 5] = [
+    let forms: [(&str, Vec<(&str, &str)>); 10] = [
         ("/settings/password", vec![("current_password", PASSWORD), ("new_password", "a brand new passphrase")]),
         ("/settings/email", vec![("new_email", "mallory@example.com")]),
         ("/settings/email/confirm", vec![("token", &token)]),
         ("/verify-email", vec![("token", &token), ("password", PASSWORD)]),
         ("/verify-email/send", vec![("email", "ada@example.com")]),
+        ("/login/key", vec![]),
+        ("/login/key/finish", vec![("ceremony", &token), ("response", "{}")]),
+        ("/login/passkey", vec![]),
+        ("/login/passkey/finish", vec![("ceremony", &token), ("response", "{}")]),
+        ("/settings/reauth/key", vec![("next", "/settings/security")]),
     ];
     for (path, form) in &forms {
         let r = b.send(&h, Method::POST, path, form, &[]).await;

@@ -113,6 +113,10 @@ async fn security_key_is_a_second_factor(h: &Harness) {
     let ch = challenge(&h.app.begin_login("ann@example.com", PW, &ctx()).await.unwrap());
     let c = h.app.begin_login_key(&ch).await.unwrap().unwrap();
     assert!(other.try_assert(&c.options).is_err(), "cat's key is not among ann's allowed credentials");
+    // …and if it answers anyway, the server refuses it.
+    let unasked = other.assert_unasked(&c.options);
+    let o = h.app.complete_login_key(&ch, &c.id, &unasked, &ctx()).await.unwrap();
+    assert_eq!(o, LoginOutcome::KeyRefused(KeyRefusal::UnknownCredential));
 
     let k = kinds(h, &uid).await;
     for want in [AuditKind::WebauthnRegistered, AuditKind::WebauthnVerified, AuditKind::WebauthnRejected] {
@@ -222,8 +226,11 @@ async fn a_cloned_credential_is_refused(h: &Harness) {
     set_counter(h, &uid, 100, true).await;
     let o = login_with_key(h, "fay@example.com", &mut key).await;
     assert_eq!(o, LoginOutcome::KeyRefused(KeyRefusal::PossibleClone));
+    // The credential is out of use now (whichever copy is the genuine one).
+    assert!(h.app.list_factors(&uid).await.unwrap()[0].disabled_at.is_some());
     // The same caught by the store's guard when two answers race (the library checked an older
-    // counter; the row moved on meanwhile).
+    // counter; the row moved on meanwhile). (Back in use for this part.)
+    assert_eq!(h.raw(format!("UPDATE factors SET disabled_at = NULL WHERE subject_id = '{uid}'")).await, 1);
     set_counter(h, &uid, 0, true).await;
     let ch = challenge(&h.app.begin_login("fay@example.com", PW, &ctx()).await.unwrap());
     let c = h.app.begin_login_key(&ch).await.unwrap().unwrap();
@@ -233,6 +240,14 @@ async fn a_cloned_credential_is_refused(h: &Harness) {
     assert_eq!(o, LoginOutcome::KeyRefused(KeyRefusal::PossibleClone));
     let k = kinds(h, &uid).await;
     assert_eq!(k.iter().filter(|k| **k == AuditKind::WebauthnCounterRegressed).count(), 2, "{k:?}");
+    // The credential is out of use: whichever copy answers next, with any counter, is refused,
+    // the user was told, and the security page shows it turned off.
+    let f = h.app.list_factors(&uid).await.unwrap();
+    assert!(f[0].disabled_at.is_some(), "{f:?}");
+    let ch = challenge(&h.app.begin_login("fay@example.com", PW, &ctx()).await.unwrap());
+    assert!(matches!(h.app.begin_login_key(&ch).await, Err(AppError::FailedPrecondition(_))));
+    let told = crate::reset::mailbox(h).await;
+    assert!(told.iter().any(|m| m.to.contains("fay@example.com") && m.subject.contains("may have been copied")));
 }
 both!(a_cloned_credential_is_refused);
 
@@ -352,6 +367,9 @@ async fn reauthentication_accepts_a_key(h: &Harness) {
     let o = h.app.reauthenticate(&s, Proof::Key { ceremony: &c.id, response: &a }, &ctx()).await.unwrap();
     let fresh = sess(h, &token(&o)).await;
     h.app.require_recent(&fresh).await.unwrap();
+    // The same answer again, in the new session: its ceremony is gone.
+    let o = h.app.reauthenticate(&fresh, Proof::Key { ceremony: &c.id, response: &a }, &ctx()).await.unwrap();
+    assert_eq!(o, LoginOutcome::KeyRefused(KeyRefusal::CeremonyInvalid));
     assert!(h.app.session(&raised).await.unwrap().is_none(), "the old token stops working");
     // The ceremony is this session's: another session cannot use its answer.
     let other = sess(h, &token(&login_with_key(h, "kim@example.com", &mut key).await)).await;
@@ -392,3 +410,69 @@ async fn a_service_registers_and_verifies_keys(h: &Harness) {
     ));
 }
 both!(a_service_registers_and_verifies_keys);
+
+async fn a_registration_does_not_outlive_its_session(h: &Harness) {
+    // The session is signed out (here by its user; a password change, "sign out everywhere" or
+    // a support reset alike) between the browser's answer and its arrival.
+    let t = signed_up(h, "lou@example.com", &ctx()).await;
+    let s = sess(h, &t).await;
+    let mut key = SoftKey::new(ORIGIN);
+    let c = h.app.begin_key_registration(&s, "Key", FactorKind::Passkey).await.unwrap();
+    let answer = key.register(&c.options);
+    h.app.logout(&t, &ctx()).await.unwrap();
+    let r = h.app.finish_key_registration(&s, &c.id, &answer, &ctx()).await;
+    assert!(matches!(r, Err(AppError::FailedPrecondition(_))), "{r:?}");
+    assert!(h.app.list_factors(s.user_id()).await.unwrap().is_empty(), "nothing registered");
+    assert_eq!(h.app.recovery_codes_remaining(s.user_id()).await.unwrap(), 0, "no recovery codes");
+}
+both!(a_registration_does_not_outlive_its_session);
+
+async fn a_password_reset_ends_passkey_sign_in(h: &Harness) {
+    // Whoever had the password added a passkey; the owner resets the password by mail: the
+    // passkey no longer signs in on its own (it is a security key now, after the password).
+    let mut key = SoftKey::new(ORIGIN);
+    let (uid, _) = user_with_key(h, "max@example.com", &mut key, FactorKind::Passkey).await;
+    h.app.request_password_reset("max@example.com", &ctx()).await.unwrap();
+    let link = crate::reset::reset_token(h, "max@example.com").await;
+    h.app.complete_password_reset(&link, "a brand new passphrase for max", &ctx()).await.unwrap();
+    let p = h.app.begin_passkey_login().await.unwrap();
+    let a = key.assert(&p.options);
+    assert_eq!(
+        h.app.complete_passkey_login(&p.id, &a, &ctx()).await.unwrap(),
+        LoginOutcome::KeyRefused(KeyRefusal::UnknownCredential)
+    );
+    let f = h.app.list_factors(&uid).await.unwrap();
+    assert_eq!(f.iter().map(|f| f.kind).collect::<Vec<_>>(), [FactorKind::SecurityKey]);
+    let told = crate::reset::mailbox(h).await;
+    let done = told
+        .iter()
+        .rev()
+        .find(|m| m.to.contains("max@example.com") && m.subject == "Your password was changed")
+        .unwrap();
+    assert!(done.text.contains("passkeys now work only after your password"), "{}", done.text);
+}
+both!(a_password_reset_ends_passkey_sign_in);
+
+async fn removing_the_last_key_voids_the_recovery_codes(h: &Harness) {
+    let mut key = SoftKey::new(ORIGIN);
+    let (uid, raised) = user_with_key(h, "ned@example.com", &mut key, FactorKind::SecurityKey).await;
+    assert_eq!(h.app.recovery_codes_remaining(&uid).await.unwrap(), 10);
+    let s = sess(h, &raised).await;
+    let id = h.app.list_factors(&uid).await.unwrap()[0].id.clone();
+    h.app.remove_device(&s, &id, &ctx()).await.unwrap();
+    assert_eq!(h.app.recovery_codes_remaining(&uid).await.unwrap(), 0);
+    // …and a forged passkey answer naming a known credential writes nothing to its owner's
+    // trail (its signature does not verify).
+    let mut key2 = SoftKey::new(ORIGIN);
+    let (uid2, _) = user_with_key(h, "oli@example.com", &mut key2, FactorKind::Passkey).await;
+    let before = h.app.list_audit_events(&uid2, 100, "").await.unwrap().0.len();
+    let p = h.app.begin_passkey_login().await.unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&key2.assert(&p.options)).unwrap();
+    forged["response"]["signature"] = serde_json::json!(
+        "MEUCIQDmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZgIgZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY"
+    );
+    let o = h.app.complete_passkey_login(&p.id, &forged.to_string(), &ctx()).await.unwrap();
+    assert_eq!(o, LoginOutcome::KeyRefused(KeyRefusal::NotVerified));
+    assert_eq!(h.app.list_audit_events(&uid2, 100, "").await.unwrap().0.len(), before);
+}
+both!(removing_the_last_key_voids_the_recovery_codes);
