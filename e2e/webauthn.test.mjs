@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { BASE, OUT, accessible, launch, login, logout, newUser, shot, step, steps } from './lib.mjs';
+import { BASE, OUT, accessible, launch, login, logout, newUser, shot, step, steps, totp } from './lib.mjs';
 
 /// A virtual authenticator in `page`'s browser tab; returns the CDP session and its id.
 async function virtualAuthenticator(page, transport) {
@@ -81,6 +81,79 @@ try {
   await ceremony(ann.page, 'Use security key');
   assert.equal(ann.page.url(), `${BASE}/accounts`);
   step('signed out, then in: password, then "Use your security key"');
+
+  // --- trust this browser ---------------------------------------------------------------------
+  await logout(ann.page);
+  await login(ann.page, 'ann@example.com');
+  await ann.page.waitForURL(`${BASE}/login/code`);
+  await ann.page.check('#trust-key');
+  await ann.page.click('button:text("Use your security key")');
+  await ceremony(ann.page, 'Use security key');
+  assert.equal(ann.page.url(), `${BASE}/accounts`);
+  const trustCookie = (await ann.context.cookies()).find((c) => c.name === '__Host-tessera_trust');
+  assert.ok(trustCookie && trustCookie.secure && trustCookie.httpOnly, 'a Secure, HttpOnly trust cookie');
+  await logout(ann.page);
+  await login(ann.page, 'ann@example.com');
+  await ann.page.waitForURL(`${BASE}/accounts`);
+  step('ticked "Trust this browser", signed out, signed in again: the password only');
+  // Revoked from the list: the key is asked for again.
+  await ann.page.goto(`${BASE}/settings/security`);
+  assert.match(await ann.page.textContent('#trusted'), /Chrom/);
+  await shot(ann.page, '24-trusted-browsers');
+  await accessible(ann.page, 'security page with a trusted browser');
+  await Promise.all([ann.page.waitForURL(/done=trust-revoked/), ann.page.click('#trusted button:has-text("Revoke")')]);
+  await logout(ann.page);
+  await login(ann.page, 'ann@example.com');
+  await ann.page.waitForURL(`${BASE}/login/code`);
+  step('revoked the browser from the list: the next sign-in asked for the key again');
+  // Trusted again; then a factor is added (an authenticator app): every trust ends.
+  await ann.page.check('#trust-key');
+  await ann.page.click('button:text("Use your security key")');
+  await ceremony(ann.page, 'Use security key');
+  await ann.page.goto(`${BASE}/settings/security`);
+  await ann.page.fill('#label', 'Phone');
+  await ann.page.click('button:text("Add another authenticator app")');
+  await ann.page.waitForURL(/\/settings\/(security\/totp\/|reauth)/);
+  if (ann.page.url().includes('/settings/reauth')) {
+    // The trusted session proved no factor: confirm with the key first.
+    await ann.page.click('#reauth-key button');
+    await ceremony(ann.page, 'Use security key');
+    await ann.page.fill('#label', 'Phone');
+    await ann.page.click('button:text("Add another authenticator app")');
+    await ann.page.waitForURL(/\/settings\/security\/totp\//);
+  }
+  const secret = (await ann.page.textContent('#secret')).replace(/\s+/g, '');
+  await ann.page.fill('#code', totp(secret));
+  await Promise.all([ann.page.waitForURL(/done=added/), ann.page.click('button:text("Turn on two-factor authentication")')]);
+  await logout(ann.page);
+  await login(ann.page, 'ann@example.com');
+  await ann.page.waitForURL(`${BASE}/login/code`);
+  assert.equal(await ann.page.locator('input[name=code]').count(), 1, 'the code field, now that ann has an app');
+  step('a factor added (an authenticator app) ended the trust: the next sign-in asked for a factor');
+  await ann.page.click('button:text("Use your security key")');
+  await ceremony(ann.page, 'Use security key');
+  // An account of hers requires MFA and trusts browsers for 0 days: a trust is not honoured.
+  await ann.page.goto(`${BASE}/accounts`);
+  await ann.page.fill('#name', 'Ann Co');
+  await ann.page.click('button:text("Create account")');
+  await ann.page.waitForURL(/\/accounts\/[0-9a-f-]+$/);
+  await ann.page.goto(`${ann.page.url()}/settings`);
+  await ann.page.check('#require_mfa');
+  await ann.page.fill('#max_trust_days', '0');
+  await Promise.all([ann.page.waitForURL(/done=saved/), ann.page.click('button:text("Save")')]);
+  assert.equal(await ann.page.inputValue('#max_trust_days'), '0');
+  await logout(ann.page);
+  await login(ann.page, 'ann@example.com');
+  await ann.page.waitForURL(`${BASE}/login/code`);
+  await ann.page.fill('#code', totp(secret, 30));
+  await ann.page.check('#trust');
+  await Promise.all([ann.page.waitForURL(`${BASE}/accounts`), ann.page.click('button:text("Verify")')]);
+  await logout(ann.page);
+  await login(ann.page, 'ann@example.com');
+  await ann.page.waitForURL(`${BASE}/login/code`);
+  step('an account requiring MFA with max_trust_days = 0: the trusted browser was asked for a factor again');
+  await ann.page.click('button:text("Use your security key")');
+  await ceremony(ann.page, 'Use security key');
 
   // --- a cloned credential (the same key with its counter reset) is refused ----------------------
   const { credentials } = await annKey.cdp.send('WebAuthn.getCredentials', { authenticatorId: annKey.authenticatorId });

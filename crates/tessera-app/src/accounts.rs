@@ -98,7 +98,7 @@ impl App {
     /// `NotFound` unless `s`'s user is a member; `Forbidden` unless an owner or admin whose
     /// session the account's MFA policy lets in now (an admin's password alone must not manage
     /// an account that requires a second factor — or switch that requirement off).
-    async fn require_admin(&self, s: &Session, account_id: &str) -> Result<Role, AppError> {
+    pub(crate) async fn require_admin(&self, s: &Session, account_id: &str) -> Result<Role, AppError> {
         let (m, access) = self.account_for(s, account_id).await?;
         roles::may_manage(Some(m.role)).map_err(|r| AppError::Forbidden(r.to_string()))?;
         match access {

@@ -400,7 +400,10 @@ impl App {
         let has_factor = self.store.has_active_factor(&user.id).await?;
         let accounts = self.store.account_policies_of(&user.id).await?;
         match policy::login_requirement(has_factor, &accounts, now) {
-            LoginRequirement::SecondFactor => self.challenge(&user, now, ctx).await,
+            LoginRequirement::SecondFactor => match self.trusted_sign_in(&user, &accounts, now, ctx).await? {
+                Some(signed_in) => Ok(signed_in),
+                None => self.challenge(&user, now, ctx).await,
+            },
             LoginRequirement::Complete { enrolment_required, grace } => {
                 self.password_session(&user, now, enrolment_required, grace, ctx).await
             }

@@ -17,6 +17,7 @@ mod outbox;
 mod pwned;
 mod self_service;
 mod sessions;
+mod trust;
 mod webauthn;
 
 pub use accounts::{
@@ -35,7 +36,9 @@ pub use lifecycle::{
 pub use outbox::{DeliveryReport, MAX_DELIVERY_ATTEMPTS, Mailer};
 pub use pwned::{FailureMode, PwnedChecker, PwnedConfig, PwnedSource};
 pub use sessions::{Proof, Session};
+pub use tessera_store::TrustRow;
 pub use tessera_store::{AuditEvent, InvitationRow, MemberRow, MembershipRow};
+pub use trust::TRUST_TTL;
 pub use webauthn::{CEREMONY_TTL, CeremonyStart, KeyOutcome, KeyRefusal, MAX_WEBAUTHN_CREDENTIALS, SecondSteps};
 
 use std::sync::Arc;
@@ -100,6 +103,10 @@ pub struct ClientContext {
     /// browser that completed a sign-in of a user may still sign that user in while password
     /// sign-in is suspended for too many failures elsewhere.
     pub browser: Option<String>,
+    /// The client's "trust this browser" token (a cookie the pages keep for 30 days), if it
+    /// has one: with it, a sign-in of the user who trusted this browser asks for the password
+    /// only.
+    pub trust: Option<String>,
 }
 
 impl std::fmt::Debug for ClientContext {
@@ -108,6 +115,7 @@ impl std::fmt::Debug for ClientContext {
             .field("ip", &self.ip)
             .field("user_agent", &self.user_agent)
             .field("browser", &self.browser.as_ref().map(|_| "[REDACTED]"))
+            .field("trust", &self.trust.as_ref().map(|_| "[REDACTED]"))
             .finish()
     }
 }

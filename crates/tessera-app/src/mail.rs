@@ -81,6 +81,7 @@ mail_templates! {
     NewBrowser => "mail/new_browser.txt",
     MfaRequired => "mail/mfa_required.txt",
     KeyPossiblyCloned => "mail/key_possibly_cloned.txt",
+    BrowserTrusted => "mail/browser_trusted.txt",
     Other => "mail/other.txt",
 }
 
@@ -115,6 +116,7 @@ pub(crate) fn render(kind: &str, detail: &str, secret: Option<&str>) -> (String,
             ("A recovery code was used to sign in to your account", RecoveryCodeUsed { f }.render())
         }
         "new_browser" => ("A new sign-in to your account", NewBrowser { f }.render()),
+        "browser_trusted" => ("A browser was trusted to sign in to your account", BrowserTrusted { f }.render()),
         "key_possibly_cloned" => {
             ("A security key of yours was turned off: it may have been copied", KeyPossiblyCloned { f }.render())
         }

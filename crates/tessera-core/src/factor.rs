@@ -169,6 +169,12 @@ pub enum AuditKind {
     /// An assertion's signature counter did not go forward: the credential may have been
     /// cloned. Refused.
     WebauthnCounterRegressed,
+    /// A browser was trusted for password-only sign-in ("trust this browser").
+    BrowserTrusted,
+    /// Trusted browsers were revoked by the user.
+    BrowserTrustRevoked,
+    /// A trusted browser signed the user in with the password alone.
+    TrustedSignIn,
 }
 
 impl AuditKind {
@@ -236,6 +242,9 @@ mod tests {
                 "webauthn_verified",
                 "webauthn_rejected",
                 "webauthn_counter_regressed",
+                "browser_trusted",
+                "browser_trust_revoked",
+                "trusted_sign_in",
             ]
         );
         for k in AuditKind::VARIANTS {

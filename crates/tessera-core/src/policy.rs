@@ -25,6 +25,15 @@ pub struct AccountPolicy {
     pub require_mfa: bool,
     /// Until then, members without a factor may still enter (with a warning).
     pub grace_until: Option<OffsetDateTime>,
+    /// When the account requires MFA: the most days a browser its members trust may skip the
+    /// second factor ("trust this browser"; 0: never). `None`: no cap of its own.
+    pub max_trust_days: Option<u32>,
+}
+
+/// The strictest "trust this browser" cap over a user's accounts (`None`: none caps it). Only
+/// an account that requires MFA caps it: the others do not ask for a factor at all.
+pub fn trust_cap_days(accounts: &[AccountPolicy]) -> Option<u32> {
+    accounts.iter().filter(|a| a.require_mfa).filter_map(|a| a.max_trust_days).min()
 }
 
 /// What a login must do after a correct password.
@@ -108,7 +117,23 @@ mod tests {
             account_id: id.into(),
             require_mfa: require,
             grace_until: grace_secs.map(|s| now() + time::Duration::seconds(s)),
+            max_trust_days: None,
         }
+    }
+
+    #[test]
+    fn the_strictest_trust_cap_of_accounts_that_require_mfa() {
+        let cap = |a: &AccountPolicy, d: Option<u32>| AccountPolicy { max_trust_days: d, ..a.clone() };
+        let (req, free) = (acct("a", true, None), acct("b", false, None));
+        assert_eq!(trust_cap_days(&[]), None);
+        assert_eq!(trust_cap_days(&[req.clone(), free.clone()]), None, "no cap set");
+        assert_eq!(trust_cap_days(&[cap(&req, Some(7)), cap(&req, Some(3))]), Some(3));
+        assert_eq!(
+            trust_cap_days(&[cap(&req, Some(7)), cap(&free, Some(0))]),
+            Some(7),
+            "only accounts that require MFA"
+        );
+        assert_eq!(trust_cap_days(&[cap(&req, Some(0)), cap(&req, Some(30))]), Some(0), "0: never");
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub(crate) fn ctx(c: Option<pb::ClientContext>) -> ClientContext {
         ip: (!c.ip.is_empty()).then_some(c.ip),
         user_agent: (!c.user_agent.is_empty()).then_some(c.user_agent),
         browser: (!c.browser_token.is_empty()).then_some(c.browser_token),
+        // ("Trust this browser" is the pages' for now.)
+        trust: None,
     }
 }
 

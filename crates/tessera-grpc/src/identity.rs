@@ -223,11 +223,16 @@ impl IdentityService for IdentitySvc {
     ) -> Result<Response<pb::SetAccountPolicyResponse>, Status> {
         let r = req.into_inner();
         let grace = from_ts(r.grace_until, "grace_until")?;
+        if r.max_trust_days.is_some_and(|d| d > 30) {
+            // (Checked before anything is written: the request changes all or nothing.)
+            return Err(Status::invalid_argument("max_trust_days: must be 0 to 30 days"));
+        }
         let s = self.session(&r.session_token).await?;
-        self.app
-            .set_account_policy(&s, &r.account_id, r.require_mfa, grace, &convert::ctx(r.context))
-            .await
-            .map_err(status)?;
+        let ctx = convert::ctx(r.context);
+        self.app.set_account_policy(&s, &r.account_id, r.require_mfa, grace, &ctx).await.map_err(status)?;
+        if let Some(days) = r.max_trust_days {
+            self.app.set_account_trust_cap(&s, &r.account_id, Some(days), &ctx).await.map_err(status)?;
+        }
         Ok(Response::new(pb::SetAccountPolicyResponse {}))
     }
 

@@ -471,11 +471,17 @@ struct PolicyRow {
     id: String,
     require_mfa: i64,
     grace_until: Option<i64>,
+    max_trust_days: Option<i64>,
 }
 
 impl From<PolicyRow> for AccountPolicy {
     fn from(r: PolicyRow) -> Self {
-        AccountPolicy { account_id: r.id, require_mfa: r.require_mfa != 0, grace_until: r.grace_until.map(from_millis) }
+        AccountPolicy {
+            account_id: r.id,
+            require_mfa: r.require_mfa != 0,
+            grace_until: r.grace_until.map(from_millis),
+            max_trust_days: r.max_trust_days.map(|d| u32::try_from(d).unwrap_or(0)),
+        }
     }
 }
 
@@ -557,18 +563,31 @@ impl Store {
             .rows_affected();
         Ok(n == 1)
     }
+    /// Set an account's "trust this browser" cap in days (`None`: no cap of its own; 0: never);
+    /// `false` if there is no such account.
+    pub async fn set_trust_cap(&self, account_id: &str, max_trust_days: Option<u32>) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE accounts SET max_trust_days = $2 WHERE id = $1")
+            .bind(account_id)
+            .bind(max_trust_days.map(i64::from))
+            .execute(&mut *self.write().await?)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
     /// The current policy of one account.
     pub async fn account_policy(&self, account_id: &str) -> Result<Option<AccountPolicy>, StoreError> {
-        Ok(sqlx::query_as::<_, PolicyRow>("SELECT id, require_mfa, grace_until FROM accounts WHERE id = $1")
-            .bind(account_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(AccountPolicy::from))
+        Ok(sqlx::query_as::<_, PolicyRow>(
+            "SELECT id, require_mfa, grace_until, max_trust_days FROM accounts WHERE id = $1",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(AccountPolicy::from))
     }
     /// The current policies of every account the user belongs to.
     pub async fn account_policies_of(&self, user_id: &str) -> Result<Vec<AccountPolicy>, StoreError> {
         Ok(sqlx::query_as::<_, PolicyRow>(
-            "SELECT a.id, a.require_mfa, a.grace_until FROM accounts a \
+            "SELECT a.id, a.require_mfa, a.grace_until, a.max_trust_days FROM accounts a \
              JOIN memberships m ON m.account_id = a.id WHERE m.user_id = $1 ORDER BY a.id",
         )
         .bind(user_id)
@@ -580,17 +599,19 @@ impl Store {
     }
     /// The accounts a user belongs to, by name.
     pub async fn memberships_of(&self, user_id: &str) -> Result<Vec<MembershipRow>, StoreError> {
-        let rows: Vec<(String, String, i64, Option<i64>, String)> = sqlx::query_as(
-            "SELECT a.id, a.name, a.require_mfa, a.grace_until, m.role FROM accounts a \
+        /// id, name, require_mfa, grace_until, max_trust_days, role.
+        type Row = (String, String, i64, Option<i64>, Option<i64>, String);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT a.id, a.name, a.require_mfa, a.grace_until, a.max_trust_days, m.role FROM accounts a \
              JOIN memberships m ON m.account_id = a.id WHERE m.user_id = $1 ORDER BY a.name, a.id",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, name, req, grace, role)| {
+            .map(|(id, name, req, grace, cap, role)| {
                 Ok(MembershipRow {
-                    policy: PolicyRow { id, require_mfa: req, grace_until: grace }.into(),
+                    policy: PolicyRow { id, require_mfa: req, grace_until: grace, max_trust_days: cap }.into(),
                     name,
                     role: parse_role(&role)?,
                 })

@@ -130,6 +130,10 @@ impl FactorChange {
         .execute(&mut *self.tx)
         .await?
         .rows_affected();
+        if n == 1 {
+            // A factor added: every trusted browser of the subject must prove it again.
+            crate::trust::void(&mut self.tx, &self.subject_id).await?;
+        }
         Ok(n == 1)
     }
 
@@ -165,6 +169,7 @@ impl FactorChange {
         if n != 1 {
             return Ok(false);
         }
+        crate::trust::void(&mut self.tx, &self.subject_id).await?;
         // (The foreign key's cascade has removed the secret with its row; this is a no-op then.)
         sqlx::query("DELETE FROM totp_secrets WHERE factor_id = $1").bind(factor_id).execute(&mut *self.tx).await?;
         Ok(true)

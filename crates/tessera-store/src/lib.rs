@@ -24,6 +24,7 @@ mod mail_tokens;
 mod outbox;
 mod recovery;
 mod sessions;
+mod trust;
 mod users;
 mod webauthn;
 
@@ -42,6 +43,7 @@ pub use mail_tokens::{
 pub use outbox::{NewNotification, QueuedMail};
 pub use recovery::NewRecoveryCode;
 pub use sessions::{BrowserSeen, NewSession, PasswordSession, Rotation, SessionRow};
+pub use trust::{NewTrust, TrustRow};
 pub use users::{NewUser, ResetReport, UserRow};
 pub use webauthn::{
     Ceremony, LiveSession, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse,

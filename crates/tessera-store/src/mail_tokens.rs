@@ -186,6 +186,7 @@ impl Store {
         // A passkey signs in without the password: one added by whoever had the old password
         // must not outlive the reset as a way in. Passkeys become security keys (asked for after
         // the new password); their owner adds them again as passkeys.
+        crate::trust::void(&mut tx, r.user_id).await?;
         sqlx::query("UPDATE factors SET kind = 'security_key' WHERE subject_id = $1 AND kind = 'passkey'")
             .bind(r.user_id)
             .execute(&mut *tx)
@@ -256,6 +257,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         crate::sessions::forget_browsers(&mut tx, c.user_id, c.keep_browser).await?;
+        crate::trust::void(&mut tx, c.user_id).await?;
         let ended = sessions::revoke_others(&mut tx, c.user_id, Some(c.keep_session), c.now).await?;
         audit::insert(&mut tx, c.audit).await?;
         insert_notification(&mut tx, c.notice, c.now).await?;

@@ -193,6 +193,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        crate::trust::void(&mut tx, user_id).await?;
         let recovery_codes = sqlx::query("DELETE FROM recovery_codes WHERE subject_id = $1")
             .bind(user_id)
             .execute(&mut *tx)

@@ -240,6 +240,7 @@ impl FactorChange {
         .bind(i64::from(c.user_verified))
         .execute(&mut *self.tx())
         .await?;
+        crate::trust::void(self.tx(), &subject).await?;
         Ok(WebauthnInsert::Inserted)
     }
 }

@@ -17,6 +17,9 @@ pub(crate) const CSRF: &str = "__Host-tessera_csrf";
 pub(crate) const BROWSER: &str = "__Host-tessera_browser";
 /// How long the known-browser cookie lives (400 days: the longest browsers keep a cookie).
 pub(crate) const BROWSER_MAX_AGE: i64 = 400 * 24 * 3600;
+/// "Trust this browser": a random token (its SHA-256 stored) that lets the password alone sign
+/// its user in, for as long as the trust lasts.
+pub(crate) const TRUST: &str = "__Host-tessera_trust";
 
 /// The value of cookie `name` in the request (every `Cookie` header, parsed by the `cookie`
 /// crate), if present, non-empty and of a sane length (our tokens are 43 characters).

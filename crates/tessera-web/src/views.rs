@@ -297,6 +297,18 @@ pub(crate) struct Security {
     pub(crate) error: Option<String>,
     /// Offer "Add a security key" (WebAuthn is configured).
     pub(crate) webauthn: bool,
+    /// This session was opened by a trusted browser with the password alone.
+    pub(crate) session_trusted: bool,
+    pub(crate) trusted: Vec<TrustedView>,
+}
+
+/// One trusted browser as the security page lists it.
+pub(crate) struct TrustedView {
+    pub(crate) id: String,
+    pub(crate) browser: String,
+    pub(crate) added: String,
+    pub(crate) last_used: String,
+    pub(crate) until: String,
 }
 
 #[derive(Template)]
@@ -457,6 +469,8 @@ pub(crate) struct AccountSettings {
     pub(crate) is_owner: bool,
     pub(crate) require_mfa: bool,
     pub(crate) grace_until: Option<String>,
+    /// "Trust this browser" cap in days, as the form shows it (empty: no cap of its own).
+    pub(crate) max_trust_days: String,
     pub(crate) members: Vec<MemberView>,
     pub(crate) invited: Vec<InvitationView>,
     pub(crate) without_mfa: usize,

@@ -1311,3 +1311,61 @@ async fn security_keys_through_the_pages() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(!stranger.jar.contains_key("__Host-tessera_session"));
 }
+
+/// "Trust this browser" through the pages: the box on the code page sets a `__Host-` cookie for
+/// 30 days; the next sign-in in that browser asks for the password only (a wrong one still
+/// fails); the security page lists the browser and revokes it, after which the code is asked
+/// for again. A copy of the cookie in another browser is no better than the password there.
+#[tokio::test]
+async fn trust_this_browser_through_the_pages() {
+    let h = harness(WebConfig { rate_limit_per_minute: 0, ..Default::default() }).await;
+    let (_, secret) = user_with_totp(&h, "tom@example.com").await;
+    let mut b = Browser::new("10.0.0.21");
+    h.clock.advance(time::Duration::seconds(30));
+    let r = b.post(&h, "/login", &[("email", "tom@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/login/code");
+    let page = b.get(&h, "/login/code").await;
+    assert!(
+        page.body.contains("Trust this browser for 30 days")
+            && !page.body.contains("name=\"trust\" type=\"checkbox\" value=\"on\" checked")
+    );
+    let r = b.post(&h, "/login/code", &[("code", &code_at(&secret, T0 + 30)), ("trust", "on")]).await;
+    assert_eq!(r.location(), "/accounts", "{}", r.body);
+    let cookie = r.set_cookies().into_iter().find(|c| c.starts_with("__Host-tessera_trust=")).expect("a trust cookie");
+    for attr in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=2592000"] {
+        assert!(cookie.contains(attr), "{attr} in {cookie}");
+    }
+    let trust = b.jar["__Host-tessera_trust"].clone();
+    b.post(&h, "/logout", &[]).await;
+    // Password only, from this browser; a wrong password still fails.
+    let r = b.post(&h, "/login", &[("email", "tom@example.com"), ("password", "not the password!")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = b.post(&h, "/login", &[("email", "tom@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/accounts", "a trusted browser skips the code");
+    let r = b.get(&h, "/settings/security").await;
+    assert!(
+        r.body.contains("id=\"trusted\"") && r.body.contains("signed in with your password from a trusted browser"),
+        "{}",
+        r.body
+    );
+    // Sensitive actions still ask for the factor.
+    let r = b.post(&h, "/settings/security/recovery-codes", &[]).await;
+    assert_eq!(r.location(), "/settings/reauth?next=%2Fsettings%2Fsecurity");
+    // Revoke it from the list: the code is asked for again.
+    let id = {
+        let start = r#"action="/settings/security/trusted/"#;
+        let rest = &b.get(&h, "/settings/security").await.body;
+        let i = rest.find(start).unwrap() + start.len();
+        rest[i..i + 36].to_owned()
+    };
+    let r = b.post(&h, &format!("/settings/security/trusted/{id}/revoke"), &[]).await;
+    assert_eq!(r.location(), "/settings/security?done=trust-revoked");
+    b.post(&h, "/logout", &[]).await;
+    let r = b.post(&h, "/login", &[("email", "tom@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/login/code");
+    // A copy of a (revoked) cookie elsewhere: the code, as ever.
+    let mut thief = Browser::new("10.0.0.66");
+    thief.jar.insert("__Host-tessera_trust".into(), trust);
+    let r = thief.post(&h, "/login", &[("email", "tom@example.com"), ("password", PASSWORD)]).await;
+    assert_eq!(r.location(), "/login/code");
+}

@@ -223,7 +223,12 @@ async fn main() -> Result<()> {
         Command::Keys(k) => keys(&cli, k).await?,
         Command::Support(SupportCommand::ResetMfa { user, reason, ticket, actor }) => {
             let app = cli.app().await?;
-            let ctx = tessera_app::ClientContext { ip: None, user_agent: Some("tessera-cli".into()), browser: None };
+            let ctx = tessera_app::ClientContext {
+                ip: None,
+                user_agent: Some("tessera-cli".into()),
+                browser: None,
+                trust: None,
+            };
             let r = app.support_reset_mfa(user, reason, ticket, actor, &ctx).await?;
             println!(
                 "reset MFA of {user}: removed {} factors and {} recovery codes, revoked {} sessions; the user is notified",
@@ -232,13 +237,23 @@ async fn main() -> Result<()> {
         }
         Command::Support(SupportCommand::Unlock { user, reason, actor }) => {
             let app = cli.app().await?;
-            let ctx = tessera_app::ClientContext { ip: None, user_agent: Some("tessera-cli".into()), browser: None };
+            let ctx = tessera_app::ClientContext {
+                ip: None,
+                user_agent: Some("tessera-cli".into()),
+                browser: None,
+                trust: None,
+            };
             app.support_unlock(user, reason, actor, &ctx).await?;
             println!("password sign-in for {user} is no longer suspended");
         }
         Command::Support(SupportCommand::SignOut { user, all: _, reason, actor }) => {
             let app = cli.app().await?;
-            let ctx = tessera_app::ClientContext { ip: None, user_agent: Some("tessera-cli".into()), browser: None };
+            let ctx = tessera_app::ClientContext {
+                ip: None,
+                user_agent: Some("tessera-cli".into()),
+                browser: None,
+                trust: None,
+            };
             let n = app.support_sign_out(user.as_deref(), reason, actor, &ctx).await?;
             let whom = user.as_deref().unwrap_or("every user");
             println!("signed out {whom}: {n} sessions revoked");

@@ -94,7 +94,7 @@ fn security_keys_and_passkeys_in_headless_chromium() {
     let serve = Serve::spawn(env!("CARGO_BIN_EXE_tessera"), data.path(), &["--http-addr", &addr], &env);
     let out = scenario("webauthn.test.mjs", &base, "webauthn-e2e", data.path(), &sink.dir);
     drop(serve);
-    for page in ["20-key-register", "21-login-key", "22-passkey-login", "23-clone-refused"] {
+    for page in ["20-key-register", "21-login-key", "22-passkey-login", "23-clone-refused", "24-trusted-browsers"] {
         assert!(out.join(format!("{page}.png")).exists(), "screenshot {page}");
     }
     loud(&format!("webauthn browser test passed; screenshots in {}", out.display()));

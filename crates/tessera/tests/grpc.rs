@@ -1108,9 +1108,14 @@ async fn accounts_over_grpc(srv: &InProcess) {
         grace_until,
         session_token: fresh.clone(),
         context: None,
+        max_trust_days: Some(7),
     };
     assert_eq!(id.set_account_policy(policy(grace(91))).await.unwrap_err().code(), Code::InvalidArgument);
     id.set_account_policy(policy(grace(90))).await.unwrap();
+    let too_long = pb::SetAccountPolicyRequest { max_trust_days: Some(31), ..policy(grace(90)) };
+    let e = id.set_account_policy(too_long).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("max_trust_days"), "{}", e.message());
     id.remove_member(remove(&fresh, &member_id)).await.unwrap();
     assert_eq!(id.remove_member(remove(&fresh, &member_id)).await.unwrap_err().code(), Code::NotFound);
     // A password check needs the end user's address (failures lock per email and address).

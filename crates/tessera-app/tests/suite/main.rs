@@ -14,6 +14,7 @@ mod sessions;
 mod signup;
 mod throttle;
 mod totp;
+mod trust;
 mod webauthn;
 
 use tessera_app::{AppError, ConfirmOutcome, EnrollRequest, Enrollment, LoginOutcome, Outcome, Session};

@@ -223,6 +223,7 @@ async fn settings_page(
             is_owner: m.role == Role::Owner,
             require_mfa: m.policy.require_mfa,
             grace_until: m.policy.grace_until.filter(|t| *t > now).map(|t| views::clock_time(t, now)),
+            max_trust_days: m.policy.max_trust_days.map(|d| d.to_string()).unwrap_or_default(),
             without_mfa: members.iter().filter(|m| !m.has_mfa).count(),
             members,
             invited,
@@ -255,6 +256,8 @@ async fn after_change(web: &Web, user: &User, id: &str, r: Result<(), AppError>,
 pub(crate) struct PolicyForm {
     require_mfa: Option<String>,
     grace_days: String,
+    /// Empty: no cap of the account's own (30 days).
+    max_trust_days: String,
 }
 
 pub(crate) async fn save_policy(
@@ -274,9 +277,21 @@ pub(crate) async fn save_policy(
         let msg = "The grace period must be a whole number of days from 0 to 90.".to_owned();
         return flatten(settings_page(&web, &user, &id, StatusCode::BAD_REQUEST, None, Some(msg)).await);
     };
+    let cap = match f.max_trust_days.trim() {
+        "" => Some(None),
+        s => s.parse::<u32>().ok().filter(|d| *d <= 30).map(Some),
+    };
+    let Some(cap) = cap else {
+        let msg = "Trusted browsers: a whole number of days from 0 to 30, or empty for 30.".to_owned();
+        return flatten(settings_page(&web, &user, &id, StatusCode::BAD_REQUEST, None, Some(msg)).await);
+    };
     let require = f.require_mfa.is_some();
     let grace = (require && days > 0).then(|| web.app.now() + Duration::days(days));
-    let r = web.app.set_account_policy(&user.session, &id, require, grace, user.ctx()).await;
+    let r = async {
+        web.app.set_account_policy(&user.session, &id, require, grace, user.ctx()).await?;
+        web.app.set_account_trust_cap(&user.session, &id, cap, user.ctx()).await
+    }
+    .await;
     after_change(&web, &user, &id, r, "saved").await
 }
 

@@ -74,6 +74,10 @@ fn describe(kind: &str, detail: &str) -> String {
         Some(K::WebauthnRegistrationFailed) => "A security key's registration was refused".into(),
         Some(K::WebauthnVerified) => "Security key or passkey accepted".into(),
         Some(K::WebauthnRejected) => "Security key or passkey refused".into(),
+        Some(K::BrowserTrusted) => "Trusted a browser: the password alone signs in there for 30 days".into(),
+        Some(K::BrowserTrustRevoked) if s("scope") == "all" => "Revoked every trusted browser".into(),
+        Some(K::BrowserTrustRevoked) => "Revoked a trusted browser".into(),
+        Some(K::TrustedSignIn) => "Signed in with password from a trusted browser".into(),
         Some(K::WebauthnCounterRegressed) => {
             "Security key refused: its signature counter went backwards (it may have been copied)".into()
         }

@@ -38,6 +38,8 @@ pub(crate) struct Credentials {
 #[serde(default)]
 pub(crate) struct CodeForm {
     code: String,
+    /// "Trust this browser for 30 days" ticked (`on`).
+    trust: String,
 }
 
 pub(crate) async fn home(req: Req, State(web): State<Web>) -> Response {
@@ -55,6 +57,19 @@ fn signed_in(web: &Web, token: &str, browser: Option<&str>, to: &str) -> Respons
         set.push(cookies::set(cookies::BROWSER, b, Some(cookies::BROWSER_MAX_AGE)));
     }
     with_cookies(Redirect::to(to).into_response(), &set)
+}
+
+/// "Trust this browser": the cookie of a trust minted for the session just opened (`None`, and
+/// logged, if it could not be: the sign-in stands either way).
+async fn trust_cookie(web: &Web, token: &str, ctx: &tessera_app::ClientContext) -> Option<String> {
+    let s = web.app.session(token).await.ok().flatten()?;
+    match web.app.trust_this_browser(&s, ctx).await {
+        Ok(t) => Some(cookies::set(cookies::TRUST, &t, Some(tessera_app::TRUST_TTL.whole_seconds()))),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not trust this browser");
+            None
+        }
+    }
 }
 
 /// A browser that signs in again ends the session it held (ASVS 7.2.4: a new token at every
@@ -228,14 +243,14 @@ enum SecondStep {
 }
 
 pub(crate) async fn code(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<CodeForm>) -> Response {
-    second_step(req, web, SecondStep::Totp, f.code).await
+    second_step(req, web, SecondStep::Totp, f.code, f.trust == "on").await
 }
 
 pub(crate) async fn recovery(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<CodeForm>) -> Response {
-    second_step(req, web, SecondStep::Recovery, f.code).await
+    second_step(req, web, SecondStep::Recovery, f.code, false).await
 }
 
-async fn second_step(req: Req, web: Web, step: SecondStep, code: String) -> Response {
+async fn second_step(req: Req, web: Web, step: SecondStep, code: String, trust: bool) -> Response {
     let Some(challenge) = req.challenge.clone() else {
         return Redirect::to("/login?expired=1").into_response();
     };
@@ -263,7 +278,11 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String) -> Resp
                 },
                 SecondStep::Totp => "/accounts",
             };
-            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), to)
+            let page = signed_in(&web, &token, browser_token.as_deref().map(String::as_str), to);
+            match if trust { trust_cookie(&web, &token, &req.ctx).await } else { None } {
+                Some(c) => with_cookies(page, &[c]),
+                None => page,
+            }
         }
         Ok(LoginOutcome::Rejected { attempts_remaining }) => {
             let msg = match step {
@@ -299,8 +318,9 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String) -> Resp
 
 // ---- security keys and passkeys at sign-in ---------------------------------------------------
 
-/// "Use your security key" on the code page: a ceremony bound to the login challenge.
-pub(crate) async fn key_begin(req: Req, State(web): State<Web>) -> Response {
+/// "Use your security key" on the code page: a ceremony bound to the login challenge (the
+/// "trust this browser" box rides along to the answer's form).
+pub(crate) async fn key_begin(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<CodeForm>) -> Response {
     let expired =
         || with_cookies(Redirect::to("/login?expired=1").into_response(), &[cookies::clear(cookies::CHALLENGE)]);
     let Some(challenge) = req.challenge.clone() else { return expired() };
@@ -312,7 +332,7 @@ pub(crate) async fn key_begin(req: Req, State(web): State<Web>) -> Response {
                 intro: "Insert or touch your security key, or use the passkey on this device, when your browser asks.",
                 mode: "get",
                 action: "/login/key/finish",
-                extra: Vec::new(),
+                extra: if f.trust == "on" { vec![("trust".into(), "on".into())] } else { Vec::new() },
                 button: "Use security key",
                 back: "/login/code",
             },
@@ -336,7 +356,11 @@ pub(crate) async fn key_finish(req: Req, State(web): State<Web>, axum::Form(f): 
     match web.app.complete_login_key(&challenge, &f.ceremony, &f.response, &req.ctx).await {
         Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
             end_previous(&web, &req).await;
-            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/accounts")
+            let page = signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/accounts");
+            match if f.trust == "on" { trust_cookie(&web, &token, &req.ctx).await } else { None } {
+                Some(c) => with_cookies(page, &[c]),
+                None => page,
+            }
         }
         Ok(LoginOutcome::KeyRefused(r)) => code_page(&req, steps, StatusCode::UNAUTHORIZED, Some(key_refused(r))),
         Ok(_) => with_cookies(Redirect::to("/login?expired=1").into_response(), &[cookies::clear(cookies::CHALLENGE)]),

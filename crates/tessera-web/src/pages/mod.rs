@@ -63,6 +63,8 @@ pub(crate) fn routes() -> Router<Web> {
         .route("/settings/security/keys/finish", post(security::finish_key))
         .route("/settings/security/devices/{id}/remove", post(security::remove_device))
         .route("/settings/security/sessions/revoke-others", post(security::revoke_others))
+        .route("/settings/security/trusted/revoke-all", post(security::revoke_all_trusted))
+        .route("/settings/security/trusted/{id}/revoke", post(security::revoke_trusted))
         .route("/settings/security/sessions/{id}/revoke", post(security::revoke_session))
         .route("/settings/activity", get(activity::page))
         .route("/accounts", get(accounts::list).post(accounts::create))
@@ -95,7 +97,12 @@ impl FromRequestParts<Web> for Req {
         let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Ok(Self {
             csrf,
-            ctx: ClientContext { ip, user_agent, browser: cookies::get(&parts.headers, cookies::BROWSER) },
+            ctx: ClientContext {
+                ip,
+                user_agent,
+                browser: cookies::get(&parts.headers, cookies::BROWSER),
+                trust: cookies::get(&parts.headers, cookies::TRUST),
+            },
             session: cookies::get(&parts.headers, cookies::SESSION),
             challenge: cookies::get(&parts.headers, cookies::CHALLENGE),
         })
@@ -114,6 +121,8 @@ impl Req {
 pub(crate) struct KeyAnswer {
     ceremony: String,
     response: String,
+    /// "Trust this browser for 30 days" ticked before the key's ceremony (`on`).
+    trust: String,
 }
 
 /// What a WebAuthn ceremony page says and where its answer goes.

@@ -38,6 +38,8 @@ pub(crate) async fn page(user: User, State(web): State<Web>, Query(q): Query<Don
         Some("signed-out") => Some("That session is signed out."),
         Some("added") => Some("Authenticator app added."),
         Some("key-added") => Some("Security key added."),
+        Some("trust-revoked") => Some("That browser is no longer trusted: it asks for your second factor again."),
+        Some("trust-revoked-all") => Some("No browser is trusted any more: each asks for your second factor again."),
         Some("last-code") => Some(
             "You signed in with your last recovery code. Generate new ones below now, and keep them somewhere safe.",
         ),
@@ -59,6 +61,7 @@ async fn security_page(
     let factors = web.app.devices(&user.session).await.map_err(fail)?;
     let codes_left = web.app.recovery_codes_remaining(user.id()).await.map_err(fail)?;
     let sessions = web.app.sessions_of(&user.session).await.map_err(fail)?;
+    let trusted = web.app.trusted_browsers(&user.session).await.map_err(fail)?;
     let mfa_on = factors.iter().any(|f| f.status == FactorStatus::Active);
     let now = web.app.now();
     let devices = factors
@@ -102,6 +105,18 @@ async fn security_page(
             notice,
             error,
             webauthn: web.app.webauthn_enabled(),
+            session_trusted: user.session.assurance() == Assurance::PasswordAndSecondFactor
+                && user.session.second_factor_verified_at().is_none(),
+            trusted: trusted
+                .into_iter()
+                .map(|t| views::TrustedView {
+                    browser: views::describe_agent(Some(&t.label)),
+                    added: views::clock_time(t.created_at, now),
+                    last_used: t.last_used_at.map_or_else(|| "never".to_owned(), |u| views::clock_time(u, now)),
+                    until: views::clock_time(t.expires_at, now),
+                    id: t.id,
+                })
+                .collect(),
         },
     ))
 }
@@ -313,6 +328,22 @@ pub(crate) async fn remove_device(user: User, State(web): State<Web>, Path(id): 
     match web.app.remove_device(&user.session, &id, user.ctx()).await {
         Ok(()) if pending => Redirect::to("/settings/security?done=cancelled").into_response(),
         Ok(()) => Redirect::to("/settings/security?done=removed").into_response(),
+        Err(e) => user.fail(e, BACK),
+    }
+}
+
+/// Revoke one trusted browser (any live session of the user may: it only takes away).
+pub(crate) async fn revoke_trusted(user: User, State(web): State<Web>, Path(id): Path<String>) -> Response {
+    match web.app.revoke_trusted_browsers(&user.session, Some(&id), user.ctx()).await {
+        Ok(_) => Redirect::to("/settings/security?done=trust-revoked").into_response(),
+        Err(e) => user.fail(e, BACK),
+    }
+}
+
+/// Revoke every trusted browser.
+pub(crate) async fn revoke_all_trusted(user: User, State(web): State<Web>) -> Response {
+    match web.app.revoke_trusted_browsers(&user.session, None, user.ctx()).await {
+        Ok(_) => Redirect::to("/settings/security?done=trust-revoked-all").into_response(),
         Err(e) => user.fail(e, BACK),
     }
 }
