@@ -86,7 +86,17 @@ impl App {
             .find(|m| m.policy.account_id == account_id)
             .ok_or(AppError::NotFound("account"))?;
         let has_factor = self.store.has_active_factor(s.user_id()).await?;
-        let access = policy::account_access(s.assurance(), has_factor, &m.policy, self.clock.now());
+        let now = self.clock.now();
+        let mut access = policy::account_access(s.assurance(), has_factor, &m.policy, now);
+        // A session a trusted browser opened has proven no factor: an account that requires MFA
+        // opens to it only within the account's own cap, checked at every request (a cap set,
+        // lowered or met after the sign-in — joining a capped account included — applies).
+        if let (Some(since), None) = (s.trusted_since(), s.second_factor_verified_at())
+            && m.policy.require_mfa
+            && !policy::trust_allowed(since, m.policy.max_trust_days, now)
+        {
+            access = AccountAccess::SecondFactorRequired;
+        }
         Ok((m, access))
     }
 

@@ -248,6 +248,7 @@ impl App {
             expires_at: now + self.config.sessions.lifetime,
             ip: ctx.ip(),
             user_agent: ctx.user_agent(),
+            trusted_since: None,
         }
     }
 

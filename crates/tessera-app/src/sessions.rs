@@ -67,6 +67,11 @@ impl Session {
     pub fn ip(&self) -> Option<&str> {
         self.row.ip.as_deref()
     }
+    /// Opened by a trusted browser (the password alone, no factor proven): when that trust was
+    /// made.
+    pub fn trusted_since(&self) -> Option<OffsetDateTime> {
+        self.row.trusted_since
+    }
     /// The browser it was opened in.
     pub fn user_agent(&self) -> Option<&str> {
         self.row.user_agent.as_deref()

@@ -31,6 +31,14 @@ impl App {
         if !self.config.sessions.is_recent(s.second_factor_verified_at(), now) {
             return Err(AppError::ReauthRequired(Recency::NeedSecondFactor));
         }
+        // The strictest cap of the user's accounts that require MFA bounds the trust (0: none).
+        let accounts = self.store.account_policies_of(s.user_id()).await?;
+        let days = policy::trust_cap_days(&accounts).map_or(TRUST_TTL, |d| Duration::days(i64::from(d)).min(TRUST_TTL));
+        if days.is_zero() {
+            return Err(AppError::FailedPrecondition(
+                "an account you belong to does not allow trusted browsers".into(),
+            ));
+        }
         let token = new_token()?;
         let label = ctx.user_agent().unwrap_or_default();
         let t = NewTrust {
@@ -39,10 +47,10 @@ impl App {
             token_hash: token_hash(&token),
             label,
             created_at: now,
-            expires_at: now + TRUST_TTL,
+            expires_at: now + days,
         };
         let mut ev = self.event(now, s.user_id(), None, AuditKind::BrowserTrusted, ctx);
-        ev.detail = json!({ "days": TRUST_TTL.whole_days() }).to_string();
+        ev.detail = json!({ "days": days.whole_days() }).to_string();
         let user = self.store.user_by_id(s.user_id()).await?.ok_or(AppError::NotFound("user"))?;
         let notice = crate::identity::notice_to(&user, "browser_trusted", crate::lifecycle::event_detail(now, ctx));
         self.store.trust_browser(&t, &ev, &notice).await?;
@@ -65,11 +73,13 @@ impl App {
         };
         // The strictest cap of the user's accounts that require MFA (0: never).
         let days = policy::trust_cap_days(accounts).map_or(TRUST_TTL, |d| Duration::days(i64::from(d)).min(TRUST_TTL));
-        if days.is_zero() || !self.store.is_trusted_browser(&user.id, &hash, now, now - days).await? {
+        let Some(since) = self.store.trusted_since(&user.id, &hash, now).await? else { return Ok(None) };
+        if days.is_zero() || since <= now - days {
             return Ok(None);
         }
         let (token, session_hash) = self.fresh_token()?;
-        let session = self.session_row(&user.id, session_hash, 2, now, None, ctx);
+        let mut session = self.session_row(&user.id, session_hash, 2, now, None, ctx);
+        session.trusted_since = Some(since);
         let mut ev = self.event(now, &user.id, None, AuditKind::TrustedSignIn, ctx);
         ev.detail = json!({ "assurance": "password+trusted_browser" }).to_string();
         if !self.store.open_trusted_session(&session, &user.password_hash, &hash, &ev).await? {

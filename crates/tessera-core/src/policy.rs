@@ -30,6 +30,12 @@ pub struct AccountPolicy {
     pub max_trust_days: Option<u32>,
 }
 
+/// Whether a trust made at `since` still satisfies an account whose cap is `max_days` (`None`:
+/// no cap of its own; 0: never).
+pub fn trust_allowed(since: OffsetDateTime, max_days: Option<u32>, now: OffsetDateTime) -> bool {
+    max_days.is_none_or(|d| d > 0 && since > now - time::Duration::days(i64::from(d)))
+}
+
 /// The strictest "trust this browser" cap over a user's accounts (`None`: none caps it). Only
 /// an account that requires MFA caps it: the others do not ask for a factor at all.
 pub fn trust_cap_days(accounts: &[AccountPolicy]) -> Option<u32> {
@@ -134,6 +140,11 @@ mod tests {
             "only accounts that require MFA"
         );
         assert_eq!(trust_cap_days(&[cap(&req, Some(0)), cap(&req, Some(30))]), Some(0), "0: never");
+        let day = time::Duration::days(1);
+        assert!(trust_allowed(now() - 29 * day, None, now()));
+        assert!(!trust_allowed(now(), Some(0), now()), "0: never");
+        assert!(trust_allowed(now() - day + time::Duration::seconds(1), Some(1), now()));
+        assert!(!trust_allowed(now() - day, Some(1), now()), "a day old under a one-day cap");
     }
 
     #[test]

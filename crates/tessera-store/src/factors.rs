@@ -499,6 +499,8 @@ impl Store {
         .await?
         .rows_affected();
         if n > 0 {
+            // Someone may be guessing codes with the password: no browser stays trusted.
+            crate::trust::void(&mut tx, subject_id).await?;
             audit::insert(&mut tx, audit).await?;
             tx.commit().await?;
         }

@@ -31,6 +31,8 @@ pub struct SessionRow {
     pub ip: Option<String>,
     /// The browser it was opened in, if known.
     pub user_agent: Option<String>,
+    /// Opened by a trusted browser: when that trust was made.
+    pub trusted_since: Option<OffsetDateTime>,
 }
 
 /// What a browser that completed a sign-in was to the user before (see
@@ -68,6 +70,9 @@ pub struct NewSession {
     pub ip: Option<String>,
     /// Client user agent.
     pub user_agent: Option<String>,
+    /// Opened by a trusted browser: when that trust was made (no factor proven; accounts that
+    /// cap trust apply their cap to it).
+    pub trusted_since: Option<OffsetDateTime>,
 }
 
 /// A token rotation: the session's new token and what was just proven in it.
@@ -88,7 +93,7 @@ pub struct Rotation<'a> {
 }
 
 const SESSION_COLUMNS: &str = "id, user_id, aal, password_verified_at, mfa_verified_at, created_at, last_seen_at, \
-     expires_at, ip, user_agent";
+     expires_at, ip, user_agent, trusted_since";
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -102,6 +107,7 @@ struct Row {
     expires_at: i64,
     ip: Option<String>,
     user_agent: Option<String>,
+    trusted_since: Option<i64>,
 }
 
 impl From<Row> for SessionRow {
@@ -117,6 +123,7 @@ impl From<Row> for SessionRow {
             expires_at: from_millis(r.expires_at),
             ip: r.ip,
             user_agent: r.user_agent,
+            trusted_since: r.trusted_since.map(from_millis),
         }
     }
 }
@@ -124,7 +131,7 @@ impl From<Row> for SessionRow {
 pub(crate) async fn insert_session(conn: &mut AnyConnection, s: &NewSession) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO sessions (token_hash, id, user_id, aal, password_verified_at, mfa_verified_at, created_at, \
-         last_seen_at, expires_at, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)",
+         last_seen_at, expires_at, ip, user_agent, trusted_since) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11)",
     )
     .bind(&s.token_hash)
     .bind(&s.id)
@@ -136,6 +143,7 @@ pub(crate) async fn insert_session(conn: &mut AnyConnection, s: &NewSession) -> 
     .bind(to_millis(s.expires_at))
     .bind(&s.ip)
     .bind(&s.user_agent)
+    .bind(s.trusted_since.map(to_millis))
     .execute(conn)
     .await?;
     Ok(())

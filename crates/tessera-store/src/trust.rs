@@ -95,26 +95,22 @@ impl Store {
         tx.commit().await
     }
 
-    /// Whether this browser is trusted by `user_id` now (created after `not_before`: the
-    /// strictest cap of the user's accounts).
-    pub async fn is_trusted_browser(
+    /// When this browser's live trust by `user_id` was made, if it has one.
+    pub async fn trusted_since(
         &self,
         user_id: &str,
         token_hash: &[u8],
         now: OffsetDateTime,
-        not_before: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM trusted_browsers WHERE user_id = $1 AND token_hash = $2 AND expires_at > $3 \
-             AND created_at > $4",
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let t: Option<i64> = sqlx::query_scalar(
+            "SELECT created_at FROM trusted_browsers WHERE user_id = $1 AND token_hash = $2 AND expires_at > $3",
         )
         .bind(user_id)
         .bind(token_hash)
         .bind(to_millis(now))
-        .bind(to_millis(not_before))
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(n == 1)
+        Ok(t.map(from_millis))
     }
 
     /// Open a session for a trusted browser, in one transaction: only while the password is

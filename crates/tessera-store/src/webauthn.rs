@@ -339,6 +339,14 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // A browser trusted with a copy of this credential must not outlive its discovery.
+        let owner: Option<String> = sqlx::query_scalar("SELECT subject_id FROM factors WHERE id = $1")
+            .bind(factor_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(owner) = owner {
+            crate::trust::void(&mut tx, &owner).await?;
+        }
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(n == 1)

@@ -1315,7 +1315,7 @@ async fn security_keys_through_the_pages() {
 /// "Trust this browser" through the pages: the box on the code page sets a `__Host-` cookie for
 /// 30 days; the next sign-in in that browser asks for the password only (a wrong one still
 /// fails); the security page lists the browser and revokes it, after which the code is asked
-/// for again. A copy of the cookie in another browser is no better than the password there.
+/// for again, from this browser and from any that copied its (revoked) cookie.
 #[tokio::test]
 async fn trust_this_browser_through_the_pages() {
     let h = harness(WebConfig { rate_limit_per_minute: 0, ..Default::default() }).await;
@@ -1363,7 +1363,8 @@ async fn trust_this_browser_through_the_pages() {
     b.post(&h, "/logout", &[]).await;
     let r = b.post(&h, "/login", &[("email", "tom@example.com"), ("password", PASSWORD)]).await;
     assert_eq!(r.location(), "/login/code");
-    // A copy of a (revoked) cookie elsewhere: the code, as ever.
+    // A copy of the revoked cookie elsewhere: the code, as ever. (A live copy works from anywhere,
+    // like the password it goes with: the cookie is HttpOnly, Secure and revocable.)
     let mut thief = Browser::new("10.0.0.66");
     thief.jar.insert("__Host-tessera_trust".into(), trust);
     let r = thief.post(&h, "/login", &[("email", "tom@example.com"), ("password", PASSWORD)]).await;

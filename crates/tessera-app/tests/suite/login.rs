@@ -133,6 +133,7 @@ async fn no_password_session_for_a_user_with_a_factor(h: &Harness) {
         expires_at: now + Duration::hours(1),
         ip: None,
         user_agent: None,
+        trusted_since: None,
     };
     let phc = h.store.user_by_id(&uid).await.unwrap().unwrap().password_hash;
     use tessera_store::PasswordSession;

@@ -42,12 +42,20 @@ async fn a_trusted_browser_asks_for_the_password_only(h: &Harness) {
     assert!(asks_for_the_factor(&h.app.begin_login("ugo@example.com", PW, &from(&trust)).await.unwrap()));
     // A made-up token does nothing either.
     assert!(asks_for_the_factor(&h.app.begin_login("tia@example.com", PW, &from(&"A".repeat(43))).await.unwrap()));
-    // Listed, and revoked from the list.
+    // Listed, and revoked from the list; another user cannot revoke it.
     let s = sess(h, &t).await;
     let list = h.app.trusted_browsers(&s).await.unwrap();
     assert_eq!(list.len(), 1);
+    let ugo_session = sess(h, &login_2fa(h, "ugo@example.com", &other_secret).await).await;
+    let r = h.app.revoke_trusted_browsers(&ugo_session, Some(&list[0].id), &ctx()).await;
+    assert!(matches!(r, Err(AppError::NotFound(_))), "{r:?}");
+    assert_eq!(h.app.revoke_trusted_browsers(&ugo_session, None, &ctx()).await.unwrap(), 0, "ugo has none");
+    assert_eq!(h.app.trusted_browsers(&s).await.unwrap().len(), 1, "tia's is still there");
     h.app.revoke_trusted_browsers(&s, Some(&list[0].id), &ctx()).await.unwrap();
     assert!(asks_for_the_factor(&h.app.begin_login("tia@example.com", PW, &from(&trust)).await.unwrap()));
+    let (_, again) = trusted(h, "tia@example.com", &secret).await;
+    assert_eq!(h.app.revoke_trusted_browsers(&s, None, &ctx()).await.unwrap(), 1);
+    assert!(asks_for_the_factor(&h.app.begin_login("tia@example.com", PW, &from(&again)).await.unwrap()));
     // A stale session cannot trust its browser.
     h.clock.advance(h.app.config().sessions.reauth_window + Duration::seconds(1));
     let ugo = login_2fa(h, "ugo@example.com", &other_secret).await;
@@ -117,12 +125,17 @@ async fn an_account_that_requires_mfa_caps_the_trust(h: &Harness) {
     let acct = h.app.create_account(&s, "Acme", &ctx()).await.unwrap();
     h.app.set_account_policy(&s, &acct, true, None, &ctx()).await.unwrap();
     // No cap of its own: the 30 days stand.
-    assert!(matches!(
-        h.app.begin_login("wyn@example.com", PW, &from(&trust)).await.unwrap(),
-        LoginOutcome::Authenticated { .. }
-    ));
-    // 0: never.
+    let by_trust = token(&h.app.begin_login("wyn@example.com", PW, &from(&trust)).await.unwrap());
+    assert_eq!(h.app.account_access(&by_trust, &acct).await.unwrap(), tessera_core::policy::AccountAccess::Open);
+    // 0: never — and a session the trust opened before the cap loses the account at once.
     h.app.set_account_trust_cap(&s, &acct, Some(0), &ctx()).await.unwrap();
+    assert_eq!(
+        h.app.account_access(&by_trust, &acct).await.unwrap(),
+        tessera_core::policy::AccountAccess::SecondFactorRequired
+    );
+    let fresh_2fa = sess(h, &login_2fa(h, "wyn@example.com", &secret).await).await;
+    let r = h.app.trust_this_browser(&fresh_2fa, &ctx()).await;
+    assert!(matches!(r, Err(AppError::FailedPrecondition(_))), "no trust is minted under a cap of 0");
     assert!(asks_for_the_factor(&h.app.begin_login("wyn@example.com", PW, &from(&trust)).await.unwrap()));
     // 2 days: a trust 3 days old asks again; a fresh one does not.
     h.app.set_account_trust_cap(&s, &acct, Some(2), &ctx()).await.unwrap();

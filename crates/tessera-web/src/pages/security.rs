@@ -90,7 +90,7 @@ async fn security_page(
             ip: s.ip().unwrap_or("unknown").to_owned(),
             signed_in: views::clock_time(s.created_at(), now),
             last_seen: views::clock_time(s.last_seen_at(), now),
-            two_factor: s.assurance() == Assurance::PasswordAndSecondFactor,
+            two_factor: s.assurance() == Assurance::PasswordAndSecondFactor && s.trusted_since().is_none(),
         })
         .collect();
     Ok(views::page(
@@ -105,7 +105,7 @@ async fn security_page(
             notice,
             error,
             webauthn: web.app.webauthn_enabled(),
-            session_trusted: user.session.assurance() == Assurance::PasswordAndSecondFactor
+            session_trusted: user.session.trusted_since().is_some()
                 && user.session.second_factor_verified_at().is_none(),
             trusted: trusted
                 .into_iter()
