@@ -529,6 +529,18 @@ impl App {
         if !self.store.complete_challenge(&token_hash(challenge), &session, &ev).await? {
             return Ok(LoginOutcome::ChallengeInvalid);
         }
+        self.signed_in_beyond_password(token, user_id, now, ctx).await
+    }
+
+    /// A session at the second-factor level was opened under `token` (a second step, a passkey,
+    /// a trusted browser): remember the browser, and say so.
+    pub(crate) async fn signed_in_beyond_password(
+        &self,
+        token: Zeroizing<String>,
+        user_id: &str,
+        now: OffsetDateTime,
+        ctx: &ClientContext,
+    ) -> Result<LoginOutcome, AppError> {
         let browser_token = self.known_browser(user_id, now, ctx).await?;
         Ok(LoginOutcome::Authenticated {
             token,

@@ -14,7 +14,7 @@ use crate::identity::{LoginOutcome, new_token, token_hash, well_formed_token};
 use crate::{App, AppError, ClientContext, Session};
 use serde_json::json;
 use tessera_core::factor::AuditKind;
-use tessera_core::policy::{self, AccountPolicy, Assurance};
+use tessera_core::policy::{self, AccountPolicy};
 use tessera_core::session::Recency;
 use tessera_store::{NewTrust, TrustRow, UserRow};
 use time::{Duration, OffsetDateTime};
@@ -85,15 +85,7 @@ impl App {
         if !self.store.open_trusted_session(&session, &user.password_hash, &hash, &ev).await? {
             return Ok(None);
         }
-        let browser_token = self.known_browser(&user.id, now, ctx).await?;
-        Ok(Some(LoginOutcome::Authenticated {
-            token,
-            user_id: user.id.clone(),
-            assurance: Assurance::PasswordAndSecondFactor,
-            enrolment_required: Vec::new(),
-            grace: Vec::new(),
-            browser_token,
-        }))
+        Ok(Some(self.signed_in_beyond_password(token, &user.id, now, ctx).await?))
     }
 
     /// The browsers the user of `s` trusts (trust not ended), most recent first.

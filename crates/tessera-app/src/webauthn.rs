@@ -33,7 +33,6 @@ use crate::{App, AppError, ClientContext, LoginOutcome, Session};
 use serde_json::json;
 use tessera_core::CoreError;
 use tessera_core::factor::{AuditKind, Factor, FactorKind};
-use tessera_core::policy::Assurance;
 use tessera_core::validate;
 use tessera_store::{LiveSession, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse};
 use time::Duration;
@@ -767,15 +766,7 @@ impl App {
         let mut ev = self.event(now, &user.id, Some(&stored.factor.id), AuditKind::LoginSucceeded, ctx);
         ev.detail = json!({ "assurance": "passkey" }).to_string();
         self.store.open_session(&session, &ev).await?;
-        let browser_token = self.known_browser(&user.id, now, ctx).await?;
-        Ok(LoginOutcome::Authenticated {
-            token,
-            user_id: user.id.clone(),
-            assurance: Assurance::PasswordAndSecondFactor,
-            enrolment_required: Vec::new(),
-            grace: Vec::new(),
-            browser_token,
-        })
+        self.signed_in_beyond_password(token, &user.id, now, ctx).await
     }
 
     // ---- re-authentication ------------------------------------------------------------

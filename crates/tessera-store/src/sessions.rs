@@ -327,13 +327,7 @@ impl Store {
         let mut tx = self.begin().await?;
         // The user row serialises this against a first factor's confirmation and a password
         // reset (which take it too).
-        crate::users::lock_user(&mut tx, self.backend(), &session.user_id).await?;
-        let same: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1 AND password_hash = $2")
-            .bind(&session.user_id)
-            .bind(password_hash)
-            .fetch_one(&mut *tx)
-            .await?;
-        if same != 1 {
+        if !crate::users::lock_if_password_is(&mut tx, self.backend(), &session.user_id, password_hash).await? {
             return Ok(PasswordSession::PasswordChanged);
         }
         let factors: i64 =

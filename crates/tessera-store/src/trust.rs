@@ -124,12 +124,9 @@ impl Store {
         audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        crate::users::lock_user(&mut tx, self.backend(), &session.user_id).await?;
-        let same: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1 AND password_hash = $2")
-            .bind(&session.user_id)
-            .bind(password_hash)
-            .fetch_one(&mut *tx)
-            .await?;
+        if !crate::users::lock_if_password_is(&mut tx, self.backend(), &session.user_id, password_hash).await? {
+            return Ok(false);
+        }
         let used = sqlx::query(
             "UPDATE trusted_browsers SET last_used_at = $3 WHERE user_id = $1 AND token_hash = $2 AND expires_at > $3",
         )
@@ -139,7 +136,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if same != 1 || used != 1 {
+        if used != 1 {
             return Ok(false);
         }
         insert_session(&mut tx, session).await?;

@@ -96,6 +96,24 @@ pub(crate) async fn lock_user(
     Ok(())
 }
 
+/// Lock the user's row (see [`lock_user`]) and say whether their password hash is still
+/// `password_hash`, the one a sign-in checked: a reset or change since then ended every session,
+/// and a sign-in in flight must not outlive it.
+pub(crate) async fn lock_if_password_is(
+    conn: &mut sqlx::AnyConnection,
+    backend: crate::Backend,
+    user_id: &str,
+    password_hash: &str,
+) -> Result<bool, StoreError> {
+    lock_user(&mut *conn, backend, user_id).await?;
+    let same: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1 AND password_hash = $2")
+        .bind(user_id)
+        .bind(password_hash)
+        .fetch_one(conn)
+        .await?;
+    Ok(same == 1)
+}
+
 impl Store {
     /// Insert a user unless the normalised email is taken (then `false` and nothing is
     /// written). With `link`, the verification token and the message that carries it are

@@ -72,6 +72,22 @@ async fn trust_cookie(web: &Web, token: &str, ctx: &tessera_app::ClientContext) 
     }
 }
 
+/// [`signed_in`], and with `trust` the cookie of a trust minted for the new session.
+async fn signed_in_trusting(
+    web: &Web,
+    req: &Req,
+    token: &str,
+    browser: Option<&str>,
+    to: &str,
+    trust: bool,
+) -> Response {
+    let page = signed_in(web, token, browser, to);
+    match if trust { trust_cookie(web, token, &req.ctx).await } else { None } {
+        Some(c) => with_cookies(page, &[c]),
+        None => page,
+    }
+}
+
 /// A browser that signs in again ends the session it held (ASVS 7.2.4: a new token at every
 /// authentication; the old one must not live on beside it).
 async fn end_previous(web: &Web, req: &Req) {
@@ -219,6 +235,11 @@ async fn second_steps(web: &Web, req: &Req) -> Option<tessera_app::SecondSteps> 
     web.app.second_steps(challenge).await.ok().flatten()
 }
 
+/// The code page again, with a refusal in words.
+async fn code_error(web: &Web, req: &Req, status: StatusCode, error: String) -> Response {
+    code_page(req, second_steps(web, req).await.unwrap_or_default(), status, Some(error))
+}
+
 pub(crate) async fn code_form(req: Req, State(web): State<Web>) -> Response {
     if req.challenge.is_none() {
         return Redirect::to("/login").into_response();
@@ -254,11 +275,18 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String, trust: 
     let Some(challenge) = req.challenge.clone() else {
         return Redirect::to("/login?expired=1").into_response();
     };
-    let steps = second_steps(&web, &req).await.unwrap_or_default();
-    let render = |status: StatusCode, error: String| match step {
-        SecondStep::Totp => code_page(&req, steps, status, Some(error)),
-        SecondStep::Recovery => {
-            views::page(status, &views::LoginRecovery { chrome: req.chrome("Use a recovery code"), error: Some(error) })
+    // (The code page's refusals look the user's steps up only when they are shown: a code that
+    // is accepted costs no more than before.)
+    let render = |status: StatusCode, error: String| {
+        let (web, req) = (&web, &req);
+        async move {
+            match step {
+                SecondStep::Totp => code_error(web, req, status, error).await,
+                SecondStep::Recovery => views::page(
+                    status,
+                    &views::LoginRecovery { chrome: req.chrome("Use a recovery code"), error: Some(error) },
+                ),
+            }
         }
     };
     let now = web.app.now();
@@ -278,20 +306,16 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String, trust: 
                 },
                 SecondStep::Totp => "/accounts",
             };
-            let page = signed_in(&web, &token, browser_token.as_deref().map(String::as_str), to);
-            match if trust { trust_cookie(&web, &token, &req.ctx).await } else { None } {
-                Some(c) => with_cookies(page, &[c]),
-                None => page,
-            }
+            signed_in_trusting(&web, &req, &token, browser_token.as_deref().map(String::as_str), to, trust).await
         }
         Ok(LoginOutcome::Rejected { attempts_remaining }) => {
             let msg = match step {
                 SecondStep::Totp => attempts_left(attempts_remaining),
                 SecondStep::Recovery => did_not_match("recovery code", attempts_remaining),
             };
-            render(StatusCode::UNAUTHORIZED, msg)
+            render(StatusCode::UNAUTHORIZED, msg).await
         }
-        Ok(LoginOutcome::TotpDisabled) => render(StatusCode::FORBIDDEN, TOTP_DISABLED.into()),
+        Ok(LoginOutcome::TotpDisabled) => render(StatusCode::FORBIDDEN, TOTP_DISABLED.into()).await,
         Ok(LoginOutcome::Locked { until }) => with_cookies(
             views::message_link(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -303,15 +327,18 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String, trust: 
             &[cookies::clear(cookies::CHALLENGE)],
         ),
         Ok(_) => with_cookies(Redirect::to("/login?expired=1").into_response(), &[cookies::clear(cookies::CHALLENGE)]),
-        Err(AppError::Invalid(_)) => render(
-            StatusCode::BAD_REQUEST,
-            match step {
-                SecondStep::Totp => "Enter the 6-digit code from your authenticator app.".into(),
-                SecondStep::Recovery => {
-                    "That isn't a recovery code: they have 16 letters and digits, like ABCD-EFGH-JKMN-PQRS.".into()
-                }
-            },
-        ),
+        Err(AppError::Invalid(_)) => {
+            render(
+                StatusCode::BAD_REQUEST,
+                match step {
+                    SecondStep::Totp => "Enter the 6-digit code from your authenticator app.".into(),
+                    SecondStep::Recovery => {
+                        "That isn't a recovery code: they have 16 letters and digits, like ABCD-EFGH-JKMN-PQRS.".into()
+                    }
+                },
+            )
+            .await
+        }
         Err(e) => views::app_error(req.chrome("Error"), e),
     }
 }
@@ -339,10 +366,7 @@ pub(crate) async fn key_begin(req: Req, State(web): State<Web>, axum::Form(f): a
             c,
         ),
         Ok(None) => expired(),
-        Err(AppError::FailedPrecondition(m)) => {
-            let steps = second_steps(&web, &req).await.unwrap_or_default();
-            code_page(&req, steps, StatusCode::CONFLICT, Some(sentence(&m)))
-        }
+        Err(AppError::FailedPrecondition(m)) => code_error(&web, &req, StatusCode::CONFLICT, sentence(&m)).await,
         Err(e) => views::app_error(req.chrome("Error"), e),
     }
 }
@@ -352,25 +376,19 @@ pub(crate) async fn key_finish(req: Req, State(web): State<Web>, axum::Form(f): 
     let Some(challenge) = req.challenge.clone() else {
         return Redirect::to("/login?expired=1").into_response();
     };
-    let steps = second_steps(&web, &req).await.unwrap_or_default();
     match web.app.complete_login_key(&challenge, &f.ceremony, &f.response, &req.ctx).await {
         Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
             end_previous(&web, &req).await;
-            let page = signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/accounts");
-            match if f.trust == "on" { trust_cookie(&web, &token, &req.ctx).await } else { None } {
-                Some(c) => with_cookies(page, &[c]),
-                None => page,
-            }
+            let browser = browser_token.as_deref().map(String::as_str);
+            signed_in_trusting(&web, &req, &token, browser, "/accounts", f.trust == "on").await
         }
-        Ok(LoginOutcome::KeyRefused(r)) => code_page(&req, steps, StatusCode::UNAUTHORIZED, Some(key_refused(r))),
+        Ok(LoginOutcome::KeyRefused(r)) => code_error(&web, &req, StatusCode::UNAUTHORIZED, key_refused(r)).await,
         Ok(_) => with_cookies(Redirect::to("/login?expired=1").into_response(), &[cookies::clear(cookies::CHALLENGE)]),
-        Err(AppError::Invalid(_)) => code_page(
-            &req,
-            steps,
-            StatusCode::BAD_REQUEST,
-            Some("Your browser sent no answer from a key. Try again.".into()),
-        ),
-        Err(AppError::FailedPrecondition(m)) => code_page(&req, steps, StatusCode::CONFLICT, Some(sentence(&m))),
+        Err(AppError::Invalid(_)) => {
+            let msg = "Your browser sent no answer from a key. Try again.".to_owned();
+            code_error(&web, &req, StatusCode::BAD_REQUEST, msg).await
+        }
+        Err(AppError::FailedPrecondition(m)) => code_error(&web, &req, StatusCode::CONFLICT, sentence(&m)).await,
         Err(e) => views::app_error(req.chrome("Error"), e),
     }
 }
