@@ -212,7 +212,7 @@ impl App {
         match self.store.create_password_session(&session, &user.password_hash, &ev).await? {
             PasswordSession::Opened => {}
             // A first factor was confirmed since the password was checked: ask for it.
-            PasswordSession::HasFactor => return self.challenge(user, now, ctx).await,
+            PasswordSession::HasFactor => return self.challenge(user, now, ctx, None).await,
             // The password was reset or changed meanwhile: the one checked is no longer it.
             PasswordSession::PasswordChanged => return Ok(LoginOutcome::Failed),
         }
@@ -391,6 +391,19 @@ impl App {
         password: &str,
         ctx: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
+        self.begin_login_returning(email, password, ctx, None).await
+    }
+
+    /// [`App::begin_login`], remembering in the login challenge (when a second step is needed)
+    /// where the sign-in returns once it completes: `return_to`, which the transport has
+    /// checked (forward auth's `rd`). Read it back with [`App::challenge_return_to`].
+    pub async fn begin_login_returning(
+        &self,
+        email: &str,
+        password: &str,
+        ctx: &ClientContext,
+        return_to: Option<&str>,
+    ) -> Result<LoginOutcome, AppError> {
         let user = match self.check_password(email, password, ctx, Suspension::KnownBrowsersOnly, false).await? {
             PasswordCheck::Ok(u) => u,
             PasswordCheck::Failed => return Ok(LoginOutcome::Failed),
@@ -403,7 +416,7 @@ impl App {
         match policy::login_requirement(has_factor, &accounts, now) {
             LoginRequirement::SecondFactor => match self.trusted_sign_in(&user, &accounts, now, ctx).await? {
                 Some(signed_in) => Ok(signed_in),
-                None => self.challenge(&user, now, ctx).await,
+                None => self.challenge(&user, now, ctx, return_to).await,
             },
             LoginRequirement::Complete { enrolment_required, grace } => {
                 self.password_session(&user, now, enrolment_required, grace, ctx).await
@@ -418,16 +431,28 @@ impl App {
         user: &UserRow,
         now: OffsetDateTime,
         ctx: &ClientContext,
+        return_to: Option<&str>,
     ) -> Result<LoginOutcome, AppError> {
         let user_id = user.id.as_str();
         let challenge = new_token()?;
         let hash = token_hash(&challenge);
-        if !self.store.create_challenge(&hash, user_id, &user.password_hash, now, now + CHALLENGE_TTL).await? {
+        let (pw, expires) = (&user.password_hash, now + CHALLENGE_TTL);
+        if !self.store.create_challenge_returning(&hash, user_id, pw, now, expires, return_to).await? {
             // The password was reset or changed since it was checked.
             return Ok(LoginOutcome::Failed);
         }
         self.store.append_audit(&self.event(now, user_id, None, AuditKind::SecondFactorChallenged, ctx)).await?;
         Ok(LoginOutcome::SecondFactorRequired { challenge })
+    }
+
+    /// Where the sign-in of `challenge` returns once it completes (what
+    /// [`App::begin_login_returning`] stored; the transport checks it again before following
+    /// it). Readable until the challenge expires, after its second step too.
+    pub async fn challenge_return_to(&self, challenge: &str) -> Result<Option<String>, AppError> {
+        if !well_formed_token(challenge) {
+            return Ok(None);
+        }
+        Ok(self.store.challenge_return_to(&token_hash(challenge), self.clock.now()).await?)
     }
 
     /// `TotpDisabled` when the user's authenticator apps are all out of use after too many

@@ -6,6 +6,7 @@
 //! Architecture invariant: no transport type (protobuf, HTTP) appears here, and no SQL.
 
 mod accounts;
+mod authorize;
 mod error;
 mod factors;
 mod identity;
@@ -24,6 +25,7 @@ pub use accounts::{
     INVITATION_MAILS_PER_ADDRESS_PER_DAY, INVITATION_MAILS_PER_DAY, INVITATION_MAILS_PER_INVITER_PER_DAY,
     INVITATION_TTL, MAX_GRACE,
 };
+pub use authorize::{Authorization, Credential, Decision, Principal, Required};
 pub use error::AppError;
 pub use factors::{ConfirmOutcome, EnrollRequest, Enrollment, Outcome, PENDING_TTL};
 pub use identity::{CHALLENGE_TTL, LoginOutcome, normalise_email, well_formed_token};

@@ -109,12 +109,19 @@ impl App {
         let Some(row) = self.store.session(&token_hash(token), now, p.idle_cutoff(now)).await? else {
             return Ok(None);
         };
+        Ok(Some(self.live_session(row, now).await?))
+    }
+
+    /// A live session's row as a [`Session`]: records the use (at most once a minute) and works
+    /// out its level against the user's factors now.
+    pub(crate) async fn live_session(&self, row: SessionRow, now: OffsetDateTime) -> Result<Session, AppError> {
+        let p = &self.config.sessions;
         if p.needs_touch(row.last_seen_at, now) {
             self.store.touch_session(&row.id, now, now - p.touch_every).await?;
         }
         let has_factor = self.store.has_active_factor(&row.user_id).await?;
         let assurance = self.assurance_of(&row, has_factor);
-        Ok(Some(Session { row, assurance }))
+        Ok(Session { row, assurance })
     }
 
     /// When `s` ends if it is not used again (the idle timeout, or its absolute end if sooner).

@@ -2,7 +2,11 @@
 //! every call, every call has a deadline, and only idempotent calls (`ListFactors`,
 //! `ListAuditEvents`) are retried, on `UNAVAILABLE`, with backoff.
 //!
-//! [`RequireTotpLayer`] is the "auth middleware" use: a `tower` layer that lets a request
+//! [`RequireSessionLayer`] is the auth middleware of a service behind Tessera's sign-in: every
+//! request's session is decided by `IdentityService/Authorize` (level, account, MFA policy,
+//! grace period), and the user it names is put in the request's extensions.
+//!
+//! [`RequireTotpLayer`] is the older "auth middleware" use: a `tower` layer that lets a request
 //! through only when Tessera accepts the one-time code it carries (`x-tessera-otp`) for the
 //! subject the service's own password or session layer authenticated and put in the
 //! request's extensions as [`AuthenticatedSubject`] (never a subject named by the client).
@@ -19,8 +23,12 @@
 //! ```
 
 mod layer;
+mod session_layer;
 
 pub use layer::{AuthenticatedSubject, CODE_HEADER, RequireTotp, RequireTotpLayer, VerifiedSubject};
+pub use session_layer::{
+    AccountScope, AuthorizedUser, RequireSession, RequireSessionLayer, SESSION_COOKIE, SESSION_HEADER,
+};
 pub use tessera_proto::v1 as pb;
 
 use std::time::{Duration, SystemTime};
@@ -217,6 +225,35 @@ impl Client {
         let mut attempt = 0;
         loop {
             match f(self.inner.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if s.code() == Code::Unavailable && attempt < self.opts.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+    }
+
+    /// The whole access decision for a request (`IdentityService/Authorize`): may the holder of
+    /// `session_token` enter (as a member of `account_id`) at level `require`, now? A "no" is
+    /// the response's status, not an error. Retried on UNAVAILABLE (it changes nothing).
+    pub async fn authorize(
+        &self,
+        session_token: &str,
+        account_id: Option<&str>,
+        require: pb::Requirement,
+    ) -> Result<pb::AuthorizeResponse, ClientError> {
+        let m = pb::AuthorizeRequest {
+            session_token: session_token.to_owned(),
+            account_id: account_id.unwrap_or_default().to_owned(),
+            require: require as i32,
+        };
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            match self.identity.clone().authorize(self.req(m.clone())).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if s.code() == Code::Unavailable && attempt < self.opts.retries => {
                     attempt += 1;

@@ -192,6 +192,44 @@ impl IdentityService for IdentitySvc {
         Ok(Response::new(resp))
     }
 
+    async fn authorize(&self, req: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        use tessera_app::{Credential, Decision, Required};
+        let r = req.into_inner();
+        let require = match pb::Requirement::try_from(r.require) {
+            Ok(pb::Requirement::Password) => Required::Password,
+            Ok(pb::Requirement::SecondFactor) => Required::SecondFactor,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "require: say what the session must have proven (PASSWORD or SECOND_FACTOR)",
+                ));
+            }
+        };
+        let account = Some(r.account_id.as_str()).filter(|a| !a.is_empty());
+        let a = self.app.authorize(Credential::Session(&r.session_token), account, require).await.map_err(status)?;
+        let mut resp = pb::AuthorizeResponse {
+            status: match a.decision {
+                Decision::Allow => pb::AuthorizeStatus::Allow,
+                Decision::LoginRequired => pb::AuthorizeStatus::LoginRequired,
+                Decision::SessionRevoked => pb::AuthorizeStatus::SessionRevoked,
+                Decision::EmailUnverified => pb::AuthorizeStatus::EmailUnverified,
+                Decision::NotAMember => pb::AuthorizeStatus::NotAMember,
+                Decision::SecondFactorRequired => pb::AuthorizeStatus::SecondFactorRequired,
+                Decision::EnrolmentRequired => pb::AuthorizeStatus::EnrolmentRequired,
+            } as i32,
+            grace_until: a.grace_until.map(convert::ts),
+            ..Default::default()
+        };
+        if let Some(p) = a.principal {
+            resp.user_id = p.user_id;
+            resp.email = p.email;
+            resp.level = assurance(p.level);
+            resp.session_id = p.session_id;
+            resp.session_created_at = Some(convert::ts(p.session_created_at));
+            resp.second_factor_verified_at = p.second_factor_verified_at.map(convert::ts);
+        }
+        Ok(Response::new(resp))
+    }
+
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let r = req.into_inner();
         let revoked = self.app.logout(&r.session_token, &convert::ctx(r.context)).await.map_err(status)?;

@@ -236,15 +236,30 @@ impl Store {
         now: OffsetDateTime,
         expires: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        self.create_challenge_returning(token_hash, user_id, password_hash, now, expires, None).await
+    }
+
+    /// [`Store::create_challenge`], remembering where the sign-in returns once it completes
+    /// (see [`Store::challenge_return_to`]).
+    pub async fn create_challenge_returning(
+        &self,
+        token_hash: &[u8],
+        user_id: &str,
+        password_hash: &str,
+        now: OffsetDateTime,
+        expires: OffsetDateTime,
+        return_to: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "INSERT INTO login_challenges (token_hash, user_id, created_at, expires_at) \
-             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND password_hash = $5)",
+            "INSERT INTO login_challenges (token_hash, user_id, created_at, expires_at, return_to) \
+             SELECT $1, $2, $3, $4, $6 WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND password_hash = $5)",
         )
         .bind(token_hash)
         .bind(user_id)
         .bind(to_millis(now))
         .bind(to_millis(expires))
         .bind(password_hash)
+        .bind(return_to)
         .execute(&mut *self.write().await?)
         .await?
         .rows_affected();
@@ -260,6 +275,24 @@ impl Store {
         .bind(to_millis(now))
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Where the sign-in of a challenge returns once it completes, as stored (the caller checks
+    /// it again before following it); `None` when it named nothing. Read until the challenge
+    /// expires, used or not (the completed sign-in reads it just after using the challenge).
+    pub async fn challenge_return_to(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar::<_, Option<String>>(
+            "SELECT return_to FROM login_challenges WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(to_millis(now))
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
     }
 
     /// Use up a challenge and open `session` for its user, in one transaction (which also voids
@@ -364,6 +397,59 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .map(SessionRow::from))
+    }
+
+    /// The live session (as [`Store::session`]) whose forward token (the domain-wide cookie of
+    /// forward auth) hashes to `forward_hash`.
+    pub async fn forward_session(
+        &self,
+        forward_hash: &[u8],
+        now: OffsetDateTime,
+        idle_cutoff: OffsetDateTime,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE forward_hash = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at > $3"
+        )))
+        .bind(forward_hash)
+        .bind(to_millis(now))
+        .bind(to_millis(idle_cutoff))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(SessionRow::from))
+    }
+
+    /// Whether a session with this token (or, with `forward`, this forward token) exists at all,
+    /// live or not: a token that is not live but is known belonged to a session that was
+    /// revoked, expired or went idle.
+    pub async fn session_known(&self, hash: &[u8], forward: bool) -> Result<bool, StoreError> {
+        let sql = if forward {
+            "SELECT COUNT(*) FROM sessions WHERE forward_hash = $1"
+        } else {
+            "SELECT COUNT(*) FROM sessions WHERE token_hash = $1"
+        };
+        let n: i64 = sqlx::query_scalar(sql).bind(hash).fetch_one(&self.pool).await?;
+        Ok(n > 0)
+    }
+
+    /// Give the live session `session_id` the forward token hashing to `forward_hash` (its
+    /// earlier one, if any, stops working); `false` if the session is not live.
+    pub async fn set_forward_hash(
+        &self,
+        session_id: &str,
+        forward_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE sessions SET forward_hash = $2 WHERE id = $1 AND revoked_at IS NULL AND expires_at > $3",
+        )
+        .bind(session_id)
+        .bind(forward_hash)
+        .bind(to_millis(now))
+        .execute(&mut *self.write().await?)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Record that a session was used at `now`, if its last-seen time is older than

@@ -1531,3 +1531,108 @@ async fn security_keys_over_grpc() {
     assert_eq!(bad.code(), Code::InvalidArgument);
     srv.stop().await;
 }
+
+/// `Authorize` over a real socket, and the `tower` layer that uses it: a handler behind
+/// `RequireSessionLayer` runs only for a session Tessera allows now, and sees who it is.
+async fn authorize_scenario(srv: &InProcess) {
+    use tessera_client::{AuthorizedUser, RequireSessionLayer, SESSION_HEADER};
+    use tower::ServiceExt;
+    let c = srv.client(TOKEN).await;
+    let mut id = c.identity();
+    let pw = "correct horse battery staple";
+    let ctx = || Some(pb::ClientContext { ip: "192.0.2.1".into(), user_agent: "e2e".into(), ..Default::default() });
+    let uid = id
+        .create_user(pb::CreateUserRequest {
+            email: "ivy@example.com".into(),
+            password: pw.into(),
+            context: None,
+            email_verified: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user_id;
+    let login = id
+        .begin_login(pb::BeginLoginRequest { email: "ivy@example.com".into(), password: pw.into(), context: ctx() })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = login.session_token;
+    let st = |r: &pb::AuthorizeResponse| pb::AuthorizeStatus::try_from(r.status).unwrap();
+
+    // No requirement: INVALID_ARGUMENT, naming the field.
+    let e = c.authorize(&token, None, pb::Requirement::Unspecified).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Status(s) if s.code() == Code::InvalidArgument && s.message().contains("require")),
+        "{e}"
+    );
+    // Password level: ALLOW, with who it is.
+    let r = c.authorize(&token, None, pb::Requirement::Password).await.unwrap();
+    assert_eq!(st(&r), pb::AuthorizeStatus::Allow);
+    assert_eq!((r.user_id.as_str(), r.email.as_str()), (uid.as_str(), "ivy@example.com"));
+    assert_eq!(r.level, pb::Assurance::Password as i32);
+    assert!(r.session_created_at.is_some() && r.second_factor_verified_at.is_none());
+    // Second factor level without a factor: ENROLMENT_REQUIRED; an unknown token: LOGIN_REQUIRED.
+    let r = c.authorize(&token, None, pb::Requirement::SecondFactor).await.unwrap();
+    assert_eq!((st(&r), r.user_id.as_str()), (pb::AuthorizeStatus::EnrolmentRequired, uid.as_str()));
+    let r = c.authorize(&"A".repeat(43), None, pb::Requirement::Password).await.unwrap();
+    assert_eq!((st(&r), r.user_id.as_str()), (pb::AuthorizeStatus::LoginRequired, ""));
+    // An account the user is not in: NOT_A_MEMBER; a malformed id: INVALID_ARGUMENT.
+    let acct = id
+        .create_account(pb::CreateAccountRequest { session_token: token.clone(), name: "Ivy's".into(), context: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .account_id;
+    let r = c.authorize(&token, Some(&acct), pb::Requirement::Password).await.unwrap();
+    assert_eq!(st(&r), pb::AuthorizeStatus::Allow);
+    let r = c.authorize(&token, Some("00000000-0000-4000-8000-000000000000"), pb::Requirement::Password).await.unwrap();
+    assert_eq!(st(&r), pb::AuthorizeStatus::NotAMember);
+    assert!(c.authorize(&token, Some("not an id"), pb::Requirement::Password).await.is_err());
+
+    // The layer: the session from the cookie (or the header); the user in the extensions.
+    let handler = tower::service_fn(|req: http::Request<()>| async move {
+        let who = req.extensions().get::<AuthorizedUser>().map(|u| u.email.clone()).unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(http::Response::new(format!("hello {who}")))
+    });
+    let svc = tower::ServiceBuilder::new()
+        .layer(RequireSessionLayer::new(c.clone(), pb::Requirement::Password).account(acct.clone()))
+        .service(handler);
+    let call = |headers: Vec<(&'static str, String)>| {
+        let svc = svc.clone();
+        async move {
+            let mut b = http::Request::builder();
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            let r = svc.oneshot(b.body(()).unwrap()).await.unwrap();
+            let why = r.headers().get("x-tessera-reason").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            (r.status().as_u16(), why, r.into_body())
+        }
+    };
+    assert_eq!(call(vec![]).await, (401, "login_required".into(), String::new()));
+    let cookie = format!("a=1; __Host-tessera_session={token}");
+    assert_eq!(call(vec![("cookie", cookie.clone())]).await, (200, String::new(), "hello ivy@example.com".into()));
+    assert_eq!(call(vec![(SESSION_HEADER, token.clone())]).await.0, 200);
+    // A forged user header names no one: only the session counts.
+    assert_eq!(call(vec![("x-tessera-user", uid.clone())]).await.0, 401);
+    // Signed out: the very next request is refused.
+    id.logout(pb::LogoutRequest { session_token: token.clone(), context: None }).await.unwrap();
+    assert_eq!(call(vec![("cookie", cookie)]).await, (401, "session_revoked".into(), String::new()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_over_grpc_sqlite() {
+    let srv = InProcess::start(None).await;
+    authorize_scenario(&srv).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_over_grpc_postgres() {
+    let Some(db) = PgDatabase::create("authorize over grpc").await else { return };
+    let srv = InProcess::start(Some(db.url.clone())).await;
+    authorize_scenario(&srv).await;
+    srv.stop().await;
+    db.cleanup().await;
+}
