@@ -147,8 +147,8 @@ export async function verifyAndSignIn(page, email, password = PASSWORD) {
 
 /// A new user with PASSWORD, signed in (on /accounts): sign-up (which signs nobody in), the
 /// link from the mail, then the sign-in form.
-export async function newUser(browser, email) {
-  const context = await browser.newContext({ acceptDownloads: true });
+export async function newUser(browser, email, contextOptions = {}) {
+  const context = await browser.newContext({ acceptDownloads: true, ...contextOptions });
   const page = await context.newPage();
   const problems = [];
   watch(page, problems);
@@ -217,10 +217,10 @@ export async function login(page, email) {
 }
 
 /// Debian's Chromium, headless.
-export async function launch() {
+export async function launch(extraArgs = []) {
   return chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-      '--no-first-run', '--disable-component-update', '--disable-sync'],
+      '--no-first-run', '--disable-component-update', '--disable-sync', ...extraArgs],
   });
 }

@@ -95,6 +95,16 @@ pub struct ConfigFile {
     /// trusted proxies [default: none; the client address is the socket's peer].
     #[arg(long, env = "TESSERA_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
+    /// Forward auth: the domains whose apps a sign-in may return to (the `rd` of `/login`, from
+    /// a reverse proxy's `/auth/check`), comma-separated; each covers its subdomains. https only,
+    /// but on loopback [default: none; sign-ins return to Tessera's own pages only].
+    #[arg(long, env = "TESSERA_FORWARD_AUTH_DOMAIN", value_delimiter = ',')]
+    pub forward_auth_domain: Option<Vec<String>>,
+    /// Forward auth across subdomains: also set a domain-wide cookie for this domain
+    /// (`__Secure-tessera_fwd`, accepted by `/auth/check` only), so apps on its other hosts
+    /// share the sign-in. Needs an https --public-url on a host of this domain [default: none].
+    #[arg(long, env = "TESSERA_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
     /// Serve gRPC over TLS with this PEM certificate chain (with --grpc-tls-key).
     #[arg(long, env = "TESSERA_GRPC_TLS_CERT")]
     pub grpc_tls_cert: Option<PathBuf>,
@@ -298,11 +308,20 @@ impl ServerConfig {
                 return Err(ServerError::Config(format!("signup {other:?}: must be \"open\" or \"closed\"")));
             }
         };
+        let forward_domains =
+            tessera_core::redirect::ForwardDomains::parse(given.forward_auth_domain.as_deref().unwrap_or_default())
+                .map_err(|e| ServerError::Config(format!("forward_auth_domain: {e}")))?;
+        let cookie_domain = match given.cookie_domain.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+            Some(d) => Some(cookie_domain(d, &public_url)?),
+            None => None,
+        };
         let web = tessera_web::WebConfig {
             rate_limit_per_minute: given.web_rate_limit_per_minute.unwrap_or(20),
             post_rate_limit_per_minute: given.web_post_rate_limit_per_minute.unwrap_or(60),
             trusted_proxies: tessera_web::TrustedProxies::parse(given.trusted_proxies.as_deref().unwrap_or_default())
                 .map_err(|e| ServerError::Config(format!("trusted_proxies: {e}")))?,
+            forward_domains,
+            cookie_domain,
         };
         let grpc_tls = match (given.grpc_tls_cert.clone(), given.grpc_tls_key.clone(), given.grpc_client_ca.clone()) {
             (Some(cert), Some(key), client_ca) => Some(GrpcTls { cert, key, client_ca }),
@@ -395,6 +414,22 @@ pub fn public_url(v: &str) -> Result<String, ServerError> {
         return Err(bad("no query, fragment, credentials, quotes or spaces"));
     }
     Ok(v.trim_end_matches('/').to_owned())
+}
+
+/// `--cookie-domain`: a domain name that the (https) public URL's host is, or is under (a
+/// browser refuses a cookie for a domain its page is not on). Returned lower-cased.
+pub fn cookie_domain(d: &str, public_url: &str) -> Result<String, ServerError> {
+    let bad = |why: &str| ServerError::Config(format!("cookie_domain {d:?}: {why}"));
+    let domains = tessera_core::redirect::ForwardDomains::parse(&[d]).map_err(|e| bad(&e))?;
+    let Some(name) = domains.names().first().cloned() else { return Err(bad("is empty")) };
+    let Some(rest) = public_url.strip_prefix("https://") else {
+        return Err(bad("needs an https public_url (the cookie is __Secure-)"));
+    };
+    let host = rest.split(['/', ':']).next().unwrap_or_default().to_ascii_lowercase();
+    if !domains.covers(&host) {
+        return Err(bad(&format!("the public URL's host {host:?} is not on this domain")));
+    }
+    Ok(name)
 }
 
 /// Whether a public URL names this machine (`localhost`, `127.x`, `[::1]`): a laptop's
@@ -517,6 +552,21 @@ pub(crate) fn service_tokens(cfg: &ServerConfig) -> Result<(Vec<[u8; 32]>, Strin
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cookie_domains() {
+        assert_eq!(cookie_domain("Example.com", "https://auth.example.com").unwrap(), "example.com");
+        assert_eq!(cookie_domain(".example.com", "https://example.com:8443/x").unwrap(), "example.com");
+        for (d, url, why) in [
+            ("example.com", "http://auth.example.com", "https"),
+            ("example.com", "https://auth.example.org", "not on this domain"),
+            ("example.com", "https://badexample.com", "not on this domain"),
+            ("com", "https://auth.example.com", "top-level"),
+        ] {
+            let e = cookie_domain(d, url).unwrap_err().to_string();
+            assert!(e.contains(why), "{d} {url}: {e}");
+        }
+    }
 
     #[test]
     fn public_urls() {

@@ -87,6 +87,15 @@ pub async fn prepare(cfg: &ServerConfig, clock: Option<Arc<dyn Clock>>) -> Resul
         let nets: Vec<String> = cfg.web.trusted_proxies.nets().iter().map(ToString::to_string).collect();
         summary.push(format!("trusted proxies (X-Forwarded-For believed from): {}", nets.join(", ")));
     }
+    if !cfg.web.forward_domains.is_empty() {
+        summary.push(format!(
+            "forward auth: sign-ins may return to {} and their subdomains",
+            cfg.web.forward_domains.names().join(", ")
+        ));
+    }
+    if let Some(d) = &cfg.web.cookie_domain {
+        summary.push(format!("forward auth: domain-wide cookie for {d} (accepted by /auth/check only)"));
+    }
     summary.push(format!(
         "sessions: idle timeout {}, lifetime {}, re-authentication window {}",
         cfg.sessions.idle_timeout, cfg.sessions.lifetime, cfg.sessions.reauth_window

@@ -1,6 +1,11 @@
 //! The pages' cookies. Every one is `__Host-` prefixed (so only this origin, over a secure
 //! channel, with `Path=/` and no `Domain`, can set it), Secure, HttpOnly and SameSite=Lax.
 //! Browsers treat http://127.0.0.1 and http://localhost as secure, so local use works too.
+//!
+//! One exception, only with `--cookie-domain`: [`FORWARD`], `__Secure-` and domain-wide so the
+//! apps on the domain's other hosts send it to their reverse proxy, which passes it to
+//! `/auth/check`. It holds a token of its own (not the session's), which nothing but
+//! `/auth/check` accepts.
 
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
@@ -20,6 +25,20 @@ pub(crate) const BROWSER_MAX_AGE: i64 = 400 * 24 * 3600;
 /// "Trust this browser": a random token (its SHA-256 stored) that lets the password alone sign
 /// its user in, for as long as the trust lasts.
 pub(crate) const TRUST: &str = "__Host-tessera_trust";
+
+/// Forward auth's domain-wide cookie (`--cookie-domain`): the session's forward token, good
+/// for `/auth/check` only.
+pub(crate) const FORWARD: &str = "__Secure-tessera_fwd";
+
+/// The domain-wide [`FORWARD`] cookie for `domain`, lasting `max_age` seconds.
+pub(crate) fn set_forward(domain: &str, value: &str, max_age: i64) -> String {
+    ours(FORWARD, value).domain(domain.to_owned()).max_age(time::Duration::seconds(max_age)).build().to_string()
+}
+
+/// Delete the domain-wide [`FORWARD`] cookie.
+pub(crate) fn clear_forward(domain: &str) -> String {
+    ours(FORWARD, "").domain(domain.to_owned()).max_age(time::Duration::ZERO).build().to_string()
+}
 
 /// The value of cookie `name` in the request (every `Cookie` header, parsed by the `cookie`
 /// crate), if present, non-empty and of a sane length (our tokens are 43 characters).
@@ -75,5 +94,10 @@ mod tests {
         }
         assert!(!c.contains("Domain"));
         assert!(clear(CSRF).contains("Max-Age=0"));
+        let f = set_forward("example.com", "t", 60);
+        for part in ["__Secure-tessera_fwd=t", "Domain=example.com", "Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+            assert!(f.contains(part), "{f}");
+        }
+        assert!(clear_forward("example.com").contains("Max-Age=0"));
     }
 }

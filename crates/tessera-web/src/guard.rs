@@ -46,8 +46,23 @@ pub(crate) struct ClientIp(pub(crate) String);
 #[derive(Debug, Clone)]
 pub(crate) struct CsrfToken(pub(crate) String);
 
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The pages' Content-Security-Policy. `form-action` also allows the hosts a sign-in may return
+/// to (`--forward-auth-domain`): browsers apply it to the redirect that answers a form, so the
+/// sign-in's 303 back to the app would be blocked otherwise.
+pub(crate) fn csp(forward: &tessera_core::redirect::ForwardDomains) -> String {
+    let mut form_action = vec!["'self'".to_owned()];
+    for d in forward.names() {
+        form_action.push(format!("https://{d}:* https://*.{d}:*"));
+        if d == "localhost" || d.ends_with(".localhost") || d.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+            form_action.push(format!("http://{d}:* http://*.{d}:*"));
+        }
+    }
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         form-action {}; frame-ancestors 'none'; base-uri 'none'",
+        form_action.join(" ")
+    )
+}
 
 /// Proxies whose `X-Forwarded-For` is believed: the pages' reverse proxies and load balancers.
 /// IPv4-mapped IPv6 addresses are matched as the IPv4 address.
@@ -81,7 +96,7 @@ impl TrustedProxies {
         &self.0
     }
 
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
     }
@@ -139,14 +154,18 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Apply the layers that wrap every page: the request timeout (408) and the security headers
 /// on every response, the framework's and the timeout's included.
-pub(crate) fn layers<S: Clone + Send + Sync + 'static>(r: axum::Router<S>) -> axum::Router<S> {
+pub(crate) fn layers<S: Clone + Send + Sync + 'static>(r: axum::Router<S>, hsts: bool, csp: &str) -> axum::Router<S> {
     use tower_http::set_header::SetResponseHeaderLayer as Set;
     let h = HeaderValue::from_static;
+    let r = if hsts { r.layer(Set::overriding(header::STRICT_TRANSPORT_SECURITY, h("max-age=31536000"))) } else { r };
     r.layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         // Pages show secrets, recovery codes and personal activity: never cache them (the
         // static files say otherwise for themselves).
         .layer(Set::if_not_present(header::CACHE_CONTROL, h("no-store")))
-        .layer(Set::overriding(header::CONTENT_SECURITY_POLICY, h(CSP)))
+        .layer(Set::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_str(csp).unwrap_or_else(|_| h("default-src 'none'; form-action 'self'")),
+        ))
         .layer(Set::overriding(header::X_FRAME_OPTIONS, h("DENY")))
         .layer(Set::overriding(header::X_CONTENT_TYPE_OPTIONS, h("nosniff")))
         .layer(Set::overriding(header::REFERRER_POLICY, h("no-referrer")))
@@ -257,6 +276,21 @@ mod tests {
     use super::{TrustedProxies, client_ip};
     use axum::http::{HeaderMap, HeaderValue};
     use std::net::IpAddr;
+
+    #[test]
+    fn form_action_allows_the_forward_auth_hosts() {
+        use tessera_core::redirect::ForwardDomains;
+        assert!(super::csp(&ForwardDomains::default()).contains("form-action 'self';"));
+        let c = super::csp(&ForwardDomains::parse(&["example.com", "localhost"]).unwrap());
+        assert!(
+            c.contains(
+                "form-action 'self' https://example.com:* https://*.example.com:* https://localhost:* \
+                 https://*.localhost:* http://localhost:* http://*.localhost:*;"
+            ),
+            "{c}"
+        );
+        assert!(!c.contains("http://example.com"), "plain http only on loopback: {c}");
+    }
 
     #[test]
     fn finds_the_csrf_field() {

@@ -13,6 +13,7 @@
 //! render; no rule about factors, sessions or accounts is decided here, and no SQL.
 
 mod cookies;
+mod forward;
 mod guard;
 mod limit;
 mod pages;
@@ -37,11 +38,22 @@ pub struct WebConfig {
     /// address taken from `X-Forwarded-For` (walked from the right, past trusted proxies).
     /// Empty (the default): the client address is always the socket's peer.
     pub trusted_proxies: TrustedProxies,
+    /// Forward auth: the hosts a sign-in may return to (`rd`), besides this site's own paths.
+    pub forward_domains: tessera_core::redirect::ForwardDomains,
+    /// Forward auth across subdomains: the domain of the second, domain-wide cookie
+    /// (`__Secure-tessera_fwd`) that `/auth/check` accepts. `None`: no such cookie.
+    pub cookie_domain: Option<String>,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { rate_limit_per_minute: 20, post_rate_limit_per_minute: 60, trusted_proxies: TrustedProxies::default() }
+        Self {
+            rate_limit_per_minute: 20,
+            post_rate_limit_per_minute: 60,
+            trusted_proxies: TrustedProxies::default(),
+            forward_domains: Default::default(),
+            cookie_domain: None,
+        }
     }
 }
 
@@ -61,7 +73,16 @@ pub(crate) struct Web {
 pub fn router(app: App, config: WebConfig) -> axum::Router {
     let sign_in_limit = Arc::new(RateLimiter::new(config.rate_limit_per_minute));
     let post_limit = Arc::new(RateLimiter::new(config.post_rate_limit_per_minute));
+    let hsts = web_hsts(&app);
+    let csp = guard::csp(&config.forward_domains);
     let web = Web { app, config: Arc::new(config), sign_in_limit, post_limit };
-    guard::layers(pages::routes().layer(axum::middleware::from_fn_with_state(web.clone(), guard::guard)))
-        .with_state(web)
+    // `/auth/check` answers reverse proxies, not browsers: no CSRF cookie, no form limits.
+    let pages = pages::routes().layer(axum::middleware::from_fn_with_state(web.clone(), guard::guard));
+    guard::layers(pages.merge(forward::routes()), hsts, &csp).with_state(web)
+}
+
+/// HSTS when the public address is https (a year; not `includeSubDomains`: other hosts of the
+/// domain are not ours to decide).
+fn web_hsts(app: &App) -> bool {
+    app.config().public_url.to_ascii_lowercase().starts_with("https://")
 }

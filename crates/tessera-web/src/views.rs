@@ -211,6 +211,10 @@ pub(crate) struct Login {
     pub(crate) notice: Option<String>,
     /// Offer "Sign in with a passkey" (WebAuthn is configured).
     pub(crate) passkeys: bool,
+    /// Where to return once signed in (checked; empty: nowhere in particular).
+    pub(crate) rd: String,
+    /// Sent back by an app's proxy while signed in: this session is not enough for that app.
+    pub(crate) needs_more: bool,
 }
 
 #[derive(Template)]

@@ -1370,3 +1370,169 @@ async fn trust_this_browser_through_the_pages() {
     let r = thief.post(&h, "/login", &[("email", "tom@example.com"), ("password", PASSWORD)]).await;
     assert_eq!(r.location(), "/login/code");
 }
+
+// ---- forward auth ------------------------------------------------------------------------
+
+/// The pages with forward auth on: `example.com` listed, the proxy at 10.0.0.9 trusted.
+async fn forward_harness(cookie_domain: Option<&str>) -> H {
+    harness(WebConfig {
+        trusted_proxies: tessera_web::TrustedProxies::parse(&["10.0.0.9"]).unwrap(),
+        forward_domains: tessera_core::redirect::ForwardDomains::parse(&["example.com"]).unwrap(),
+        cookie_domain: cookie_domain.map(str::to_owned),
+        ..Default::default()
+    })
+    .await
+}
+
+/// The proxy's `X-Forwarded-*` for `https://app.example.com/private?x=1`.
+const FORWARDED: [(&str, &str); 3] =
+    [("x-forwarded-proto", "https"), ("x-forwarded-host", "app.example.com"), ("x-forwarded-uri", "/private?x=1")];
+
+/// `/auth/check?{query}` as the proxy at `ip` asks it, with the browser's cookies.
+async fn check(h: &H, b: &mut Browser, query: &str, extra: &[(&str, &str)]) -> Resp {
+    b.send(h, Method::GET, &format!("/auth/check?{query}"), &[], extra).await
+}
+
+#[tokio::test]
+async fn auth_check_needs_require_and_says_who() {
+    let h = forward_harness(None).await;
+    let mut b = Browser::new("10.0.0.9");
+    // What is required is the operator's URL: no default.
+    for q in ["", "require=", "require=admin", "require=password&redirect=yes", "account=x"] {
+        let r = check(&h, &mut b, q, &[]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {}", r.body);
+        assert!(r.body.contains("require") || r.body.contains("redirect"), "{}", r.body);
+    }
+    assert_eq!(check(&h, &mut b, "require=password&account=not%20an%20id", &[]).await.status, StatusCode::BAD_REQUEST);
+    // Signed out: 401 with the sign-in page (returning to the original URL) for nginx, or a 302
+    // there with redirect=1; the CSRF cookie of the pages is not set on the app's host.
+    let r = check(&h, &mut b, "require=password", &FORWARDED).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["x-tessera-reason"], "login_required");
+    assert_eq!(r.location(), "http://localhost:8080/login?rd=https%3A%2F%2Fapp.example.com%2Fprivate%3Fx%3D1");
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
+    let r = check(&h, &mut b, "require=password&redirect=1", &FORWARDED).await;
+    assert_eq!(
+        (r.status, r.location().ends_with("rd=https%3A%2F%2Fapp.example.com%2Fprivate%3Fx%3D1")),
+        (StatusCode::FOUND, true)
+    );
+    // The original URL is believed only from a trusted proxy, and only on a listed host.
+    let mut stranger = Browser::new("198.51.100.7");
+    assert_eq!(
+        check(&h, &mut stranger, "require=password", &FORWARDED).await.location(),
+        "http://localhost:8080/login"
+    );
+    let evil = [("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example"), ("x-forwarded-uri", "/")];
+    assert_eq!(check(&h, &mut b, "require=password", &evil).await.location(), "http://localhost:8080/login");
+    let at = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.example.com@evil.example"),
+        ("x-forwarded-uri", "/"),
+    ];
+    assert_eq!(check(&h, &mut b, "require=password", &at).await.location(), "http://localhost:8080/login");
+
+    // Signed in with the password only (no factor): password level passes, with who it is; a
+    // header the client forged is not what the proxy reads.
+    signed_up(&h, &mut b, "ada@example.com").await;
+    let forged = [("x-tessera-user", "someone-else")];
+    let r = check(&h, &mut b, "require=password", &forged).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let uid = session_of(&h, &b).await.user_id().to_owned();
+    assert_eq!(r.headers["x-tessera-user"].to_str().unwrap(), uid);
+    assert_eq!(r.headers["x-tessera-email"], "ada@example.com");
+    assert_eq!(r.headers["x-tessera-level"], "password");
+    assert_eq!(r.headers["x-tessera-session-age"], "0");
+    assert_eq!(r.headers["x-tessera-grace-until"], "", "sent, empty: no grace period");
+    let r = check(&h, &mut b, "require=second_factor", &FORWARDED).await;
+    assert_eq!(
+        (r.status, r.headers["x-tessera-reason"].to_str().unwrap()),
+        (StatusCode::UNAUTHORIZED, "enrolment_required")
+    );
+    // Not a member of an account: 403 (signing in again would not help), never a redirect.
+    let r = check(&h, &mut b, "require=password&redirect=1&account=00000000-0000-4000-8000-000000000000", &[]).await;
+    assert_eq!((r.status, r.headers["x-tessera-reason"].to_str().unwrap()), (StatusCode::FORBIDDEN, "not_a_member"));
+    // Signed out: the very next check is refused.
+    b.post(&h, "/logout", &[]).await;
+    b.jar.insert("__Host-tessera_session".into(), "A".repeat(43));
+    assert_eq!(check(&h, &mut b, "require=password", &[]).await.headers["x-tessera-reason"], "login_required");
+}
+
+#[tokio::test]
+async fn a_sign_in_returns_to_the_app_only_on_a_listed_host() {
+    let h = forward_harness(None).await;
+    let (_, secret) = user_with_totp(&h, "bob@example.com").await;
+    let rd = "https://app.example.com/private?x=1";
+    let mut b = Browser::new("10.0.0.1");
+    // The login page keeps rd in its forms (checked first).
+    let page = b.get(&h, "/login?rd=https%3A%2F%2Fapp.example.com%2Fprivate%3Fx%3D1").await.body;
+    assert!(page.contains("name=\"rd\" value=\"https://app.example.com/private?x=1\""), "{page}");
+    let page = b.get(&h, "/login?rd=https%3A%2F%2Fevil.example%2F").await.body;
+    assert!(!page.contains("name=\"rd\""), "{page}");
+    // password → code page → back to the app: rd rode in the login challenge.
+    let r = b.post(&h, "/login", &[("email", "bob@example.com"), ("password", PASSWORD), ("rd", rd)]).await;
+    assert_eq!(r.location(), "/login/code");
+    h.clock.advance(time::Duration::seconds(30));
+    let r = b.post(&h, "/login/code", &[("code", &code_at(&secret, T0 + 30))]).await;
+    assert_eq!(r.location(), rd, "{}", r.body);
+
+    // Every open-redirect form is refused: the sign-in lands on Tessera's own page.
+    for (step, bad) in (2..).zip([
+        "//evil.example",
+        "https://evil.example/",
+        "https://example.com.evil.example/",
+        "https://example.com@evil.example/",
+        "https://ex\u{0430}mple.com/",
+        "https://xn--exmple-4nf.com/",
+        "javascript:alert(1)",
+        "https:\\\\evil.example",
+        "/\\evil.example",
+        "https%3A%2F%2Fevil.example",
+        "/%2F%2Fevil.example",
+        "http://app.example.com/",
+    ]) {
+        let mut b = Browser::new("10.0.0.2");
+        let r = b.post(&h, "/login", &[("email", "bob@example.com"), ("password", PASSWORD), ("rd", bad)]).await;
+        assert_eq!(r.location(), "/login/code", "{bad}");
+        h.clock.advance(time::Duration::seconds(30));
+        let r = b.post(&h, "/login/code", &[("code", &code_at(&secret, T0 + 30 * step))]).await;
+        assert_eq!(r.location(), "/accounts", "{bad:?} was followed");
+    }
+    // A password-only user goes straight back.
+    h.app.create_user("ada@example.com", PASSWORD, &ClientContext::default()).await.unwrap();
+    let mut a = Browser::new("10.0.0.3");
+    let r = a.post(&h, "/login", &[("email", "ada@example.com"), ("password", PASSWORD), ("rd", rd)]).await;
+    assert_eq!(r.location(), rd);
+    // Sent back by the proxy while signed in (the app wants more): the page says so and keeps rd.
+    let page = a.get(&h, "/login?rd=https%3A%2F%2Fapp.example.com%2F").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("You are signed in, but the app you came from") && page.body.contains("name=\"rd\""));
+    assert!(page.body.contains("href=\"https://app.example.com/\" id=\"back-to-app\""), "{}", page.body);
+}
+
+#[tokio::test]
+async fn the_domain_wide_cookie_is_for_auth_check_only() {
+    let h = forward_harness(Some("example.com")).await;
+    let mut b = Browser::new("10.0.0.1");
+    signed_up(&h, &mut b, "ada@example.com").await;
+    let r_cookie = b.jar.get("__Secure-tessera_fwd").cloned().expect("the domain-wide cookie");
+    assert_ne!(r_cookie, b.jar["__Host-tessera_session"], "a token of its own");
+    // It alone passes /auth/check (an app on another host of the domain sends only it)…
+    let mut app_host = Browser::new("10.0.0.1");
+    app_host.jar.insert("__Secure-tessera_fwd".into(), r_cookie.clone());
+    assert_eq!(check(&h, &mut app_host, "require=password", &[]).await.status, StatusCode::OK);
+    // …and nothing else: the pages do not take it, nor does it work as a session cookie.
+    assert_eq!(app_host.get(&h, "/settings/security").await.location(), "/login");
+    let mut as_session = Browser::new("10.0.0.1");
+    as_session.jar.insert("__Host-tessera_session".into(), r_cookie.clone());
+    assert_eq!(as_session.get(&h, "/settings/security").await.location(), "/login");
+    // Signing out clears it (Domain set) and ends it.
+    let r = b.post(&h, "/logout", &[]).await;
+    let cleared = r.set_cookies().into_iter().find(|c| c.starts_with("__Secure-tessera_fwd=")).expect("cleared");
+    assert!(cleared.contains("Domain=example.com") && cleared.contains("Max-Age=0"), "{cleared}");
+    let r = check(&h, &mut app_host, "require=password", &[]).await;
+    assert_eq!(
+        (r.status, r.headers["x-tessera-reason"].to_str().unwrap()),
+        (StatusCode::UNAUTHORIZED, "session_revoked")
+    );
+}

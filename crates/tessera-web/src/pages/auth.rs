@@ -32,6 +32,8 @@ use tessera_core::session::Recency;
 pub(crate) struct Credentials {
     email: String,
     password: String,
+    /// Where to return once signed in (forward auth's `rd`), checked before it is kept.
+    rd: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -50,13 +52,44 @@ pub(crate) async fn home(req: Req, State(web): State<Web>) -> Response {
 }
 
 /// The cookies of a completed sign-in: the session, the known-browser token when a new one was
-/// minted, and the login challenge cleared.
-fn signed_in(web: &Web, token: &str, browser: Option<&str>, to: &str) -> Response {
+/// minted, the domain-wide forward-auth cookie with `--cookie-domain`, and the login challenge
+/// cleared.
+async fn signed_in(web: &Web, token: &str, browser: Option<&str>, to: &str) -> Response {
     let mut set = vec![session_cookie(web, token), cookies::clear(cookies::CHALLENGE)];
     if let Some(b) = browser {
         set.push(cookies::set(cookies::BROWSER, b, Some(cookies::BROWSER_MAX_AGE)));
     }
+    if let Some(domain) = &web.config.cookie_domain {
+        match web.app.forward_token(token).await {
+            Ok(Some(f)) => {
+                set.push(cookies::set_forward(domain, &f, web.app.config().sessions.lifetime.whole_seconds()));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not mint the forward-auth cookie"),
+        }
+    }
     with_cookies(Redirect::to(to).into_response(), &set)
+}
+
+/// Where a sign-in returns: `rd` if the return-address parser accepts it (a local path, or a
+/// URL on a host of `--forward-auth-domain`), else `fallback`.
+fn return_address(web: &Web, rd: Option<&str>, fallback: &str) -> String {
+    rd.and_then(|rd| tessera_core::redirect::return_address(rd, &web.config.forward_domains))
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
+/// `rd` as the sign-in keeps it: checked now (and again when followed), or nothing.
+fn checked_rd(web: &Web, rd: &str) -> Option<String> {
+    tessera_core::redirect::return_address(rd, &web.config.forward_domains)
+}
+
+/// Where the sign-in of the browser's login challenge returns (kept in the challenge).
+async fn challenge_return(web: &Web, req: &Req, fallback: &str) -> String {
+    let rd = match req.challenge.as_deref() {
+        Some(c) => web.app.challenge_return_to(c).await.ok().flatten(),
+        None => None,
+    };
+    return_address(web, rd.as_deref(), fallback)
 }
 
 /// "Trust this browser": the cookie of a trust minted for the session just opened (`None`, and
@@ -81,7 +114,7 @@ async fn signed_in_trusting(
     to: &str,
     trust: bool,
 ) -> Response {
-    let page = signed_in(web, token, browser, to);
+    let page = signed_in(web, token, browser, to).await;
     match if trust { trust_cookie(web, token, &req.ctx).await } else { None } {
         Some(c) => with_cookies(page, &[c]),
         None => page,
@@ -140,13 +173,26 @@ pub(crate) struct LoginQuery {
     expired: Option<String>,
     reset: Option<String>,
     verified: Option<String>,
+    /// Forward auth: the app to return to once signed in.
+    rd: Option<String>,
 }
 
 pub(crate) async fn login_form(req: Req, State(web): State<Web>, Query(q): Query<LoginQuery>) -> Response {
+    let rd = q.rd.as_deref().and_then(|rd| checked_rd(&web, rd)).unwrap_or_default();
     if let Some(t) = &req.session
         && matches!(web.app.session(t).await, Ok(Some(_)))
     {
-        return Redirect::to("/accounts").into_response();
+        if rd.is_empty() {
+            return Redirect::to("/accounts").into_response();
+        }
+        // Sent back by an app's proxy while signed in: this session is not enough for that app
+        // (it asks for a second factor this session has not proven, or one the user has yet to
+        // set up). Signing in again with the second factor, or setting one up, is the way on.
+        let passkeys = web.app.webauthn_enabled();
+        let chrome = req.chrome("Sign in");
+        let (email, error, notice) = (String::new(), None, None);
+        let page = views::Login { chrome, email, error, notice, passkeys, rd, needs_more: true };
+        return views::page(StatusCode::OK, &page);
     }
     let notice = match (q.expired, q.reset) {
         _ if q.verified.is_some() => Some("Your email address is confirmed. Sign in with your password.".to_owned()),
@@ -158,7 +204,7 @@ pub(crate) async fn login_form(req: Req, State(web): State<Web>, Query(q): Query
         (Some(_), None) => Some("Your sign-in expired or was cancelled. Please sign in again.".to_owned()),
         (None, None) => None,
     };
-    login_page(&web, &req, StatusCode::OK, String::new(), None, notice)
+    login_page(&web, &req, StatusCode::OK, String::new(), None, notice, rd)
 }
 
 fn login_page(
@@ -168,17 +214,23 @@ fn login_page(
     email: String,
     error: Option<String>,
     notice: Option<String>,
+    rd: String,
 ) -> Response {
     let passkeys = web.app.webauthn_enabled();
-    views::page(status, &views::Login { chrome: req.chrome("Sign in"), email, error, notice, passkeys })
+    views::page(status, &views::Login { chrome: req.chrome("Sign in"), email, error, notice, passkeys, rd, needs_more: false })
 }
 
 pub(crate) async fn login(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<Credentials>) -> Response {
     let now = web.app.now();
-    match web.app.begin_login(&f.email, &f.password, &req.ctx).await {
+    let rd = checked_rd(&web, &f.rd);
+    let login_page = |web: &Web, req: &Req, status, email, error, notice| {
+        login_page(web, req, status, email, error, notice, rd.clone().unwrap_or_default())
+    };
+    match web.app.begin_login_returning(&f.email, &f.password, &req.ctx, rd.as_deref()).await {
         Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
             end_previous(&web, &req).await;
-            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/accounts")
+            let to = return_address(&web, rd.as_deref(), "/accounts");
+            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), &to).await
         }
         Ok(LoginOutcome::SecondFactorRequired { challenge }) => {
             let age = tessera_app::CHALLENGE_TTL.whole_seconds();
@@ -300,13 +352,13 @@ async fn second_step(req: Req, web: Web, step: SecondStep, code: String, trust: 
             // After a recovery code, a user running out of them lands where new ones are made.
             let to = match step {
                 SecondStep::Recovery => match web.app.recovery_codes_remaining(&user_id).await {
-                    Ok(0) => "/settings/security?done=last-code",
-                    Ok(n) if n <= 3 => "/settings/security?done=codes-low",
-                    _ => "/accounts",
+                    Ok(0) => "/settings/security?done=last-code".to_owned(),
+                    Ok(n) if n <= 3 => "/settings/security?done=codes-low".to_owned(),
+                    _ => challenge_return(&web, &req, "/accounts").await,
                 },
-                SecondStep::Totp => "/accounts",
+                SecondStep::Totp => challenge_return(&web, &req, "/accounts").await,
             };
-            signed_in_trusting(&web, &req, &token, browser_token.as_deref().map(String::as_str), to, trust).await
+            signed_in_trusting(&web, &req, &token, browser_token.as_deref().map(String::as_str), &to, trust).await
         }
         Ok(LoginOutcome::Rejected { attempts_remaining }) => {
             let msg = match step {
@@ -380,7 +432,8 @@ pub(crate) async fn key_finish(req: Req, State(web): State<Web>, axum::Form(f): 
         Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
             end_previous(&web, &req).await;
             let browser = browser_token.as_deref().map(String::as_str);
-            signed_in_trusting(&web, &req, &token, browser, "/accounts", f.trust == "on").await
+            let to = challenge_return(&web, &req, "/accounts").await;
+            signed_in_trusting(&web, &req, &token, browser, &to, f.trust == "on").await
         }
         Ok(LoginOutcome::KeyRefused(r)) => code_error(&web, &req, StatusCode::UNAUTHORIZED, key_refused(r)).await,
         Ok(_) => with_cookies(Redirect::to("/login?expired=1").into_response(), &[cookies::clear(cookies::CHALLENGE)]),
@@ -393,8 +446,16 @@ pub(crate) async fn key_finish(req: Req, State(web): State<Web>, axum::Form(f): 
     }
 }
 
+/// The return address a form carries along (the passkey sign-in's).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct Rd {
+    rd: String,
+}
+
 /// "Sign in with a passkey" on `/login`: a ceremony that names no user.
-pub(crate) async fn passkey_begin(req: Req, State(web): State<Web>) -> Response {
+pub(crate) async fn passkey_begin(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<Rd>) -> Response {
+    let rd = checked_rd(&web, &f.rd);
     match web.app.begin_passkey_login().await {
         Ok(c) => ceremony_page(
             req.chrome("Sign in with a passkey"),
@@ -403,26 +464,34 @@ pub(crate) async fn passkey_begin(req: Req, State(web): State<Web>) -> Response 
                 intro: "Choose your passkey when your browser asks, and confirm with your fingerprint, face or PIN.",
                 mode: "get",
                 action: "/login/passkey/finish",
-                extra: Vec::new(),
+                extra: rd.iter().map(|rd| ("rd".to_owned(), rd.clone())).collect(),
                 button: "Use passkey",
                 back: "/login",
             },
             c,
         ),
-        Err(AppError::FailedPrecondition(m)) => {
-            login_page(&web, &req, StatusCode::CONFLICT, String::new(), Some(sentence(&m)), None)
-        }
+        Err(AppError::FailedPrecondition(m)) => login_page(
+            &web,
+            &req,
+            StatusCode::CONFLICT,
+            String::new(),
+            Some(sentence(&m)),
+            None,
+            rd.unwrap_or_default(),
+        ),
         Err(e) => views::app_error(req.chrome("Error"), e),
     }
 }
 
 /// The passkey's answer: signed in (at the second-factor level), or back to `/login`.
 pub(crate) async fn passkey_finish(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<KeyAnswer>) -> Response {
-    let fail = |status, msg: String| login_page(&web, &req, status, String::new(), Some(msg), None);
+    let rd = checked_rd(&web, &f.rd).unwrap_or_default();
+    let fail = |status, msg: String| login_page(&web, &req, status, String::new(), Some(msg), None, rd.clone());
     match web.app.complete_passkey_login(&f.ceremony, &f.response, &req.ctx).await {
         Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
             end_previous(&web, &req).await;
-            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), "/accounts")
+            let to = return_address(&web, Some(&rd).filter(|r| !r.is_empty()).map(String::as_str), "/accounts");
+            signed_in(&web, &token, browser_token.as_deref().map(String::as_str), &to).await
         }
         Ok(LoginOutcome::KeyRefused(tessera_app::KeyRefusal::UnknownCredential)) => fail(
             StatusCode::UNAUTHORIZED,
@@ -448,10 +517,11 @@ pub(crate) async fn logout(req: Req, State(web): State<Web>) -> Response {
     {
         return views::app_error(req.chrome("Error"), e);
     }
-    with_cookies(
-        Redirect::to("/login").into_response(),
-        &[cookies::clear(cookies::SESSION), cookies::clear(cookies::CHALLENGE)],
-    )
+    let mut clear = vec![cookies::clear(cookies::SESSION), cookies::clear(cookies::CHALLENGE)];
+    if let Some(domain) = &web.config.cookie_domain {
+        clear.push(cookies::clear_forward(domain));
+    }
+    with_cookies(Redirect::to("/login").into_response(), &clear)
 }
 
 // ---- re-authentication ("sudo mode") -----------------------------------------------------

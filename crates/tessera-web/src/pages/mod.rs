@@ -123,6 +123,8 @@ pub(crate) struct KeyAnswer {
     response: String,
     /// "Trust this browser for 30 days" ticked before the key's ceremony (`on`).
     trust: String,
+    /// Where a passkey sign-in returns (forward auth's `rd`, checked again).
+    rd: String,
 }
 
 /// What a WebAuthn ceremony page says and where its answer goes.
