@@ -14,6 +14,13 @@
 //! fixed schedule, for the latency at a given load (timed from when each request was due).
 //!
 //! `cargo run --release -p tessera-bench -- verify --concurrency 64 --duration 20s --database sqlite`
+//!
+//! `check` drives forward auth instead: `GET /auth/check?require=password&account=…` on the HTTP
+//! listener, over keep-alive HTTP/1.1 connections (one per client, as a reverse proxy keeps
+//! them), each with the session cookie of a user of its own who is a member of the account: the
+//! full decision (session, user, membership and policy) every time, on a real clock.
+//!
+//! `cargo run --release -p tessera-bench -- check --concurrency 64 --duration 20s --database sqlite`
 #![allow(clippy::indexing_slicing)]
 
 use anyhow::{Context, Result, bail};
@@ -28,6 +35,8 @@ use tessera_core::otp::{self, Secret, TotpParams};
 use tessera_server::{ConfigFile, Listeners, ServerConfig};
 use time::OffsetDateTime;
 
+mod check;
+
 const TOKEN: &str = "bench-service-token-0123456789";
 
 #[derive(Parser, Debug)]
@@ -41,6 +50,34 @@ struct Cli {
 enum Cmd {
     /// Drive VerifyTotp.
     Verify(VerifyArgs),
+    /// Drive /auth/check (forward auth).
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// Concurrent clients, each on its own keep-alive connection with its own user's session.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to drive load, e.g. 20s.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    db: DbArgs,
+    /// Server database pool size.
+    #[arg(long, default_value_t = 16)]
+    pool: u32,
+}
+
+/// The database the server under load uses.
+#[derive(clap::Args, Debug)]
+struct DbArgs {
+    /// Which database the server uses.
+    #[arg(long, value_enum, default_value_t = Db::Sqlite)]
+    database: Db,
+    /// PostgreSQL server (a fresh database is created on it and dropped afterwards).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pg_url: String,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,12 +97,8 @@ struct VerifyArgs {
     /// How long to drive load, e.g. 20s.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     duration: Duration,
-    /// Which database the server uses.
-    #[arg(long, value_enum, default_value_t = Db::Sqlite)]
-    database: Db,
-    /// PostgreSQL server (a fresh database is created on it and dropped afterwards).
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-    pg_url: String,
+    #[command(flatten)]
+    db: DbArgs,
     /// Subjects per client.
     #[arg(long, default_value_t = 32)]
     subjects_per_client: usize,
@@ -139,48 +172,70 @@ struct Tally {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let Cli { cmd: Cmd::Verify(args) } = Cli::parse();
-    if args.concurrency == 0 || args.subjects_per_client == 0 {
-        bail!("--concurrency and --subjects-per-client must be at least 1");
-    }
+    let cmd = Cli::parse().cmd;
+    let (database, pg_url, pg_async_commit) = match &cmd {
+        Cmd::Verify(a) => {
+            if a.concurrency == 0 || a.subjects_per_client == 0 {
+                bail!("--concurrency and --subjects-per-client must be at least 1");
+            }
+            (a.db.database, a.db.pg_url.clone(), a.pg_async_commit)
+        }
+        Cmd::Check(a) => {
+            if a.concurrency == 0 {
+                bail!("--concurrency must be at least 1");
+            }
+            (a.db.database, a.db.pg_url.clone(), false)
+        }
+    };
     let dir = tempfile::tempdir()?;
-    let (database_url, pg_db) = match args.database {
+    let (database_url, pg_db) = match database {
         Db::Sqlite => (None, None),
         Db::Postgres => {
             let name = format!("tessera_bench_{}", uuid::Uuid::new_v4().simple());
-            let pool = sqlx::PgPool::connect(&args.pg_url).await.context("cannot reach PostgreSQL")?;
+            let pool = sqlx::PgPool::connect(&pg_url).await.context("cannot reach PostgreSQL")?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
-            if args.pg_async_commit {
+            if pg_async_commit {
                 sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} SET synchronous_commit = off")))
                     .execute(&pool)
                     .await?;
             }
             pool.close().await;
-            let (url, query) = args
-                .pg_url
-                .split_once('?')
-                .map_or((args.pg_url.as_str(), String::new()), |(u, q)| (u, format!("?{q}")));
+            let (url, query) =
+                pg_url.split_once('?').map_or((pg_url.as_str(), String::new()), |(u, q)| (u, format!("?{q}")));
             let (prefix, _) = url.rsplit_once('/').context("--pg-url needs a /database")?;
             (Some(format!("{prefix}/{name}{query}")), Some(name))
         }
     };
-    let result = run(&args, dir.path(), database_url).await;
+    let result = match &cmd {
+        Cmd::Verify(a) => run(a, dir.path(), database_url).await,
+        Cmd::Check(a) => check::run(a, dir.path(), database_url).await,
+    };
     if let Some(name) = pg_db {
-        let pool = sqlx::PgPool::connect(&args.pg_url).await?;
+        let pool = sqlx::PgPool::connect(&pg_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&pool).await?;
     }
     result
 }
 
-async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<String>) -> Result<()> {
+/// Latency percentiles (ms) of sorted microsecond samples.
+fn percentile(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() { 0.0 } else { f64::from(sorted_us[((sorted_us.len() - 1) as f64 * q) as usize]) / 1000.0 }
+}
+
+/// The server's settings: its data in `dir`, the database, the pool, no breached-password check.
+fn server_config(dir: &std::path::Path, database_url: Option<String>, pool: u32) -> Result<ServerConfig> {
     let given = ConfigFile {
         data_dir: Some(dir.to_owned()),
         database_url,
-        db_max_connections: Some(args.pool),
+        db_max_connections: Some(pool),
         pwned_mode: Some("off".into()),
         ..Default::default()
     };
-    let cfg = ServerConfig::resolve(given, Some(TOKEN.into()))?;
+    Ok(ServerConfig::resolve(given, Some(TOKEN.into()))?)
+}
+
+async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<String>) -> Result<()> {
+    let cfg = server_config(dir, database_url, args.pool)?;
     let clock =
         Arc::new(FastClock { start: Instant::now(), start_ms: 1_767_225_600_000, speed: 30_000 / args.step_ms.max(1) });
     let prepared = tessera_server::prepare(&cfg, Some(clock.clone())).await?;
@@ -352,10 +407,7 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
     }
     let secs = started.elapsed().as_secs_f64();
     all.latencies_us.sort_unstable();
-    let pct = |q: f64| {
-        let v = &all.latencies_us;
-        if v.is_empty() { 0.0 } else { f64::from(v[((v.len() - 1) as f64 * q) as usize]) / 1000.0 }
-    };
+    let pct = |q: f64| percentile(&all.latencies_us, q);
     let total = all.latencies_us.len();
     let mode = match args.rate {
         Some(r) => format!("open loop, {r:.0}/s offered"),
@@ -363,7 +415,7 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
     };
     println!(
         "database={:?} concurrency={} duration={:.1}s pool={} ({mode})",
-        args.database, args.concurrency, secs, args.pool
+        args.db.database, args.concurrency, secs, args.pool
     );
     println!(
         "requests={total} ({:.0}/s)  accepted={} rejected={} locked={} errors={}",
