@@ -153,10 +153,20 @@ impl App {
         };
         let user = self.store.user_by_id(s.user_id()).await?.ok_or(AppError::NotFound("user"))?;
         let now = self.clock.now();
+        // A trusted browser's session proved no factor: it stands for one only within the
+        // strictest cap of the user's accounts that require MFA, as they are now (a cap set or
+        // lowered since the sign-in applies at once, with or without `account`).
+        let mut level = s.assurance();
+        if let (Some(since), None) = (s.trusted_since(), s.second_factor_verified_at()) {
+            let policies = self.store.account_policies_of(s.user_id()).await?;
+            if !tessera_core::policy::trust_allowed(since, tessera_core::policy::trust_cap_days(&policies), now) {
+                level = Assurance::Password;
+            }
+        }
         let principal = Principal {
             user_id: user.id.clone(),
             email: user.email.clone(),
-            level: s.assurance(),
+            level,
             session_id: s.id().to_owned(),
             session_created_at: s.created_at(),
             session_age: (now - s.created_at()).max(Duration::ZERO),
@@ -185,7 +195,7 @@ impl App {
                 }
             }
         }
-        if require == Required::SecondFactor && s.assurance() != Assurance::PasswordAndSecondFactor {
+        if require == Required::SecondFactor && level != Assurance::PasswordAndSecondFactor {
             // (The level lapses when the user has no factor left: then only enrolling helps.)
             let d = if self.store.has_active_factor(s.user_id()).await? {
                 Decision::SecondFactorRequired

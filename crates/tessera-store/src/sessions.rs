@@ -150,7 +150,8 @@ pub(crate) async fn insert_session(conn: &mut AnyConnection, s: &NewSession) -> 
 }
 
 /// Give a live session a new token and the level and proof times of what was just proven; the
-/// old token stops working in the same statement. `false` if the session is not live.
+/// old token stops working in the same statement, and so does its forward token (the caller
+/// mints a new one where it keeps a domain-wide cookie). `false` if the session is not live.
 pub(crate) async fn rotate(
     conn: &mut AnyConnection,
     r: &Rotation<'_>,
@@ -158,7 +159,7 @@ pub(crate) async fn rotate(
     idle_cutoff: OffsetDateTime,
 ) -> Result<bool, StoreError> {
     let n = sqlx::query(
-        "UPDATE sessions SET token_hash = $3, aal = $4, \
+        "UPDATE sessions SET token_hash = $3, aal = $4, forward_hash = NULL, \
          password_verified_at = COALESCE($5, password_verified_at), \
          mfa_verified_at = COALESCE($6, mfa_verified_at), last_seen_at = $7 \
          WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $7 AND last_seen_at > $8",

@@ -65,15 +65,17 @@ fn original_url(web: &Web, peer: Option<SocketAddr>, headers: &HeaderMap) -> Opt
     if !web.config.trusted_proxies.contains(peer.ip()) {
         return None;
     }
-    let one = |name: &str| {
+    // One value each: several (or, for the scheme and host, a comma list) mean several proxies
+    // wrote it, and which one to believe is unknowable: believe none. (A comma in a URI's query
+    // is just a comma.)
+    let one = |name: &str, list_ok: bool| {
         let mut all = headers.get_all(name).iter();
         let v = all.next()?.to_str().ok()?;
-        // Several values (or a comma list) mean several proxies wrote it: believe none.
-        (all.next().is_none() && !v.contains(',')).then(|| v.trim().to_owned())
+        (all.next().is_none() && (list_ok || !v.contains(','))).then(|| v.trim().to_owned())
     };
-    let proto = one("x-forwarded-proto")?.to_ascii_lowercase();
-    let host = one("x-forwarded-host")?;
-    let uri = one("x-forwarded-uri").unwrap_or_else(|| "/".to_owned());
+    let proto = one("x-forwarded-proto", false)?.to_ascii_lowercase();
+    let host = one("x-forwarded-host", false)?;
+    let uri = one("x-forwarded-uri", true).unwrap_or_else(|| "/".to_owned());
     if !(proto == "https" || proto == "http") || !uri.starts_with('/') || host.contains(['/', '@', '\\', '?', '#']) {
         return None;
     }

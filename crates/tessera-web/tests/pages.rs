@@ -1526,6 +1526,14 @@ async fn the_domain_wide_cookie_is_for_auth_check_only() {
     let mut as_session = Browser::new("10.0.0.1");
     as_session.jar.insert("__Host-tessera_session".into(), r_cookie.clone());
     assert_eq!(as_session.get(&h, "/settings/security").await.location(), "/login");
+    // A rotation (re-authentication) gives the session a new forward token: the old one is void.
+    let r = b.post(&h, "/settings/reauth", &[("method", "password"), ("password", PASSWORD), ("next", "/")]).await;
+    assert_eq!(r.location(), "/", "{}", r.body);
+    let rotated = b.jar["__Secure-tessera_fwd"].clone();
+    assert_ne!(rotated, r_cookie, "a new forward token with the new session token");
+    assert_eq!(check(&h, &mut app_host, "require=password", &[]).await.status, StatusCode::UNAUTHORIZED);
+    app_host.jar.insert("__Secure-tessera_fwd".into(), rotated);
+    assert_eq!(check(&h, &mut app_host, "require=password", &[]).await.status, StatusCode::OK);
     // Signing out clears it (Domain set) and ends it.
     let r = b.post(&h, "/logout", &[]).await;
     let cleared = r.set_cookies().into_iter().find(|c| c.starts_with("__Secure-tessera_fwd=")).expect("cleared");

@@ -91,6 +91,9 @@ async fn authorize_every_outcome(h: &Harness) {
     assert_eq!(decide(h, &tt, Some(&acct), Sf).await, Allow, "a trusted browser, within the cap");
     h.app.set_account_trust_cap(&so, &acct, Some(0), &c).await.unwrap();
     assert_eq!(decide(h, &tt, Some(&acct), Pw).await, SecondFactorRequired);
+    assert_eq!(decide(h, &tt, None, Sf).await, SecondFactorRequired, "the cap holds without an account too");
+    let a = h.app.authorize(Credential::Session(&tt), None, Pw).await.unwrap();
+    assert_eq!(a.principal.unwrap().level, Assurance::Password, "reported at the password level");
     assert_eq!(decide(h, &tb, Some(&acct), Sf).await, Allow, "the session that proved the code");
     assert_eq!(decide(h, &tt, None, Pw).await, Allow, "no account, password level: in");
 

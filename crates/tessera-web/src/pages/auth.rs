@@ -16,7 +16,7 @@
 
 use super::{
     CeremonyPage, KeyAnswer, Page, Req, TOTP_DISABLED, User, attempts_left, ceremony_page, compact, did_not_match,
-    flatten, key_refused, locked, sentence, session_cookie, with_cookies,
+    flatten, key_refused, locked, sentence, session_cookies, with_cookies,
 };
 use crate::views;
 use crate::{Web, cookies};
@@ -55,18 +55,10 @@ pub(crate) async fn home(req: Req, State(web): State<Web>) -> Response {
 /// minted, the domain-wide forward-auth cookie with `--cookie-domain`, and the login challenge
 /// cleared.
 async fn signed_in(web: &Web, token: &str, browser: Option<&str>, to: &str) -> Response {
-    let mut set = vec![session_cookie(web, token), cookies::clear(cookies::CHALLENGE)];
+    let mut set = session_cookies(web, token).await;
+    set.push(cookies::clear(cookies::CHALLENGE));
     if let Some(b) = browser {
         set.push(cookies::set(cookies::BROWSER, b, Some(cookies::BROWSER_MAX_AGE)));
-    }
-    if let Some(domain) = &web.config.cookie_domain {
-        match web.app.forward_token(token).await {
-            Ok(Some(f)) => {
-                set.push(cookies::set_forward(domain, &f, web.app.config().sessions.lifetime.whole_seconds()));
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "could not mint the forward-auth cookie"),
-        }
     }
     with_cookies(Redirect::to(to).into_response(), &set)
 }
@@ -217,7 +209,10 @@ fn login_page(
     rd: String,
 ) -> Response {
     let passkeys = web.app.webauthn_enabled();
-    views::page(status, &views::Login { chrome: req.chrome("Sign in"), email, error, notice, passkeys, rd, needs_more: false })
+    views::page(
+        status,
+        &views::Login { chrome: req.chrome("Sign in"), email, error, notice, passkeys, rd, needs_more: false },
+    )
 }
 
 pub(crate) async fn login(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<Credentials>) -> Response {
@@ -615,7 +610,8 @@ pub(crate) async fn reauth(user: User, State(web): State<Web>, axum::Form(f): ax
     let now = web.app.now();
     let (status, msg) = match web.app.reauthenticate(&user.session, proof, user.ctx()).await {
         Ok(LoginOutcome::Authenticated { token, .. }) => {
-            return with_cookies(Redirect::to(&return_to(&f.next)).into_response(), &[session_cookie(&web, &token)]);
+            let set = session_cookies(&web, &token).await;
+            return with_cookies(Redirect::to(&return_to(&f.next)).into_response(), &set);
         }
         Ok(LoginOutcome::Rejected { attempts_remaining }) => (
             StatusCode::UNAUTHORIZED,

@@ -251,6 +251,23 @@ fn session_cookie(web: &Web, token: &str) -> String {
     cookies::set(cookies::SESSION, token, Some(web.app.config().sessions.lifetime.whole_seconds()))
 }
 
+/// The cookies of a session's new token: the session cookie and, with `--cookie-domain`, the
+/// domain-wide forward-auth cookie with a forward token minted for it (a new token, from a
+/// sign-in or a rotation, always comes with a new forward token: a rotation voids the old one).
+async fn session_cookies(web: &Web, token: &str) -> Vec<String> {
+    let mut set = vec![session_cookie(web, token)];
+    if let Some(domain) = &web.config.cookie_domain {
+        match web.app.forward_token(token).await {
+            Ok(Some(f)) => {
+                set.push(cookies::set_forward(domain, &f, web.app.config().sessions.lifetime.whole_seconds()));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not mint the forward-auth cookie"),
+        }
+    }
+    set
+}
+
 /// "That {what} didn't match. N attempts left." (and the singular and the last).
 fn did_not_match(what: &str, n: u32) -> String {
     match n {

@@ -10,7 +10,7 @@
 
 use super::{
     CeremonyPage, KeyAnswer, Page, User, attempts_left, ceremony_page, compact, flatten, locked, sentence,
-    session_cookie, with_cookies,
+    session_cookies, with_cookies,
 };
 use crate::views;
 use crate::{Web, views::DeviceView};
@@ -217,7 +217,10 @@ pub(crate) async fn confirm(
     match web.app.confirm_totp_device(&user.session, &id, &compact(&f.code), user.ctx()).await {
         Ok(ConfirmOutcome::Confirmed { recovery_codes, sessions_revoked, session_token, .. }) => {
             // A first factor raised this session under a new token: the browser takes it.
-            let cookies: Vec<String> = session_token.iter().map(|t| session_cookie(&web, t)).collect();
+            let cookies = match &session_token {
+                Some(t) => session_cookies(&web, t).await,
+                None => Vec::new(),
+            };
             let page = if recovery_codes.is_empty() {
                 Redirect::to("/settings/security?done=added").into_response()
             } else {
@@ -292,7 +295,10 @@ pub(crate) async fn add_key(user: User, State(web): State<Web>, axum::Form(f): a
 pub(crate) async fn finish_key(user: User, State(web): State<Web>, axum::Form(f): axum::Form<KeyAnswer>) -> Response {
     match web.app.finish_key_registration(&user.session, &f.ceremony, &f.response, user.ctx()).await {
         Ok(ConfirmOutcome::Confirmed { recovery_codes, sessions_revoked, session_token, .. }) => {
-            let cookies: Vec<String> = session_token.iter().map(|t| session_cookie(&web, t)).collect();
+            let cookies = match &session_token {
+                Some(t) => session_cookies(&web, t).await,
+                None => Vec::new(),
+            };
             let page = if recovery_codes.is_empty() {
                 Redirect::to("/settings/security?done=key-added").into_response()
             } else {
@@ -359,7 +365,11 @@ pub(crate) async fn revoke_session(user: User, State(web): State<Web>, Path(id):
     let own = id == user.session.id();
     match web.app.revoke_session(&user.session, &id, user.ctx()).await {
         Ok(()) if own => {
-            with_cookies(Redirect::to("/login").into_response(), &[crate::cookies::clear(crate::cookies::SESSION)])
+            let mut clear = vec![crate::cookies::clear(crate::cookies::SESSION)];
+            if let Some(domain) = &web.config.cookie_domain {
+                clear.push(crate::cookies::clear_forward(domain));
+            }
+            with_cookies(Redirect::to("/login").into_response(), &clear)
         }
         Ok(()) => Redirect::to("/settings/security?done=signed-out").into_response(),
         Err(e) => user.fail(e, BACK),
