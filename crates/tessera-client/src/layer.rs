@@ -74,7 +74,8 @@ pub struct RequireTotp<S> {
     client: Client,
 }
 
-fn refuse<R: Default>(status: http::StatusCode, why: &'static str) -> http::Response<R> {
+/// A refusal: `status`, and why in `x-tessera-reason` (both layers answer this way).
+pub(crate) fn refuse<R: Default>(status: http::StatusCode, why: &'static str) -> http::Response<R> {
     let mut r = http::Response::new(R::default());
     *r.status_mut() = status;
     r.headers_mut().insert("x-tessera-reason", http::HeaderValue::from_static(why));

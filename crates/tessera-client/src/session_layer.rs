@@ -20,6 +20,7 @@
 //! `session_revoked`, `second_factor_required`, `enrolment_required`), 403 for `not_a_member` and
 //! `email_unverified`, 503 when Tessera cannot answer (closed, never open).
 
+use crate::layer::refuse;
 use crate::{Client, pb};
 use std::future::Future;
 use std::pin::Pin;
@@ -85,13 +86,6 @@ impl<S> tower::Layer<S> for RequireSessionLayer {
 pub struct RequireSession<S> {
     inner: S,
     layer: RequireSessionLayer,
-}
-
-fn refuse<R: Default>(status: http::StatusCode, why: &'static str) -> http::Response<R> {
-    let mut r = http::Response::new(R::default());
-    *r.status_mut() = status;
-    r.headers_mut().insert("x-tessera-reason", http::HeaderValue::from_static(why));
-    r
 }
 
 /// The session token of a request: the session cookie, else the session header.

@@ -128,6 +128,11 @@ impl From<Row> for SessionRow {
     }
 }
 
+/// The column a session is looked up by: its token's hash, or (`forward`) its forward token's.
+fn token_column(forward: bool) -> &'static str {
+    if forward { "forward_hash" } else { "token_hash" }
+}
+
 pub(crate) async fn insert_session(conn: &mut AnyConnection, s: &NewSession) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO sessions (token_hash, id, user_id, aal, password_verified_at, mfa_verified_at, created_at, \
@@ -388,11 +393,22 @@ impl Store {
         now: OffsetDateTime,
         idle_cutoff: OffsetDateTime,
     ) -> Result<Option<SessionRow>, StoreError> {
+        self.live_session_by(token_column(false), token_hash, now, idle_cutoff).await
+    }
+
+    /// The live session whose `column` (`token_hash` or `forward_hash`) is `hash`.
+    async fn live_session_by(
+        &self,
+        column: &'static str,
+        hash: &[u8],
+        now: OffsetDateTime,
+        idle_cutoff: OffsetDateTime,
+    ) -> Result<Option<SessionRow>, StoreError> {
         Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
             "SELECT {SESSION_COLUMNS} FROM sessions \
-             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at > $3"
+             WHERE {column} = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at > $3"
         )))
-        .bind(token_hash)
+        .bind(hash)
         .bind(to_millis(now))
         .bind(to_millis(idle_cutoff))
         .fetch_optional(&self.pool)
@@ -408,28 +424,15 @@ impl Store {
         now: OffsetDateTime,
         idle_cutoff: OffsetDateTime,
     ) -> Result<Option<SessionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions \
-             WHERE forward_hash = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at > $3"
-        )))
-        .bind(forward_hash)
-        .bind(to_millis(now))
-        .bind(to_millis(idle_cutoff))
-        .fetch_optional(&self.pool)
-        .await?
-        .map(SessionRow::from))
+        self.live_session_by(token_column(true), forward_hash, now, idle_cutoff).await
     }
 
     /// Whether a session with this token (or, with `forward`, this forward token) exists at all,
     /// live or not: a token that is not live but is known belonged to a session that was
     /// revoked, expired or went idle.
     pub async fn session_known(&self, hash: &[u8], forward: bool) -> Result<bool, StoreError> {
-        let sql = if forward {
-            "SELECT COUNT(*) FROM sessions WHERE forward_hash = $1"
-        } else {
-            "SELECT COUNT(*) FROM sessions WHERE token_hash = $1"
-        };
-        let n: i64 = sqlx::query_scalar(sql).bind(hash).fetch_one(&self.pool).await?;
+        let sql = format!("SELECT COUNT(*) FROM sessions WHERE {} = $1", token_column(forward));
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(hash).fetch_one(&self.pool).await?;
         Ok(n > 0)
     }
 

@@ -1431,6 +1431,19 @@ async fn auth_check_needs_require_and_says_who() {
         ("x-forwarded-uri", "/"),
     ];
     assert_eq!(check(&h, &mut b, "require=password", &at).await.location(), "http://localhost:8080/login");
+    // A comma in the URI's query is just a comma; a second host (two proxies wrote it) is
+    // believed from neither.
+    let comma =
+        [("x-forwarded-proto", "https"), ("x-forwarded-host", "app.example.com"), ("x-forwarded-uri", "/a?b=1,2")];
+    let r = check(&h, &mut b, "require=password", &comma).await;
+    assert!(r.location().ends_with("rd=https%3A%2F%2Fapp.example.com%2Fa%3Fb%3D1%2C2"), "{}", r.location());
+    let two = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-host", "app.example.com"),
+        ("x-forwarded-uri", "/"),
+    ];
+    assert_eq!(check(&h, &mut b, "require=password", &two).await.location(), "http://localhost:8080/login");
 
     // Signed in with the password only (no factor): password level passes, with who it is; a
     // header the client forged is not what the proxy reads.

@@ -66,8 +66,7 @@ async fn signed_in(web: &Web, token: &str, browser: Option<&str>, to: &str) -> R
 /// Where a sign-in returns: `rd` if the return-address parser accepts it (a local path, or a
 /// URL on a host of `--forward-auth-domain`), else `fallback`.
 fn return_address(web: &Web, rd: Option<&str>, fallback: &str) -> String {
-    rd.and_then(|rd| tessera_core::redirect::return_address(rd, &web.config.forward_domains))
-        .unwrap_or_else(|| fallback.to_owned())
+    rd.and_then(|rd| checked_rd(web, rd)).unwrap_or_else(|| fallback.to_owned())
 }
 
 /// `rd` as the sign-in keeps it: checked now (and again when followed), or nothing.
@@ -480,12 +479,14 @@ pub(crate) async fn passkey_begin(req: Req, State(web): State<Web>, axum::Form(f
 
 /// The passkey's answer: signed in (at the second-factor level), or back to `/login`.
 pub(crate) async fn passkey_finish(req: Req, State(web): State<Web>, axum::Form(f): axum::Form<KeyAnswer>) -> Response {
-    let rd = checked_rd(&web, &f.rd).unwrap_or_default();
-    let fail = |status, msg: String| login_page(&web, &req, status, String::new(), Some(msg), None, rd.clone());
+    let rd = checked_rd(&web, &f.rd);
+    let fail = |status, msg: String| {
+        login_page(&web, &req, status, String::new(), Some(msg), None, rd.clone().unwrap_or_default())
+    };
     match web.app.complete_passkey_login(&f.ceremony, &f.response, &req.ctx).await {
         Ok(LoginOutcome::Authenticated { token, browser_token, .. }) => {
             end_previous(&web, &req).await;
-            let to = return_address(&web, Some(&rd).filter(|r| !r.is_empty()).map(String::as_str), "/accounts");
+            let to = rd.clone().unwrap_or_else(|| "/accounts".to_owned());
             signed_in(&web, &token, browser_token.as_deref().map(String::as_str), &to).await
         }
         Ok(LoginOutcome::KeyRefused(tessera_app::KeyRefusal::UnknownCredential)) => fail(
