@@ -10,8 +10,8 @@ use tessera_core::seal::{Aad, KeyId, Keyring, Sealed};
 use tessera_core::throttle::Gate;
 use tessera_core::{CoreError, otpauth, qr, validate};
 use tessera_store::{
-    Acceptance, Activation, AuditEvent, DeviceCheck, GateAccept, GateResult, NewAuditEvent, NewRecoveryCode,
-    NewTotpFactor, Rotation, SECOND_FACTOR, SealedSecret, StoreError, TotpDevice,
+    Acceptance, Activation, AuditEvent, GateAccept, GateResult, NewAuditEvent, NewRecoveryCode, NewTotpFactor,
+    Rotation, SECOND_FACTOR, SealedSecret, TotpDevice,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -56,6 +56,9 @@ pub struct EnrollRequest {
     pub digits: Option<u32>,
     /// 30 (default) or 60.
     pub period: Option<u32>,
+    /// Leave [`Enrollment::qr_png`] and [`Enrollment::qr_svg`] empty (a caller that draws its
+    /// own QR code from the URI): rendering them is most of an enrolment's CPU time.
+    pub omit_qr: bool,
 }
 
 /// A pending device and what the user needs to add it to their app. Holds the secret:
@@ -374,7 +377,7 @@ impl App {
         let factor_id = uuid::Uuid::new_v4().to_string();
         let sealed = self.keys.get().seal(&aad(&factor_id, subject), secret.expose())?;
         let uri = otpauth::build_uri(&self.config.issuer, account, &secret, &params);
-        let (qr_svg, qr_png) = qr::svg_and_png(&uri)?;
+        let (qr_svg, qr_png) = if req.omit_qr { (String::new(), Vec::new()) } else { qr::svg_and_png(&uri)? };
         let row = NewTotpFactor {
             id: factor_id.clone(),
             subject_id: subject.to_owned(),
@@ -472,7 +475,7 @@ impl App {
                 "this setup is no longer pending (finished, cancelled or expired)".into(),
             ));
         }
-        if !change.use_step(factor_id, step).await? {
+        if !change.use_step(factor_id, step, now).await? {
             drop(change);
             let ev = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmFailed, ctx);
             return Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_confirm());
@@ -537,7 +540,7 @@ impl App {
         let owner = subject.to_owned();
         let verified = self.event(now, subject, None, AuditKind::TotpVerified, ctx);
         let window = self.config.window;
-        let check: DeviceCheck = Box::new(move |devices| {
+        let check = move |devices: &[TotpDevice]| -> Result<Option<Acceptance>, AppError> {
             let mut matched: Option<(&TotpDevice, u64)> = None;
             for d in devices {
                 let secret = open_sealed(&keys, &owner, &d.factor.id, &d.sealed)?;
@@ -547,20 +550,13 @@ impl App {
                 }
             }
             Ok(matched.map(|(d, step)| {
-                let mut audit = verified;
+                let mut audit = verified.clone();
                 audit.factor_id = Some(d.factor.id.clone());
                 audit.detail = json!({ "step": step }).to_string();
                 Acceptance { factor_id: d.factor.id.clone(), step, audit }
             }))
-        });
-        let (result, matched) =
-            match self.store.check_gate_accept(subject, SECOND_FACTOR, now, &self.config.throttle, check).await {
-                Ok(r) => r,
-                Err(StoreError::Check(e)) => {
-                    return Err(e.downcast::<AppError>().map_or_else(|e| StoreError::Check(e).into(), |e| *e));
-                }
-                Err(e) => return Err(e.into()),
-            };
+        };
+        let (result, matched) = self.store.check_gate_accept(subject, now, &self.config.throttle, check).await??;
         match result {
             GateAccept::Accepted => Ok(Outcome::Accepted { factor_id: matched }),
             GateAccept::Refused(r) => Ok(self.refuse(subject, r, now, ctx).await?.into_outcome()),

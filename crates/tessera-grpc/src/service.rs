@@ -57,6 +57,7 @@ impl FactorService for FactorSvc {
             algorithm: convert::algorithm(r.algorithm)?,
             digits: r.digits,
             period: r.period,
+            omit_qr: r.omit_qr,
         };
         let e = self.app.enroll_totp(&er, &convert::ctx(r.context)).await.map_err(status)?;
         Ok(Response::new(pb::EnrollTotpResponse {

@@ -1,31 +1,12 @@
 //! The append-only audit trail.
 
+use crate::sql::AUDIT_INSERT;
+pub use crate::sql::NewAuditEvent;
 use crate::{Store, StoreError};
+use rusqlite::named_params;
 use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
-use tessera_core::factor::AuditKind;
 use time::OffsetDateTime;
-
-/// An event to append. `detail` is a JSON object (the app builds it; never a secret).
-#[derive(Debug, Clone)]
-pub struct NewAuditEvent {
-    /// When.
-    pub at: OffsetDateTime,
-    /// Whose factors.
-    pub subject_id: String,
-    /// Which factor, if one.
-    pub factor_id: Option<String>,
-    /// Who acted, when not the subject (a support agent, an operator's CLI).
-    pub actor: Option<String>,
-    /// What happened.
-    pub kind: AuditKind,
-    /// Client IP, when the caller passed it.
-    pub ip: Option<String>,
-    /// Client user agent, when the caller passed it.
-    pub user_agent: Option<String>,
-    /// JSON object with details.
-    pub detail: String,
-}
 
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -57,12 +38,9 @@ impl AuditEvent {
     }
 }
 
-/// The insert (`$1`… in column order); also run by the SQLite writer thread (`batch`).
-pub(crate) const INSERT: &str = "INSERT INTO audit_events (id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-
+/// Append `ev` ([`AUDIT_INSERT`]).
 pub(crate) async fn insert(conn: &mut AnyConnection, ev: &NewAuditEvent) -> Result<(), StoreError> {
-    sqlx::query(INSERT)
+    sqlx::query(sqlx::AssertSqlSafe(AUDIT_INSERT.as_str()))
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(to_millis(ev.at))
         .bind(&ev.subject_id)
@@ -77,12 +55,28 @@ pub(crate) async fn insert(conn: &mut AnyConnection, ev: &NewAuditEvent) -> Resu
     Ok(())
 }
 
+/// Append `ev` on the SQLite writer thread ([`AUDIT_INSERT`], bound by name).
+pub(crate) fn insert_sqlite(conn: &rusqlite::Connection, ev: &NewAuditEvent) -> rusqlite::Result<()> {
+    conn.prepare_cached(&AUDIT_INSERT)?.execute(named_params! {
+        "$1": uuid::Uuid::now_v7().to_string(),
+        "$2": to_millis(ev.at),
+        "$3": ev.subject_id,
+        "$4": ev.factor_id,
+        "$5": ev.actor,
+        "$6": ev.kind.as_str(),
+        "$7": ev.ip,
+        "$8": ev.user_agent,
+        "$9": ev.detail,
+    })?;
+    Ok(())
+}
+
 impl Store {
     /// Append one event on its own.
     pub async fn append_audit(&self, ev: &NewAuditEvent) -> Result<(), StoreError> {
-        if self.backend == crate::Backend::Sqlite {
-            self.batch(crate::batch::Op::Audit(ev.clone())).await?;
-            return Ok(());
+        if let Some(b) = &self.batcher {
+            let ev = ev.clone();
+            return b.run(move |c| insert_sqlite(c, &ev).map(Ok)).await;
         }
         let mut c = self.write().await?;
         insert(&mut c, ev).await

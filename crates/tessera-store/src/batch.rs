@@ -9,10 +9,9 @@
 //! after the COMMIT — so a reply still means "committed", each job still sees the ones before
 //! it (they run in order, as if serialised), and BEGIN and COMMIT are paid once per batch.
 //!
-//! A verification is one job (`Op::Verify`): read the subject's active devices, run the
-//! caller's check on them (it unseals and computes; microseconds), then the gate, the replay
-//! guard (which stamps the last use; its trigger, migration 0005, resets the counters) and the
-//! audit row. The read, the check and the writes are one transaction.
+//! This module knows no statement: a job is a closure over the connection that returns its
+//! caller's own type ([`Batcher::run`]), so each reply is typed and the statements stay with
+//! the modules they belong to (`attempts`, `audit`, `verify`), built from `sql`.
 //!
 //! The store's other writes (sqlx's one-connection writer pool) and this thread take turns
 //! through one fair async mutex, the store's write turn, so no writer ever waits in SQLite's
@@ -21,61 +20,64 @@
 //! Invariants: a batch commits or rolls back as a whole; an SQL error in one job fails every
 //! job of its batch (each caller gets the error, nothing of the batch is kept), so no caller
 //! is ever told "done" for a write that was rolled back. A job's own failure before it wrote
-//! anything (its check, a corrupt row) answers that job only. Each job is written so that, on
-//! its own, it is all-or-nothing without a savepoint (the accept runs the replay guard first
-//! and does nothing more when the guard refuses).
+//! anything (its check, a corrupt row: `Ok(Err(_))`) answers that job only. Each job is
+//! written so that, on its own, it is all-or-nothing without a savepoint (a verification runs
+//! the replay guard before its other writes and does nothing more when the guard refuses).
 
-use crate::attempts::{self, Acceptance, DeviceCheck};
-use crate::audit::NewAuditEvent;
-use crate::factors::{ACTIVE_DEVICES, DeviceRow};
-use crate::{StoreError, TotpDevice};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, named_params, params};
+use crate::StoreError;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_core::clock::to_millis;
-use tessera_core::throttle::ThrottlePolicy;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 128;
 
-/// A write the batcher knows how to run.
-pub(crate) enum Op {
-    /// The attempt gate's upsert (see `attempts::gate`): the reserved count, or `None` if
-    /// locked.
-    Gate { subject: String, kind: &'static str, now_ms: i64, budget: u32 },
-    /// Append an audit event.
-    Audit(NewAuditEvent),
-    /// Read the subject's active devices, run the check, then the gate and, when it admits
-    /// the attempt (see `attempts::admits`) and the check matched, the accept (see
-    /// `Store::check_gate_accept`).
-    /// (`check` is taken when the job runs.)
-    Verify { subject: String, kind: &'static str, now_ms: i64, policy: ThrottlePolicy, check: Option<DeviceCheck> },
+/// What a job's work returns: `Err` is an SQL error (the whole batch rolls back), `Ok(Err(_))`
+/// the job's own failure before it wrote anything (that job's caller only).
+pub(crate) type Outcome<T> = rusqlite::Result<Result<T, StoreError>>;
+
+/// A job of a batch, whatever its reply's type.
+trait Job: Send {
+    /// Run the work inside the batch's transaction, keeping its result for the reply.
+    fn run(&mut self, conn: &Connection) -> rusqlite::Result<()>;
+    /// Answer the caller: the work's result if the batch committed (`Ok`), else the batch's
+    /// error.
+    fn answer(self: Box<Self>, batch: Result<(), &str>);
 }
 
-/// What a write answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Done {
-    Gate(Option<i64>),
-    Audit,
-    /// The gate's reserved slot (`None`: locked), whether the accept won if it ran, and the
-    /// device the check matched.
-    Verify {
-        reserved: Option<i64>,
-        accepted: Option<bool>,
-        matched: Option<String>,
-    },
+/// A job whose caller waits for a `T`.
+struct Typed<T, W> {
+    work: Option<W>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
-struct Job {
-    op: Op,
-    reply: oneshot::Sender<Result<Done, StoreError>>,
+impl<T, W> Job for Typed<T, W>
+where
+    T: Send,
+    W: FnOnce(&Connection) -> Outcome<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if let Some(work) = self.work.take() {
+            self.result = Some(work(conn)?);
+        }
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), &str>) {
+        let reply = match batch {
+            Ok(()) => self.result.unwrap_or_else(|| Err(StoreError::Batch("the write did not run".into()))),
+            Err(e) => Err(StoreError::Batch(e.to_owned())),
+        };
+        let _ = self.reply.send(reply);
+    }
 }
 
 /// What the writer thread receives.
 enum Msg {
-    Job(Job),
+    Job(Box<dyn Job>),
     /// Finish the jobs received before, stop the checkpoint thread, close the connection,
     /// then answer.
     Stop(oneshot::Sender<()>),
@@ -89,7 +91,7 @@ pub(crate) struct Batcher {
 
 /// Open the writer's own connection to the database file (already created and in WAL mode by
 /// the pool), with the pool's per-connection settings.
-fn open(path: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -119,13 +121,16 @@ impl Batcher {
         Ok(Self { tx })
     }
 
-    /// Run `op` in the next batch; returns once that batch has committed.
-    pub(crate) async fn submit(&self, op: Op) -> Result<Done, StoreError> {
+    /// Run `work` in the next batch (on the writer thread, inside its transaction); returns its
+    /// result once that batch has committed. It must be quick (microseconds) and never wait.
+    pub(crate) async fn run<T, W>(&self, work: W) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Job(Job { op, reply }))
-            .await
-            .map_err(|_| StoreError::Batch("the writer has stopped".into()))?;
+        let job = Box::new(Typed { work: Some(work), result: None, reply });
+        self.tx.send(Msg::Job(job)).await.map_err(|_| StoreError::Batch("the writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Batch("the writer has stopped".into()))?
     }
 
@@ -141,7 +146,7 @@ impl Batcher {
 
 /// The writer loop. On a stop, the connection is closed before the stop is answered.
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         let mut stop = None;
         let mut next = Some(first);
@@ -166,126 +171,36 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
 }
 
 /// Run the jobs waiting as one batch under the write turn and answer each.
-fn write_batch(conn: &mut Connection, jobs: &mut Vec<Job>, turn: &Mutex<()>) {
+fn write_batch(conn: &mut Connection, jobs: &mut Vec<Box<dyn Job>>, turn: &Mutex<()>) {
     tracing::trace!(writes = jobs.len(), "write batch");
     let result = {
         let _turn = turn.blocking_lock();
         execute(conn, jobs)
     };
-    match result {
-        Ok(done) => {
-            for (job, d) in jobs.drain(..).zip(done) {
-                let _ = job.reply.send(d);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, writes = jobs.len(), "a batch of writes failed and was rolled back");
-            let msg = e.to_string();
-            for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(StoreError::Batch(msg.clone())));
-            }
-        }
+    let msg = result.as_ref().err().map(ToString::to_string);
+    if let Some(e) = &msg {
+        tracing::warn!(error = %e, writes = jobs.len(), "a batch of writes failed and was rolled back");
+    }
+    for job in jobs.drain(..) {
+        job.answer(msg.as_deref().map_or(Ok(()), Err));
     }
 }
 
 /// Run the jobs in one transaction. An SQL error rolls back the batch (`Err`); a job's own
-/// failure before it wrote anything (its check, a corrupt row) answers that job only.
-fn execute(conn: &mut Connection, jobs: &mut [Job]) -> rusqlite::Result<Vec<Result<Done, StoreError>>> {
+/// failure is kept for its reply.
+fn execute(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut out = Vec::with_capacity(jobs.len());
     for j in jobs {
-        out.push(apply(&tx, &mut j.op)?);
+        j.run(&tx)?;
     }
-    tx.commit()?;
-    Ok(out)
-}
-
-// The gate, the audit insert and the device read are the sqlx path's own statements
-// (`$N` parameters, bound by name here); the accept is SQLite's alone (see migration 0005).
-
-fn gate(conn: &Connection, subject: &str, kind: &str, now_ms: i64, budget: u32) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(attempts::GATE)?
-        .query_row(named_params! { "$1": subject, "$2": kind, "$3": now_ms, "$4": budget }, |r| r.get(0))
-        .optional()
-}
-
-fn insert_audit(conn: &Connection, ev: &NewAuditEvent) -> rusqlite::Result<()> {
-    conn.prepare_cached(crate::audit::INSERT)?.execute(named_params! {
-        "$1": uuid::Uuid::now_v7().to_string(),
-        "$2": to_millis(ev.at),
-        "$3": ev.subject_id,
-        "$4": ev.factor_id,
-        "$5": ev.actor,
-        "$6": ev.kind.as_str(),
-        "$7": ev.ip,
-        "$8": ev.user_agent,
-        "$9": ev.detail,
-    })?;
-    Ok(())
-}
-
-/// Accept a matched code: the replay guard, which also stamps the time of use (the device's
-/// last use); when it changes its row, the trigger of migration 0005 resets the subject's
-/// second-factor counters in the same statement. Then the audit event. Nothing is
-/// written when the guard refuses.
-fn accept(conn: &Connection, a: &Acceptance, now_ms: i64) -> rusqlite::Result<bool> {
-    let won = conn
-        .prepare_cached(
-            "UPDATE totp_secrets SET last_used_step = ?2, last_used_at = ?3 \
-             WHERE factor_id = ?1 AND (last_used_step IS NULL OR last_used_step < ?2)",
-        )?
-        .execute(params![a.factor_id, crate::factors::step_i64(a.step), now_ms])?
-        == 1;
-    if won {
-        insert_audit(conn, &a.audit)?;
-    }
-    Ok(won)
-}
-
-/// The subject's active devices (a corrupt row fails the job, not the batch).
-fn active_devices(conn: &Connection, subject: &str) -> rusqlite::Result<Result<Vec<TotpDevice>, StoreError>> {
-    let rows = conn
-        .prepare_cached(&ACTIVE_DEVICES)?
-        .query_map(named_params! { "$1": subject }, DeviceRow::from_sqlite)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows.into_iter().map(TotpDevice::try_from).collect())
-}
-
-fn apply(conn: &Connection, op: &mut Op) -> rusqlite::Result<Result<Done, StoreError>> {
-    Ok(Ok(match op {
-        Op::Gate { subject, kind, now_ms, budget } => Done::Gate(gate(conn, subject, kind, *now_ms, *budget)?),
-        Op::Verify { subject, kind, now_ms, policy, check } => {
-            let devices = match active_devices(conn, subject)? {
-                Ok(d) => d,
-                Err(e) => return Ok(Err(e)),
-            };
-            let Some(check) = check.take() else {
-                return Ok(Err(StoreError::Batch("a check ran twice".into())));
-            };
-            let acceptance = match check(&devices) {
-                Ok(a) => a,
-                Err(e) => return Ok(Err(StoreError::Check(e))),
-            };
-            let matched = acceptance.as_ref().map(|a| a.factor_id.clone());
-            let reserved = gate(conn, subject, kind, *now_ms, policy.budget())?;
-            let admitted = reserved.is_some_and(|n| attempts::admits(policy, n));
-            let accepted = match &acceptance {
-                Some(a) if admitted => Some(accept(conn, a, *now_ms)?),
-                _ => None,
-            };
-            Done::Verify { reserved, accepted, matched }
-        }
-        Op::Audit(ev) => {
-            insert_audit(conn, ev)?;
-            Done::Audit
-        }
-    }))
+    tx.commit()
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::sql::NewAuditEvent;
     use tessera_core::factor::AuditKind;
 
     fn event(subject: &str) -> NewAuditEvent {
@@ -301,41 +216,58 @@ mod tests {
         }
     }
 
-    fn job(op: Op) -> (Job, oneshot::Receiver<Result<Done, StoreError>>) {
+    type Rx<T> = oneshot::Receiver<Result<T, StoreError>>;
+
+    fn job<T, W>(work: W) -> (Box<dyn Job>, Rx<T>)
+    where
+        T: Send + 'static,
+        W: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        (Job { op, reply }, rx)
+        (Box::new(Typed { work: Some(work), result: None, reply }), rx)
+    }
+
+    fn gate(conn: &Connection) -> Outcome<Option<i64>> {
+        crate::attempts::gate_sqlite(conn, "s", crate::SECOND_FACTOR, 0, 5).map(Ok)
+    }
+
+    /// Run `jobs` as one batch and answer them as the writer thread does.
+    fn batch(conn: &mut Connection, mut jobs: Vec<Box<dyn Job>>) -> bool {
+        let r = execute(conn, &mut jobs);
+        let msg = r.as_ref().err().map(ToString::to_string);
+        for j in jobs {
+            j.answer(msg.as_deref().map_or(Ok(()), Err));
+        }
+        r.is_ok()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_commits_in_order_or_not_at_all() {
         let (_dir, path, store) = crate::temp_sqlite().await;
         let mut conn = open(&path).unwrap();
-        let gate = || Op::Gate { subject: "s".into(), kind: attempts::SECOND_FACTOR, now_ms: 0, budget: 5 };
 
         // In order: three gates in one batch see each other's increments.
-        let mut jobs: Vec<_> = (0..3).map(|_| job(gate()).0).collect();
-        let done: Vec<_> = execute(&mut conn, &mut jobs).unwrap().into_iter().map(Result::unwrap).collect();
-        assert_eq!(done, [Done::Gate(Some(1)), Done::Gate(Some(2)), Done::Gate(Some(3))]);
+        let (jobs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| job(gate)).unzip();
+        assert!(batch(&mut conn, jobs));
+        let got: Vec<_> = rxs.into_iter().map(|mut r| r.try_recv().unwrap().unwrap()).collect();
+        assert_eq!(got, [Some(1), Some(2), Some(3)]);
 
-        // Not at all: a failing write rolls back the gate before it in the same batch.
+        // Not at all: a failing write rolls back the gate before it in the same batch, and
+        // both callers are told.
         conn.execute_batch("ALTER TABLE audit_events RENAME TO audit_moved").unwrap();
-        let mut jobs = vec![job(gate()).0, job(Op::Audit(event("s"))).0];
-        assert!(execute(&mut conn, &mut jobs).is_err());
+        let (g, mut g_rx) = job(gate);
+        let (a, mut a_rx) = job(|c: &Connection| crate::audit::insert_sqlite(c, &event("s")).map(Ok));
+        assert!(!batch(&mut conn, vec![g, a]));
+        assert!(matches!(g_rx.try_recv().unwrap(), Err(StoreError::Batch(_))));
+        assert!(matches!(a_rx.try_recv().unwrap(), Err(StoreError::Batch(_))));
         conn.execute_batch("ALTER TABLE audit_moved RENAME TO audit_events").unwrap();
 
-        // A job's own failure (its check) answers that job only; the batch commits.
-        let failing: DeviceCheck = Box::new(|_| Err("no key".into()));
-        let verify = Op::Verify {
-            subject: "s".into(),
-            kind: attempts::SECOND_FACTOR,
-            now_ms: 0,
-            policy: ThrottlePolicy::default(),
-            check: Some(failing),
-        };
-        let mut jobs = vec![job(verify).0, job(gate()).0];
-        let done = execute(&mut conn, &mut jobs).unwrap();
-        assert!(matches!(&done[0], Err(StoreError::Check(e)) if e.to_string() == "no key"));
-        assert_eq!(done[1].as_ref().unwrap(), &Done::Gate(Some(4)), "the failed batch left nothing; the check no gate");
+        // A job's own failure answers that job only; the batch commits.
+        let (f, mut f_rx) = job(|_: &Connection| Ok(Err::<(), _>(StoreError::Corrupt("no key".into()))));
+        let (g, mut g_rx) = job(gate);
+        assert!(batch(&mut conn, vec![f, g]));
+        assert!(matches!(f_rx.try_recv().unwrap(), Err(StoreError::Corrupt(m)) if m == "no key"));
+        assert_eq!(g_rx.try_recv().unwrap().unwrap(), Some(4), "the failed batch left nothing");
 
         // Through the thread: many concurrent writers, each answered once its batch committed,
         // sharing the write turn with the store's other writes (none waits in SQLite's busy

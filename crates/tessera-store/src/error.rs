@@ -19,8 +19,8 @@ pub enum StoreError {
     /// A batch of writes (SQLite group commit) failed and was rolled back as a whole.
     #[error("database error (batched write): {0}")]
     Batch(String),
-    /// The caller's check (see `Store::check_gate_accept`) failed; nothing was written. The
-    /// caller's own error, to be taken back with `downcast`.
-    #[error("check failed: {0}")]
-    Check(crate::CheckError),
+    /// A write kept meeting concurrent changes and gave up; nothing was written. Retrying
+    /// later is safe.
+    #[error("busy: {0}")]
+    Busy(String),
 }

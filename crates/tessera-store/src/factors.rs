@@ -1,24 +1,16 @@
 //! Factors and their sealed TOTP secrets; the replay guard.
 
-use crate::audit::{self, NewAuditEvent};
+use crate::audit;
 use crate::recovery::{self, NewRecoveryCode};
+use crate::sql::{
+    self, DEVICE_COLUMNS, DEVICE_FROM, DeviceRow, FactorRow, NewAuditEvent, SECOND_FACTOR, SealedSecret, TotpDevice,
+};
 use crate::{Store, StoreError, attempts, sessions};
 use sqlx::AnyConnection;
-use tessera_core::clock::{from_millis, to_millis};
-use tessera_core::factor::{Factor, FactorKind, FactorStatus};
-use tessera_core::otp::{Algorithm, TotpParams};
+use tessera_core::clock::to_millis;
+use tessera_core::factor::Factor;
+use tessera_core::otp::TotpParams;
 use time::OffsetDateTime;
-
-/// A sealed secret as stored (see `tessera_core::seal::Sealed`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedSecret {
-    /// Keyring key id.
-    pub key_id: String,
-    /// AEAD nonce.
-    pub nonce: Vec<u8>,
-    /// Ciphertext with tag.
-    pub ciphertext: Vec<u8>,
-}
 
 /// A TOTP factor to insert, pending.
 #[derive(Debug, Clone)]
@@ -37,19 +29,6 @@ pub struct NewTotpFactor {
     pub created_at: OffsetDateTime,
     /// The session that started it (pages); `None` for a service's enrolment over gRPC.
     pub session_id: Option<String>,
-}
-
-/// A TOTP factor with its sealed secret and replay guard.
-#[derive(Debug, Clone)]
-pub struct TotpDevice {
-    /// The factor.
-    pub factor: Factor,
-    /// Algorithm, digits, period.
-    pub params: TotpParams,
-    /// The sealed secret.
-    pub sealed: SealedSecret,
-    /// The last time step accepted (codes of this step or older are refused).
-    pub last_used_step: Option<u64>,
 }
 
 /// A pending device to activate (see [`FactorChange::activate_pending`]).
@@ -94,8 +73,8 @@ impl Store {
     /// second-factor failures are reset too (kept only if the change commits).
     pub async fn begin_confirmation(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
         let mut tx = self.begin().await?;
-        attempts::lock_row(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
-        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
+        attempts::lock_row(&mut tx, subject_id, SECOND_FACTOR).await?;
+        attempts::reset(&mut tx, subject_id, SECOND_FACTOR).await?;
         crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
         Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
     }
@@ -103,7 +82,7 @@ impl Store {
     /// Begin any other change to `subject_id`'s factors.
     pub async fn begin_factor_change(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
         let mut tx = self.begin().await?;
-        attempts::lock_row(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
+        attempts::lock_row(&mut tx, subject_id, SECOND_FACTOR).await?;
         crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
         Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
     }
@@ -137,16 +116,16 @@ impl FactorChange {
         Ok(n == 1)
     }
 
-    /// Record `step` as the last used time step of one of the subject's devices; `false` if
-    /// it (or a later one) was already used: the code is a replay (or the device is not the
-    /// subject's).
-    pub async fn use_step(&mut self, factor_id: &str, step: u64) -> Result<bool, StoreError> {
+    /// Record `step` as the last used time step of one of the subject's devices (used `now`);
+    /// `false` if it (or a later one) was already used: the code is a replay (or the device is
+    /// not the subject's).
+    pub async fn use_step(&mut self, factor_id: &str, step: u64, now: OffsetDateTime) -> Result<bool, StoreError> {
         let theirs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE id = $1 AND subject_id = $2")
             .bind(factor_id)
             .bind(&self.subject_id)
             .fetch_one(&mut *self.tx)
             .await?;
-        Ok(theirs == 1 && use_step(&mut self.tx, factor_id, step).await?)
+        Ok(theirs == 1 && use_step(&mut self.tx, factor_id, step, now).await?)
     }
 
     /// How many active factors the subject has, as this change sees them.
@@ -235,128 +214,20 @@ impl FactorChange {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct FactorRow {
-    pub(crate) id: String,
-    pub(crate) subject_id: String,
-    pub(crate) kind: String,
-    pub(crate) label: String,
-    pub(crate) status: String,
-    pub(crate) created_at: i64,
-    pub(crate) confirmed_at: Option<i64>,
-    pub(crate) last_used_at: Option<i64>,
-    pub(crate) session_id: Option<String>,
-    pub(crate) disabled_at: Option<i64>,
-}
-
-impl TryFrom<FactorRow> for Factor {
-    type Error = StoreError;
-    fn try_from(r: FactorRow) -> Result<Self, StoreError> {
-        Ok(Factor {
-            kind: FactorKind::parse(&r.kind).ok_or_else(|| StoreError::Corrupt(format!("factor kind {:?}", r.kind)))?,
-            status: FactorStatus::parse(&r.status)
-                .ok_or_else(|| StoreError::Corrupt(format!("factor status {:?}", r.status)))?,
-            id: r.id,
-            subject_id: r.subject_id,
-            label: r.label,
-            created_at: from_millis(r.created_at),
-            confirmed_at: r.confirmed_at.map(from_millis),
-            last_used_at: r.last_used_at.map(from_millis),
-            disabled_at: r.disabled_at.map(from_millis),
-            started_in: r.session_id,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct DeviceRow {
-    #[sqlx(flatten)]
-    factor: FactorRow,
-    algorithm: String,
-    digits: i64,
-    period: i64,
-    key_id: String,
-    nonce: Vec<u8>,
-    ciphertext: Vec<u8>,
-    last_used_step: Option<i64>,
-}
-
-impl TryFrom<DeviceRow> for TotpDevice {
-    type Error = StoreError;
-    fn try_from(r: DeviceRow) -> Result<Self, StoreError> {
-        let corrupt = |e: tessera_core::CoreError| StoreError::Corrupt(e.to_string());
-        let alg = Algorithm::parse(&r.algorithm).map_err(corrupt)?;
-        let params = TotpParams::new(alg, u32::try_from(r.digits).unwrap_or(0), u32::try_from(r.period).unwrap_or(0))
-            .map_err(corrupt)?;
-        Ok(TotpDevice {
-            factor: r.factor.try_into()?,
-            params,
-            sealed: SealedSecret { key_id: r.key_id, nonce: r.nonce, ciphertext: r.ciphertext },
-            last_used_step: r.last_used_step.and_then(|s| u64::try_from(s).ok()),
-        })
-    }
-}
-
-// A device's last use (`last_used_at` below): the accept's (`totp_secrets`, migrations sqlite
-// 0005 / postgres 0004), else the confirmation's (`factors`).
-const DEVICE_SELECT: &str = "SELECT f.id, f.subject_id, f.kind, f.label, f.status, f.created_at, f.confirmed_at, \
-    COALESCE(s.last_used_at, f.last_used_at) AS last_used_at, f.session_id, f.disabled_at, \
-    s.algorithm, s.digits, s.period, s.key_id, s.nonce, s.ciphertext, s.last_used_step \
-    FROM factors f JOIN totp_secrets s ON s.factor_id = f.id";
-
-/// The subject's active devices in use (not disabled), oldest first (`$1`: the subject); also
-/// run by the SQLite writer thread (`batch`).
-pub(crate) static ACTIVE_DEVICES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "{DEVICE_SELECT} WHERE f.subject_id = $1 AND f.status = 'active' AND f.disabled_at IS NULL \
-         ORDER BY f.created_at, f.id"
-    )
-});
-
-impl DeviceRow {
-    /// A row of [`DEVICE_SELECT`] read by rusqlite (the SQLite writer thread).
-    pub(crate) fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            factor: FactorRow {
-                id: r.get(0)?,
-                subject_id: r.get(1)?,
-                kind: r.get(2)?,
-                label: r.get(3)?,
-                status: r.get(4)?,
-                created_at: r.get(5)?,
-                confirmed_at: r.get(6)?,
-                last_used_at: r.get(7)?,
-                session_id: r.get(8)?,
-                disabled_at: r.get(9)?,
-            },
-            algorithm: r.get(10)?,
-            digits: r.get(11)?,
-            period: r.get(12)?,
-            key_id: r.get(13)?,
-            nonce: r.get(14)?,
-            ciphertext: r.get(15)?,
-            last_used_step: r.get(16)?,
-        })
-    }
-}
-
-/// A time step as stored (`BIGINT`).
-pub(crate) fn step_i64(step: u64) -> i64 {
-    i64::try_from(step).unwrap_or(i64::MAX)
-}
-
-/// The replay guard: record `step` as used unless it (or a later step) already was.
-/// One row changed, or the code must be refused.
-async fn use_step(conn: &mut AnyConnection, factor_id: &str, step: u64) -> Result<bool, StoreError> {
-    let n = sqlx::query(
-        "UPDATE totp_secrets SET last_used_step = $2 \
-         WHERE factor_id = $1 AND (last_used_step IS NULL OR last_used_step < $2)",
-    )
-    .bind(factor_id)
-    .bind(step_i64(step))
-    .execute(conn)
-    .await?
-    .rows_affected();
+/// The replay guard ([`sql::REPLAY_GUARD`]).
+async fn use_step(
+    conn: &mut AnyConnection,
+    factor_id: &str,
+    step: u64,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let n = sqlx::query(sqlx::AssertSqlSafe(sql::REPLAY_GUARD.as_str()))
+        .bind(factor_id)
+        .bind(sql::step_i64(step))
+        .bind(to_millis(now))
+        .execute(conn)
+        .await?
+        .rows_affected();
     Ok(n == 1)
 }
 
@@ -459,7 +330,7 @@ impl Store {
     /// One TOTP device of a subject (any status).
     pub async fn totp_device(&self, subject_id: &str, factor_id: &str) -> Result<Option<TotpDevice>, StoreError> {
         sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(
-            "{DEVICE_SELECT} WHERE f.subject_id = $1 AND f.id = $2"
+            "SELECT {DEVICE_COLUMNS} {DEVICE_FROM} WHERE f.subject_id = $1 AND f.id = $2"
         )))
         .bind(subject_id)
         .bind(factor_id)
@@ -471,7 +342,7 @@ impl Store {
 
     /// A subject's active TOTP devices.
     pub async fn active_totp_devices(&self, subject_id: &str) -> Result<Vec<TotpDevice>, StoreError> {
-        sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(ACTIVE_DEVICES.as_str()))
+        sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql::ACTIVE_DEVICES.as_str()))
             .bind(subject_id)
             .fetch_all(&self.pool)
             .await?
@@ -489,6 +360,9 @@ impl Store {
         audit: &NewAuditEvent,
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
+        // The counters row first: the lock order of every change to a subject's devices (see
+        // `verify`), whose version the change bumps (migration postgres 0011).
+        attempts::lock_row(&mut tx, subject_id, SECOND_FACTOR).await?;
         let n = sqlx::query(
             "UPDATE factors SET disabled_at = $2 \
              WHERE subject_id = $1 AND kind = 'totp' AND status = 'active' AND disabled_at IS NULL",

@@ -1,6 +1,7 @@
 //! What key rotation needs from storage: which keys rows use, and re-sealing in batches.
 
-use crate::factors::SealedSecret;
+use crate::attempts;
+use crate::sql::{SECOND_FACTOR, SealedSecret};
 use crate::{Store, StoreError};
 
 /// How many rows depend on a key.
@@ -87,6 +88,15 @@ impl Store {
     /// returns how many rows were rewritten.
     pub async fn replace_sealed(&self, batch: &[(SealedRow, SealedSecret)]) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
+        // The subjects' counters rows first, in one order: the lock order of every change to a
+        // subject's devices (see `verify`), whose version a new seal bumps (migration
+        // postgres 0011).
+        let mut subjects: Vec<&str> = batch.iter().map(|(old, _)| old.subject_id.as_str()).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        for s in subjects {
+            attempts::lock_row(&mut tx, s, SECOND_FACTOR).await?;
+        }
         let mut n = 0;
         for (old, new) in batch {
             n += sqlx::query(

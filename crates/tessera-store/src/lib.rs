@@ -24,18 +24,20 @@ mod mail_tokens;
 mod outbox;
 mod recovery;
 mod sessions;
+mod sql;
 mod trust;
 mod users;
+mod verify;
 mod webauthn;
 
 pub use accounts::{
     Acceptance as InvitationAcceptance, InvitationMails, InvitationRow, MemberChangeError, MemberRow, MembershipRow,
     NewInvitation,
 };
-pub use attempts::{Acceptance, CheckError, DeviceCheck, GateAccept, GateResult, PASSWORD, SECOND_FACTOR};
-pub use audit::{AuditEvent, NewAuditEvent};
+pub use attempts::GateResult;
+pub use audit::AuditEvent;
 pub use error::StoreError;
-pub use factors::{Activation, FactorChange, NewTotpFactor, SealedSecret, TotpDevice};
+pub use factors::{Activation, FactorChange, NewTotpFactor};
 pub use keys::{KeyUsage, SealedRow};
 pub use mail_tokens::{
     EMAIL_CHANGE, EMAIL_VERIFICATION, EmailChange, NewMailToken, PASSWORD_RESET, PasswordChange, PasswordReset,
@@ -43,8 +45,10 @@ pub use mail_tokens::{
 pub use outbox::{NewNotification, QueuedMail};
 pub use recovery::NewRecoveryCode;
 pub use sessions::{BrowserSeen, NewSession, PasswordSession, Rotation, SessionRow};
+pub use sql::{Acceptance, NewAuditEvent, PASSWORD, SECOND_FACTOR, SealedSecret, TotpDevice};
 pub use trust::{NewTrust, TrustRow};
 pub use users::{NewUser, ResetReport, UserRow};
+pub use verify::{GateAccept, Verified};
 pub use webauthn::{
     Ceremony, LiveSession, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse,
 };
@@ -89,11 +93,22 @@ pub struct StoreOptions {
     pub pg_schema: Option<String>,
     /// How long to wait for a pooled connection.
     pub acquire_timeout: Duration,
+    /// PostgreSQL only: how many subjects' sealed TOTP devices a replica keeps in memory for
+    /// verifications (see `verify`); 0 keeps none.
+    pub device_cache: usize,
 }
+
+/// The default of [`StoreOptions::device_cache`]: a few MB at most.
+pub const DEFAULT_DEVICE_CACHE: usize = 10_000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 16, pg_schema: None, acquire_timeout: Duration::from_secs(10) }
+        Self {
+            max_connections: 16,
+            pg_schema: None,
+            acquire_timeout: Duration::from_secs(10),
+            device_cache: DEFAULT_DEVICE_CACHE,
+        }
     }
 }
 
@@ -114,6 +129,8 @@ pub struct Store {
     /// SQLite's busy handler (which backs off in milliseconds, ruins tail latency and can
     /// starve a writer that keeps losing the race).
     turn: Option<Arc<Mutex<()>>>,
+    /// PostgreSQL: the subjects' sealed devices (see `verify`); empty on SQLite.
+    devices: Arc<verify::DeviceCache>,
 }
 
 /// A writer connection or transaction, held with the write turn (SQLite); it derefs to the
@@ -188,7 +205,8 @@ impl Store {
             }
             Backend::Postgres => (pool.clone(), None, None),
         };
-        Ok(Self { pool, writer, backend, batcher, turn })
+        let cached = if backend == Backend::Postgres { opts.device_cache } else { 0 };
+        Ok(Self { pool, writer, backend, batcher, turn, devices: Arc::new(verify::DeviceCache::new(cached)) })
     }
 
     /// Apply pending migrations (safe to run from several replicas at once on PostgreSQL,
@@ -227,14 +245,6 @@ impl Store {
         }
         self.pool.close().await;
         self.writer.close().await;
-    }
-
-    /// Run one write in SQLite's next group-committed batch (see `batch`).
-    async fn batch(&self, op: batch::Op) -> Result<batch::Done, StoreError> {
-        match &self.batcher {
-            Some(b) => b.submit(op).await,
-            None => Err(StoreError::Config("no write batcher on this backend".into())),
-        }
     }
 
     /// Wait for the write turn (SQLite; PostgreSQL has none).

@@ -93,7 +93,7 @@ impl Store {
         if !won {
             return Ok(None);
         }
-        attempts::reset(&mut tx, subject_id, attempts::SECOND_FACTOR).await?;
+        attempts::reset(&mut tx, subject_id, crate::SECOND_FACTOR).await?;
         audit::insert(&mut tx, audit).await?;
         let left = remaining(&mut tx, subject_id).await?;
         tx.commit().await?;

@@ -202,8 +202,9 @@ impl Store {
         audit: &NewAuditEvent,
     ) -> Result<ResetReport, StoreError> {
         let mut tx = self.begin().await?;
-        // The counters row first (the lock order of `attempts::gate_accept_pg`).
-        attempts::reset(&mut tx, user_id, attempts::SECOND_FACTOR).await?;
+        // The counters row first (the lock order of `verify`).
+        attempts::lock_row(&mut tx, user_id, crate::SECOND_FACTOR).await?;
+        attempts::reset(&mut tx, user_id, crate::SECOND_FACTOR).await?;
         // Factor rows first; their secrets go with them (the foreign key cascades): the order
         // `FactorChange` locks them in, so the two never deadlock.
         let factors = sqlx::query("DELETE FROM factors WHERE subject_id = $1")

@@ -11,7 +11,8 @@
 //! concurrency, and only within its lifetime and by what began it (`bound_to`).
 
 use crate::audit::{self, NewAuditEvent};
-use crate::factors::{FactorChange, FactorRow};
+use crate::factors::FactorChange;
+use crate::sql::FactorRow;
 use crate::{Store, StoreError};
 use tessera_core::clock::to_millis;
 use tessera_core::factor::{Factor, FactorKind};
@@ -492,7 +493,7 @@ mod tests {
 
     /// SQLite's migration 0009 rebuilds `factors` and `totp_secrets`: a database from before
     /// keeps every device, its secret and replay guard, and the rebuilt tables keep their rules
-    /// (the new kinds, the cascade, the accept trigger).
+    /// (the new kinds, the cascade); the accept trigger went later (0012).
     #[tokio::test]
     async fn the_sqlite_rebuild_keeps_every_device() {
         let dir = tempfile::tempdir().unwrap();
@@ -532,7 +533,8 @@ mod tests {
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
         let mut c = pool.acquire().await.unwrap();
         sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *c).await.unwrap();
-        // The accept trigger survived the rebuild: a use resets the counters.
+        // The accept trigger is gone (0012): the reset is the writer's own statement now, so a
+        // bare use of a step leaves the counters as they were.
         sqlx::query("UPDATE totp_secrets SET last_used_step = 43, last_used_at = 6 WHERE factor_id = 'f1'")
             .execute(&mut *c)
             .await
@@ -541,7 +543,7 @@ mod tests {
             .fetch_one(&mut *c)
             .await
             .unwrap();
-        assert_eq!(failures, 0);
+        assert_eq!(failures, 3);
         // The new kinds are allowed, others are not.
         for (kind, ok) in [("security_key", true), ("passkey", true), ("sms", false)] {
             let r = sqlx::query(

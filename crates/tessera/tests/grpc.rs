@@ -113,6 +113,10 @@ async fn full_flow(srv: &InProcess) {
     let e = c.enroll_totp(enroll("alice")).await.unwrap();
     assert!(e.otpauth_uri.starts_with("otpauth://totp/Tessera:alice%40example.com?secret="));
     assert!(e.qr_png.starts_with(b"\x89PNG") && e.qr_svg.contains("<svg"));
+    // omit_qr: the same enrolment without the images (the URI carries everything)
+    let bare = c.enroll_totp(pb::EnrollTotpRequest { omit_qr: true, ..enroll("alice") }).await.unwrap();
+    assert!(bare.otpauth_uri.contains(&bare.secret_base32) && bare.qr_png.is_empty() && bare.qr_svg.is_empty());
+    c.remove_factor("alice", &bare.factor_id).await.unwrap();
 
     // a wrong confirmation code is PERMISSION_DENIED and counts as an attempt
     let good = srv.code(&e.secret_base32, 0);

@@ -257,3 +257,34 @@ async fn audit_trail_and_pages(h: &Harness) {
     assert!(h.app.list_audit_events("someone", 100, "").await.unwrap().0.is_empty());
 }
 both!(audit_trail_and_pages);
+
+/// Replicas keep the subjects' devices in memory (PostgreSQL): a device removed through one
+/// replica is refused by another whose cache still holds it, and a device added through one is
+/// accepted by another at once. (On SQLite the same holds, without a cache.)
+async fn a_device_changed_on_another_replica_is_seen_at_once(h: &Harness) {
+    let (e, _) = active_device(h, "rita").await;
+    // Replica A verifies a code: its cache now holds the device.
+    assert!(accepted(&h.app.verify_totp("rita", &h.code(&e.secret_base32, 1), &ctx()).await.unwrap()));
+    // Replica B adds a second device and removes the first.
+    let (b, _) = h.replica().await;
+    let e2 = b.enroll_totp(&req("rita"), &ctx()).await.unwrap();
+    h.clock.advance(Duration::seconds(60));
+    let ConfirmOutcome::Confirmed { .. } =
+        b.confirm_totp("rita", &e2.factor_id, &h.code(&e2.secret_base32, 0), &ctx()).await.unwrap()
+    else {
+        panic!("not confirmed")
+    };
+    b.remove_factor("rita", &e.factor_id, &ctx()).await.unwrap();
+    // A refuses a valid code of the removed device, and its step stays a failure...
+    let removed = h.code(&e.secret_base32, 1);
+    match h.app.verify_totp("rita", &removed, &ctx()).await.unwrap() {
+        Outcome::Rejected { attempts_remaining } => assert_eq!(attempts_remaining, 4),
+        other => panic!("a removed device's code was not refused: {other:?}"),
+    }
+    // ...and accepts the new device's code, checked against the devices as they are now.
+    assert_eq!(
+        h.app.verify_totp("rita", &h.code(&e2.secret_base32, 1), &ctx()).await.unwrap(),
+        Outcome::Accepted { factor_id: Some(e2.factor_id.clone()) }
+    );
+}
+both!(a_device_changed_on_another_replica_is_seen_at_once);
