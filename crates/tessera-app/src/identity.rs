@@ -150,23 +150,14 @@ fn password_subject_from(email_norm: &str, ctx: &ClientContext) -> String {
 }
 
 impl App {
-    /// Run argon2id off the async threads, at most one per core at a time.
+    /// Run argon2id off the async threads, on the hashing threads (one per core).
     async fn verify_password_blocking(&self, p: Password, phc: String) -> Result<password::Verified, AppError> {
-        let _permit =
-            self.hash_permits.acquire().await.map_err(|_| AppError::FailedPrecondition("shutting down".into()))?;
         self.password_verifications.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || password::verify(&p, &phc))
-            .await
-            .map_err(|e| AppError::FailedPrecondition(format!("password check failed: {e}")))
+        self.hashers.run(move |ws| password::verify_with(ws, &p, &phc)).await
     }
 
     pub(crate) async fn hash_password(&self, p: Password) -> Result<String, AppError> {
-        let _permit =
-            self.hash_permits.acquire().await.map_err(|_| AppError::FailedPrecondition("shutting down".into()))?;
-        tokio::task::spawn_blocking(move || password::hash(&p))
-            .await
-            .map_err(|e| AppError::FailedPrecondition(format!("password hashing failed: {e}")))?
-            .map_err(AppError::from)
+        self.hashers.run(move |ws| password::hash_with(ws, &p)).await?.map_err(AppError::from)
     }
 
     /// How many password hash verifications this process has run (for tests that prove an

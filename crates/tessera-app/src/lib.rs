@@ -9,6 +9,7 @@ mod accounts;
 mod authorize;
 mod error;
 mod factors;
+mod hashing;
 mod identity;
 pub mod keyfile;
 mod keys;
@@ -143,8 +144,8 @@ pub struct App {
     keys: KeyringSource,
     clock: Arc<dyn Clock>,
     config: Arc<AppConfig>,
-    /// Bounds concurrent argon2id runs to the core count.
-    hash_permits: Arc<tokio::sync::Semaphore>,
+    /// The argon2id threads (one per core; see `hashing`).
+    hashers: hashing::Hashers,
     password_verifications: Arc<std::sync::atomic::AtomicU64>,
     pwned: PwnedChecker,
     /// Woken when a use case has queued mail, so delivery need not wait for its next pass.
@@ -170,7 +171,7 @@ impl App {
             keys,
             clock,
             config: Arc::new(config),
-            hash_permits: Arc::new(tokio::sync::Semaphore::new(cores)),
+            hashers: hashing::Hashers::new(cores),
             password_verifications: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             pwned,
             outbox: Arc::new(tokio::sync::Notify::new()),

@@ -2,13 +2,15 @@
 //! argon2id hashing with OWASP parameters (m = 19 MiB, t = 2, p = 1), as PHC strings.
 //!
 //! Hashing is pure CPU work and lives here; callers run it off their async threads with
-//! bounded concurrency. Every login performs exactly one hash verification, also for an
+//! bounded concurrency, each hashing thread with its own [`Workspace`]: argon2's 19 MiB of
+//! working memory, allocated once per thread and reused, so the process's memory under a
+//! burst of logins is bounded by the number of hashing threads (an allocation per hash would
+//! leave each thread's freed 19 MiB in the allocator). Every login performs exactly one hash verification, also for an
 //! unknown email ([`dummy_hash`]), so the time taken says nothing of whether an account exists.
 
 use crate::CoreError;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use std::sync::OnceLock;
 use unicode_normalization::UnicodeNormalization;
 use zeroize::Zeroizing;
@@ -95,12 +97,76 @@ fn hasher(params: Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// Argon2's working memory, reused from one hash to the next by the thread that owns it, and
+/// zeroized after each use (it is derived from a password).
+pub struct Workspace {
+    blocks: Vec<Block>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace").field("blocks", &self.blocks.len()).finish()
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workspace {
+    /// An empty workspace: its memory is allocated by the first hash, at the size the current
+    /// parameters need.
+    pub fn new() -> Self {
+        Self { blocks: Vec::new() }
+    }
+
+    /// Run argon2 with this workspace's memory (grown to `params`' size if it is smaller:
+    /// the current parameters; a stored hash with more memory gets a temporary allocation,
+    /// not kept), then zeroize what was used.
+    fn run(&mut self, argon: &Argon2<'_>, params: &Params, pwd: &[u8], salt: &[u8], out: &mut [u8]) -> bool {
+        use zeroize::Zeroize;
+        let need = params.block_count();
+        if self.blocks.len() < need && need <= current_params().block_count() {
+            self.blocks.resize(need, Block::default());
+        }
+        let mut temp;
+        let blocks = match self.blocks.get_mut(..need) {
+            Some(b) => b,
+            None => {
+                temp = vec![Block::default(); need];
+                temp.as_mut_slice()
+            }
+        };
+        let ok = argon.hash_password_into_with_memory(pwd, salt, out, &mut *blocks).is_ok();
+        blocks.iter_mut().for_each(Zeroize::zeroize);
+        ok
+    }
+}
+
 /// Hash a password with a fresh random salt; returns the PHC string.
 pub fn hash(p: &Password) -> Result<String, CoreError> {
-    hasher(current_params())
-        .hash_password(p.expose())
-        .map(|h| h.to_string())
-        .map_err(|e| CoreError::invalid("password", format!("could not be hashed: {e}")))
+    hash_with(&mut Workspace::new(), p)
+}
+
+/// [`hash`] in `ws`'s memory.
+pub fn hash_with(ws: &mut Workspace, p: &Password) -> Result<String, CoreError> {
+    let fail = |e: &dyn std::fmt::Display| CoreError::invalid("password", format!("could not be hashed: {e}"));
+    let params = current_params();
+    let salt = Salt::new(&crate::random::bytes::<16>()?).map_err(|e| fail(&e))?;
+    let mut out = Zeroizing::new([0u8; Params::DEFAULT_OUTPUT_LEN]);
+    if !ws.run(&hasher(params.clone()), &params, p.expose(), &salt, &mut out[..]) {
+        return Err(fail(&"argon2 refused its input"));
+    }
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| fail(&e))?,
+        salt: Some(salt),
+        hash: Some(Output::new(&out[..]).map_err(|e| fail(&e))?),
+    };
+    Ok(phc.to_string())
 }
 
 /// What checking a password against a stored hash found.
@@ -115,14 +181,33 @@ pub struct Verified {
 /// Check `p` against a stored PHC string (its own parameters are used). A malformed stored
 /// hash is a mismatch, never a panic.
 pub fn verify(p: &Password, phc: &str) -> Verified {
+    verify_with(&mut Workspace::new(), p, phc)
+}
+
+/// [`verify`] in `ws`'s memory. The output is compared in constant time (`Output`'s equality).
+pub fn verify_with(ws: &mut Workspace, p: &Password, phc: &str) -> Verified {
+    let mismatch = Verified { ok: false, needs_rehash: false };
     let Ok(parsed) = PasswordHash::new(phc) else {
-        return Verified { ok: false, needs_rehash: false };
+        return mismatch;
     };
-    let ok = hasher(current_params()).verify_password(p.expose(), &parsed).is_ok();
-    let needs_rehash = Params::try_from(&parsed).map_or(true, |stored| {
-        let cur = current_params();
-        stored.m_cost() != cur.m_cost() || stored.t_cost() != cur.t_cost() || stored.p_cost() != cur.p_cost()
-    }) || parsed.algorithm.as_str() != "argon2id";
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return mismatch;
+    };
+    let (Ok(alg), Ok(params)) = (Algorithm::try_from(parsed.algorithm.as_str()), Params::try_from(&parsed)) else {
+        return mismatch;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return mismatch,
+    };
+    let mut out = Zeroizing::new(vec![0u8; expected.len()]);
+    let ok = ws.run(&Argon2::new(alg, version, params.clone()), &params, p.expose(), salt, &mut out)
+        && Output::new(&out).is_ok_and(|o| &o == expected);
+    let cur = current_params();
+    let needs_rehash = params.m_cost() != cur.m_cost()
+        || params.t_cost() != cur.t_cost()
+        || params.p_cost() != cur.p_cost()
+        || alg != Algorithm::Argon2id;
     Verified { ok, needs_rehash }
 }
 
@@ -178,12 +263,25 @@ mod tests {
         // the decomposed spelling of the same password verifies
         let accented = hash(&Password::normalise("caf\u{e9} au lait")).unwrap();
         assert!(verify(&Password::normalise("cafe\u{301} au lait"), &accented).ok);
-        // a hash with weaker parameters verifies and asks for a rehash
-        let weak = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(8192, 1, 1, None).unwrap())
-            .hash_password(p.expose())
-            .unwrap()
-            .to_string();
-        assert_eq!(verify(&p, &weak), Verified { ok: true, needs_rehash: true });
+        // the crate's own verifier accepts our hashes, and ours the crate's: the same PHC strings
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        assert!(Argon2::default().verify_password(p.expose(), &PasswordHash::new(&h).unwrap()).is_ok());
+        let theirs = Argon2::default().hash_password(p.expose()).unwrap().to_string();
+        assert_eq!(verify(&p, &theirs), Verified { ok: true, needs_rehash: false });
+        // a hash with weaker (or stronger: a temporary allocation) parameters verifies and asks
+        // for a rehash; a reused workspace gives the same answers
+        let mut ws = Workspace::new();
+        for m in [8192, 32768] {
+            let other = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(m, 1, 1, None).unwrap())
+                .hash_password(p.expose())
+                .unwrap()
+                .to_string();
+            assert_eq!(verify_with(&mut ws, &p, &other), Verified { ok: true, needs_rehash: true });
+            assert!(!verify_with(&mut ws, &Password::normalise("wrong horse battery"), &other).ok);
+            assert!(verify_with(&mut ws, &p, &h).ok);
+        }
+        assert_eq!(ws.blocks.len(), current_params().block_count(), "only the current size is kept");
+        assert!(ws.blocks.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)), "zeroized after use");
         // garbage never panics
         assert!(!verify(&p, "not a phc string").ok);
         assert!(!verify(&p, "").ok);
