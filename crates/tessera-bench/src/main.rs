@@ -36,6 +36,7 @@ use tessera_server::{ConfigFile, Listeners, ServerConfig};
 use time::OffsetDateTime;
 
 mod check;
+mod modes;
 
 const TOKEN: &str = "bench-service-token-0123456789";
 
@@ -52,6 +53,12 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Drive /auth/check (forward auth).
     Check(CheckArgs),
+    /// Drive EnrollTotp + ConfirmTotp pairs (new subjects, back to back).
+    Enrol(modes::EnrolArgs),
+    /// Drive BeginLogin (argon2id) and report the process's memory before, during and after.
+    Login(modes::LoginArgs),
+    /// Run pgbench's one-UPDATE-by-key floor on PostgreSQL.
+    Floor(modes::FloorArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +134,10 @@ struct VerifyArgs {
     /// server's queueing is counted (no coordinated omission).
     #[arg(long)]
     rate: Option<f64>,
+    /// PostgreSQL: after the load, run the pgbench floor (`floor`) on the same server at the
+    /// same concurrency, and print verify's share of it.
+    #[arg(long)]
+    floor: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -186,35 +197,63 @@ async fn main() -> Result<()> {
             }
             (a.db.database, a.db.pg_url.clone(), false)
         }
+        Cmd::Enrol(a) => (a.db.database, a.db.pg_url.clone(), false),
+        Cmd::Login(a) => (a.db.database, a.db.pg_url.clone(), false),
+        Cmd::Floor(a) => (Db::Postgres, a.pg_url.clone(), false),
     };
     let dir = tempfile::tempdir()?;
     let (database_url, pg_db) = match database {
         Db::Sqlite => (None, None),
         Db::Postgres => {
-            let name = format!("tessera_bench_{}", uuid::Uuid::new_v4().simple());
-            let pool = sqlx::PgPool::connect(&pg_url).await.context("cannot reach PostgreSQL")?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
-            if pg_async_commit {
-                sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} SET synchronous_commit = off")))
-                    .execute(&pool)
-                    .await?;
-            }
-            pool.close().await;
-            let (url, query) =
-                pg_url.split_once('?').map_or((pg_url.as_str(), String::new()), |(u, q)| (u, format!("?{q}")));
-            let (prefix, _) = url.rsplit_once('/').context("--pg-url needs a /database")?;
-            (Some(format!("{prefix}/{name}{query}")), Some(name))
+            let (url, name) = scratch_database(&pg_url, pg_async_commit).await?;
+            (Some(url), Some(name))
         }
     };
     let result = match &cmd {
-        Cmd::Verify(a) => run(a, dir.path(), database_url).await,
-        Cmd::Check(a) => check::run(a, dir.path(), database_url).await,
+        Cmd::Verify(a) => run(a, dir.path(), database_url).await.map(|rate| (rate, a.floor)),
+        Cmd::Check(a) => check::run(a, dir.path(), database_url).await.map(|()| (0.0, false)),
+        Cmd::Enrol(a) => modes::enrol(a, dir.path(), database_url).await.map(|()| (0.0, false)),
+        Cmd::Login(a) => modes::login(a, dir.path(), database_url).await.map(|()| (0.0, false)),
+        Cmd::Floor(a) => {
+            let url = database_url.clone().context("floor needs PostgreSQL")?;
+            modes::floor(a, &url).await.map(|_| (0.0, false))
+        }
     };
-    if let Some(name) = pg_db {
-        let pool = sqlx::PgPool::connect(&pg_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&pool).await?;
+    if let Some(name) = &pg_db {
+        drop_database(&pg_url, name).await?;
     }
-    result
+    let (rate, floor) = result?;
+    if let (Cmd::Verify(a), true, Some(_)) = (&cmd, floor, &pg_db) {
+        let (url, name) = scratch_database(&pg_url, false).await?;
+        let args = modes::FloorArgs::new(&pg_url, a.concurrency, a.duration.as_secs().max(5));
+        let f = modes::floor(&args, &url).await;
+        drop_database(&pg_url, &name).await?;
+        let f = f?;
+        println!("verify / floor = {:.0} %", 100.0 * rate / f);
+    }
+    Ok(())
+}
+
+/// A fresh database on the PostgreSQL server of `pg_url`: its URL and name.
+async fn scratch_database(pg_url: &str, async_commit: bool) -> Result<(String, String)> {
+    let name = format!("tessera_bench_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(pg_url).await.context("cannot reach PostgreSQL")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
+    if async_commit {
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} SET synchronous_commit = off")))
+            .execute(&pool)
+            .await?;
+    }
+    pool.close().await;
+    let (url, query) = pg_url.split_once('?').map_or((pg_url, String::new()), |(u, q)| (u, format!("?{q}")));
+    let (prefix, _) = url.rsplit_once('/').context("--pg-url needs a /database")?;
+    Ok((format!("{prefix}/{name}{query}"), name))
+}
+
+async fn drop_database(pg_url: &str, name: &str) -> Result<()> {
+    let pool = sqlx::PgPool::connect(pg_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&pool).await?;
+    Ok(())
 }
 
 /// Latency percentiles (ms) of sorted microsecond samples.
@@ -234,7 +273,7 @@ fn server_config(dir: &std::path::Path, database_url: Option<String>, pool: u32)
     Ok(ServerConfig::resolve(given, Some(TOKEN.into()))?)
 }
 
-async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<String>) -> Result<()> {
+async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<String>) -> Result<f64> {
     let cfg = server_config(dir, database_url, args.pool)?;
     let clock =
         Arc::new(FastClock { start: Instant::now(), start_ms: 1_767_225_600_000, speed: 30_000 / args.step_ms.max(1) });
@@ -309,6 +348,7 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
     );
 
     // Drive load.
+    let rss = modes::RssSampler::start();
     let deadline = Instant::now() + args.duration;
     let interval = match args.rate {
         Some(r) if r.is_finite() && r > 0.0 => Some(Duration::from_secs_f64(args.concurrency as f64 / r)),
@@ -406,6 +446,7 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
         all.errors += t.errors;
     }
     let secs = started.elapsed().as_secs_f64();
+    let rss_max = rss.stop().await;
     all.latencies_us.sort_unstable();
     let pct = |q: f64| percentile(&all.latencies_us, q);
     let total = all.latencies_us.len();
@@ -433,10 +474,11 @@ async fn run(args: &VerifyArgs, dir: &std::path::Path, database_url: Option<Stri
         pct(0.999),
         pct(1.0)
     );
+    println!("RSS MB (server and load generator): max under load {rss_max:.0}");
     let _ = stop_tx.send(());
     server.await??;
     if all.errors > 0 {
         bail!("{} requests failed", all.errors);
     }
-    Ok(())
+    Ok(total as f64 / secs)
 }

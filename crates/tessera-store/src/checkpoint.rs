@@ -15,6 +15,12 @@
 //!   are seldom all copied at the instant a transaction begins). At 10,000 verifications/s
 //!   the WAL grows by about 150 MB/s, so that is one restart every two seconds or so, each
 //!   holding the turn for a few milliseconds.
+//! - when a tick finds the WAL fully copied and not grown since the tick before (the writers
+//!   are quiet), it takes the turn and runs a TRUNCATE checkpoint, which empties the WAL file:
+//!   the file on disk is at most about [`RESTART_FRAMES`] pages while writes go on, and zero
+//!   bytes a tick or two after they pause. (A restart keeps the file's size, and
+//!   `journal_size_limit` would trim it inside some writer's commit, under load: both measured
+//!   before, see [`WAL_SIZE_LIMIT`]; the truncation here runs when nobody is writing.)
 //!
 //! Reads stay fast however long the WAL: a reader looks up only frames after the last
 //! checkpointed one. A failed pass is logged and retried on the next tick. The thread ends
@@ -77,11 +83,32 @@ impl Checkpointer {
 }
 
 fn run(conn: &Connection, stopped: &Receiver<()>, turn: &Mutex<()>) {
+    let mut last = Pages::default();
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EVERY) {
-        if let Err(e) = pass(conn, turn, RESTART_FRAMES) {
+        if let Err(e) = pass(conn, turn, RESTART_FRAMES, &mut last) {
             tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
         }
     }
+}
+
+/// The WAL as the previous tick left it: frames in it, and how many were copied back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pages {
+    wal: i64,
+    copied: i64,
+}
+
+/// What a tick did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// A PASSIVE checkpoint only.
+    Passive,
+    /// The WAL was long: restarted (the next writer starts it from its beginning).
+    Restarted,
+    /// The writers were quiet: the WAL file was emptied.
+    Truncated,
+    /// A RESTART or TRUNCATE met a reader it could not wait for; the next tick tries again.
+    Busy,
 }
 
 /// `PRAGMA wal_checkpoint(mode)`: (busy, pages in the WAL, pages copied).
@@ -89,15 +116,30 @@ pub(crate) fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
 }
 
-/// One tick: a PASSIVE pass, then, if the WAL holds `restart_frames` or more, a RESTART
-/// under the write turn. The time under the turn is what every queued write waits, and it is
-/// mostly the fsync of the WAL pages written since the last pass: so, first, more PASSIVE
-/// passes (at most four) while each is still slow, each covering what was written during
-/// the one before. Returns whether it restarted.
-pub(crate) fn pass(conn: &Connection, turn: &Mutex<()>, restart_frames: i64) -> rusqlite::Result<bool> {
-    let (_, pages, _) = checkpoint(conn, "PASSIVE")?;
-    if pages < restart_frames {
-        return Ok(false);
+/// One tick: a PASSIVE pass; then, if the WAL holds `restart_frames` or more, a RESTART
+/// under the write turn, or, if it is all copied and has not grown since the tick before
+/// (`last`), a TRUNCATE under the turn. The time under the turn is what every queued write
+/// waits, and before a restart it is mostly the fsync of the WAL pages written since the last
+/// pass: so, first, more PASSIVE passes (at most four) while each is still slow, each covering
+/// what was written during the one before.
+pub(crate) fn pass(
+    conn: &Connection,
+    turn: &Mutex<()>,
+    restart_frames: i64,
+    last: &mut Pages,
+) -> rusqlite::Result<Pass> {
+    let (_, wal, copied) = checkpoint(conn, "PASSIVE")?;
+    let now = Pages { wal, copied };
+    let quiet = wal > 0 && copied == wal && now == *last;
+    *last = now;
+    if quiet {
+        let _turn = turn.blocking_lock();
+        let (busy, ..) = checkpoint(conn, "TRUNCATE")?;
+        *last = Pages::default();
+        return Ok(if busy == 0 { Pass::Truncated } else { Pass::Busy });
+    }
+    if wal < restart_frames {
+        return Ok(Pass::Passive);
     }
     for _ in 0..4 {
         let t = Instant::now();
@@ -110,7 +152,7 @@ pub(crate) fn pass(conn: &Connection, turn: &Mutex<()>, restart_frames: i64) -> 
     let _turn = turn.blocking_lock();
     let (busy, pages, copied) = checkpoint(conn, "RESTART")?;
     tracing::debug!(busy, pages, copied, micros = t.elapsed().as_micros(), "WAL checkpoint (restart)");
-    Ok(busy == 0)
+    Ok(if busy == 0 { Pass::Restarted } else { Pass::Busy })
 }
 
 #[cfg(test)]
@@ -146,12 +188,13 @@ mod tests {
         let turn = &Mutex::new(());
         let before = wal_pages();
         // (`pass` blocks on the turn: off the runtime's threads, as in production.)
-        let off_runtime = |limit| {
+        let off_runtime = |limit, last: &mut Pages| {
             let c = Connection::open(&path).unwrap();
-            std::thread::scope(|s| s.spawn(move || pass(&c, turn, limit).unwrap()).join().unwrap())
+            std::thread::scope(|s| s.spawn(move || pass(&c, turn, limit, last).unwrap()).join().unwrap())
         };
-        assert!(!off_runtime(before + 1));
-        assert!(off_runtime(1));
+        let mut last = Pages::default();
+        assert_eq!(off_runtime(before + 1, &mut last), Pass::Passive);
+        assert_eq!(off_runtime(1, &mut Pages::default()), Pass::Restarted);
         store
             .gate_attempt("after", crate::SECOND_FACTOR, time::OffsetDateTime::UNIX_EPOCH, &Default::default())
             .await
@@ -163,11 +206,54 @@ mod tests {
         let held = std::sync::Arc::new(Mutex::new(()));
         let guard = held.clone().lock_owned().await;
         let (c, h) = (Connection::open(&path).unwrap(), held.clone());
-        let t = std::thread::spawn(move || pass(&c, &h, 1).unwrap());
+        let t = std::thread::spawn(move || pass(&c, &h, 1, &mut Pages::default()).unwrap());
         std::thread::sleep(Duration::from_millis(50));
         assert!(!t.is_finished(), "the restart waits for the write turn");
         drop(guard);
-        assert!(t.join().unwrap());
+        assert_eq!(t.join().unwrap(), Pass::Restarted);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_wal_is_emptied_on_disk() {
+        let (dir, path, store) = crate::temp_sqlite().await;
+        let wal = dir.path().join("t.db-wal");
+        let write = |i: usize| {
+            let s = store.clone();
+            async move {
+                s.gate_attempt(
+                    &format!("s{i}"),
+                    crate::SECOND_FACTOR,
+                    time::OffsetDateTime::UNIX_EPOCH,
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
+            }
+        };
+        for i in 0..50 {
+            write(i).await;
+        }
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        let turn = &Mutex::new(());
+        let mut last = Pages::default();
+        let tick = |last: &mut Pages| {
+            let c = Connection::open(&path).unwrap();
+            std::thread::scope(|s| s.spawn(move || pass(&c, turn, i64::MAX, last).unwrap()).join().unwrap())
+        };
+        // Writes between two ticks: not quiet, the file stays.
+        assert_eq!(tick(&mut last), Pass::Passive);
+        write(100).await;
+        assert_eq!(tick(&mut last), Pass::Passive);
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        // No write since the tick before, and all copied: the WAL file is emptied...
+        assert_eq!(tick(&mut last), Pass::Truncated);
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "the WAL file is empty on disk");
+        // ...and the store goes on writing (and reading what it wrote) as before.
+        write(200).await;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(n, 52);
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        assert_eq!(tick(&mut last), Pass::Passive, "a fresh write is not quiet yet");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
