@@ -73,8 +73,11 @@ impl Store {
     /// second-factor failures are reset too (kept only if the change commits).
     pub async fn begin_confirmation(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
         let mut tx = self.begin().await?;
-        attempts::lock_row(&mut tx, subject_id, SECOND_FACTOR).await?;
-        attempts::reset(&mut tx, subject_id, SECOND_FACTOR).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql::LOCK_AND_CLEAR.as_str()))
+            .bind(subject_id)
+            .bind(SECOND_FACTOR)
+            .execute(&mut *tx)
+            .await?;
         crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
         Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
     }
@@ -120,12 +123,15 @@ impl FactorChange {
     /// `false` if it (or a later one) was already used: the code is a replay (or the device is
     /// not the subject's).
     pub async fn use_step(&mut self, factor_id: &str, step: u64, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let theirs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE id = $1 AND subject_id = $2")
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql::OWNED_REPLAY_GUARD.as_str()))
             .bind(factor_id)
+            .bind(sql::step_i64(step))
+            .bind(to_millis(now))
             .bind(&self.subject_id)
-            .fetch_one(&mut *self.tx)
-            .await?;
-        Ok(theirs == 1 && use_step(&mut self.tx, factor_id, step, now).await?)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     /// How many active factors the subject has, as this change sees them.
@@ -214,39 +220,44 @@ impl FactorChange {
     }
 }
 
-/// The replay guard ([`sql::REPLAY_GUARD`]).
-async fn use_step(
-    conn: &mut AnyConnection,
-    factor_id: &str,
-    step: u64,
-    now: OffsetDateTime,
-) -> Result<bool, StoreError> {
-    let n = sqlx::query(sqlx::AssertSqlSafe(sql::REPLAY_GUARD.as_str()))
-        .bind(factor_id)
-        .bind(sql::step_i64(step))
-        .bind(to_millis(now))
-        .execute(conn)
-        .await?
-        .rows_affected();
-    Ok(n == 1)
-}
-
 /// Delete the subject's pending devices started at or before `cutoff`.
 async fn purge_expired(conn: &mut AnyConnection, subject_id: &str, cutoff: OffsetDateTime) -> Result<(), StoreError> {
-    sqlx::query(
-        "DELETE FROM totp_secrets WHERE factor_id IN \
-         (SELECT id FROM factors WHERE subject_id = $1 AND status = 'pending' AND created_at <= $2)",
-    )
-    .bind(subject_id)
-    .bind(to_millis(cutoff))
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM factors WHERE subject_id = $1 AND status = 'pending' AND created_at <= $2")
-        .bind(subject_id)
-        .bind(to_millis(cutoff))
-        .execute(conn)
-        .await?;
+    sqlx::query(sql::PURGE_PENDING_SECRETS).bind(subject_id).bind(to_millis(cutoff)).execute(&mut *conn).await?;
+    sqlx::query(sql::PURGE_PENDING_FACTORS).bind(subject_id).bind(to_millis(cutoff)).execute(conn).await?;
     Ok(())
+}
+
+/// SQLite: [`Store::insert_totp_factor`] as one job of the writer thread (the same statements,
+/// in the batch's transaction: nothing is written when the subject is at the limit).
+fn insert_totp_sqlite(
+    c: &rusqlite::Connection,
+    f: &NewTotpFactor,
+    max_factors: u32,
+    cutoff_ms: i64,
+    audit: &NewAuditEvent,
+) -> rusqlite::Result<bool> {
+    use rusqlite::named_params;
+    let who = named_params! { "$1": f.subject_id, "$2": cutoff_ms };
+    c.prepare_cached(sql::PURGE_PENDING_SECRETS)?.execute(who)?;
+    c.prepare_cached(sql::PURGE_PENDING_FACTORS)?.execute(who)?;
+    let n: i64 = c.prepare_cached(sql::COUNT_TOTP)?.query_row(named_params! { "$1": f.subject_id }, |r| r.get(0))?;
+    if n >= i64::from(max_factors) {
+        return Ok(false);
+    }
+    c.prepare_cached(sql::INSERT_PENDING_TOTP)?.execute(named_params! {
+        "$1": f.id, "$2": f.subject_id, "$3": f.label, "$4": to_millis(f.created_at), "$5": f.session_id,
+    })?;
+    c.prepare_cached(sql::INSERT_TOTP_SECRET)?.execute(named_params! {
+        "$1": f.id,
+        "$2": f.params.algorithm().as_str(),
+        "$3": i64::from(f.params.digits()),
+        "$4": i64::from(f.params.period()),
+        "$5": f.sealed.key_id,
+        "$6": f.sealed.nonce,
+        "$7": f.sealed.ciphertext,
+    })?;
+    crate::audit::insert_sqlite(c, audit)?;
+    Ok(true)
 }
 
 async fn active_count(conn: &mut AnyConnection, subject_id: &str) -> Result<i64, StoreError> {
@@ -267,39 +278,35 @@ impl Store {
         pending_cutoff: OffsetDateTime,
         audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
+        if let Some(b) = &self.batcher {
+            let (f, audit) = (f.clone(), audit.clone());
+            let cutoff = to_millis(pending_cutoff);
+            return b.run(move |c| insert_totp_sqlite(c, &f, max_factors, cutoff, &audit).map(Ok)).await;
+        }
         let mut tx = self.begin().await?;
         purge_expired(&mut tx, &f.subject_id, pending_cutoff).await?;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND kind = 'totp'")
-            .bind(&f.subject_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let n: i64 = sqlx::query_scalar(sql::COUNT_TOTP).bind(&f.subject_id).fetch_one(&mut *tx).await?;
         if n >= i64::from(max_factors) {
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO factors (id, subject_id, kind, label, status, created_at, session_id) \
-             VALUES ($1, $2, 'totp', $3, 'pending', $4, $5)",
-        )
-        .bind(&f.id)
-        .bind(&f.subject_id)
-        .bind(&f.label)
-        .bind(to_millis(f.created_at))
-        .bind(&f.session_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO totp_secrets (factor_id, algorithm, digits, period, key_id, nonce, ciphertext) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&f.id)
-        .bind(f.params.algorithm().as_str())
-        .bind(i64::from(f.params.digits()))
-        .bind(i64::from(f.params.period()))
-        .bind(&f.sealed.key_id)
-        .bind(&f.sealed.nonce)
-        .bind(&f.sealed.ciphertext)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::INSERT_PENDING_TOTP)
+            .bind(&f.id)
+            .bind(&f.subject_id)
+            .bind(&f.label)
+            .bind(to_millis(f.created_at))
+            .bind(&f.session_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::INSERT_TOTP_SECRET)
+            .bind(&f.id)
+            .bind(f.params.algorithm().as_str())
+            .bind(i64::from(f.params.digits()))
+            .bind(i64::from(f.params.period()))
+            .bind(&f.sealed.key_id)
+            .bind(&f.sealed.nonce)
+            .bind(&f.sealed.ciphertext)
+            .execute(&mut *tx)
+            .await?;
         audit::insert(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)

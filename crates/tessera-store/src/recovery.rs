@@ -27,20 +27,26 @@ pub(crate) async fn replace(
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM recovery_codes WHERE subject_id = $1").bind(subject_id).execute(&mut *conn).await?;
-    for c in codes {
-        sqlx::query(
-            "INSERT INTO recovery_codes (id, subject_id, batch_id, key_id, code_mac, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&c.id)
-        .bind(subject_id)
-        .bind(&c.batch_id)
-        .bind(&c.key_id)
-        .bind(&c.code_mac)
-        .bind(to_millis(now))
-        .execute(&mut *conn)
-        .await?;
+    if codes.is_empty() {
+        return Ok(());
     }
+    // One statement for the batch (one round trip): `$1` subject, `$2` time, then four
+    // parameters per code.
+    let rows: Vec<String> = (0..codes.len())
+        .map(|i| {
+            let p = 3 + 4 * i;
+            format!("(${}, $1, ${}, ${}, ${}, $2)", p, p + 1, p + 2, p + 3)
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO recovery_codes (id, subject_id, batch_id, key_id, code_mac, created_at) VALUES {}",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject_id).bind(to_millis(now));
+    for c in codes {
+        q = q.bind(&c.id).bind(&c.batch_id).bind(&c.key_id).bind(&c.code_mac);
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
 }
 

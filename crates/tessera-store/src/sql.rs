@@ -66,6 +66,15 @@ pub(crate) const NOT_CLEAR: &str = "(attempts.consecutive_failures <> 0 OR attem
 pub(crate) static RESET: LazyLock<String> =
     LazyLock::new(|| format!("UPDATE attempts SET {CLEAR} WHERE subject_id = $1 AND kind = $2 AND {NOT_CLEAR}"));
 
+/// Lock a subject's counters row of a kind (`$1` subject, `$2` kind), creating it if missing,
+/// and clear it ([`CLEAR`]): a confirmation's first statement, one round trip.
+pub(crate) static LOCK_AND_CLEAR: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO attempts (subject_id, kind) VALUES ($1, $2) \
+         ON CONFLICT (subject_id, kind) DO UPDATE SET {CLEAR}"
+    )
+});
+
 /// The replay guard's condition on a `totp_secrets` row: `step` (a parameter) is newer than
 /// every step the device has accepted.
 pub(crate) fn unused_step(step: &str) -> String {
@@ -81,6 +90,26 @@ pub(crate) static REPLAY_GUARD: LazyLock<String> = LazyLock::new(|| {
         unused_step("$2")
     )
 });
+
+/// [`REPLAY_GUARD`] for a device that must be `$4`'s.
+pub(crate) static OWNED_REPLAY_GUARD: LazyLock<String> =
+    LazyLock::new(|| format!("{} AND EXISTS (SELECT 1 FROM factors WHERE id = $1 AND subject_id = $4)", *REPLAY_GUARD));
+
+/// A pending TOTP device's purge (`$1` subject, `$2` cutoff): its secrets, then its factors.
+pub(crate) const PURGE_PENDING_SECRETS: &str = "DELETE FROM totp_secrets WHERE factor_id IN \
+     (SELECT id FROM factors WHERE subject_id = $1 AND status = 'pending' AND created_at <= $2)";
+/// See [`PURGE_PENDING_SECRETS`].
+pub(crate) const PURGE_PENDING_FACTORS: &str =
+    "DELETE FROM factors WHERE subject_id = $1 AND status = 'pending' AND created_at <= $2";
+/// How many TOTP devices a subject has (`$1`).
+pub(crate) const COUNT_TOTP: &str = "SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND kind = 'totp'";
+/// A pending TOTP factor (`$1` id, `$2` subject, `$3` label, `$4` created, `$5` session).
+pub(crate) const INSERT_PENDING_TOTP: &str = "INSERT INTO factors (id, subject_id, kind, label, status, created_at, session_id) \
+     VALUES ($1, $2, 'totp', $3, 'pending', $4, $5)";
+/// Its secret (`$1` factor, `$2` algorithm, `$3` digits, `$4` period, `$5` key id, `$6` nonce,
+/// `$7` ciphertext).
+pub(crate) const INSERT_TOTP_SECRET: &str = "INSERT INTO totp_secrets (factor_id, algorithm, digits, period, key_id, nonce, ciphertext) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// The audit table's columns, in the order of [`AUDIT_INSERT`]'s parameters.
 pub(crate) const AUDIT_COLUMNS: &str = "id, at, subject_id, factor_id, actor, kind, ip, user_agent, detail";
