@@ -204,6 +204,9 @@ pub(crate) async fn login(args: &LoginArgs, dir: &std::path::Path, database_url:
     let cfg = server_config(dir, database_url, 16)?;
     let srv = Running::start(&cfg).await?;
     let client = Client::connect(&srv.endpoint, TOKEN, ClientOptions::default()).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Before any password is hashed (creating the users below hashes theirs).
+    let (idle_before, _) = rss_mb();
     for i in 0..args.concurrency {
         client
             .identity()
@@ -215,8 +218,6 @@ pub(crate) async fn login(args: &LoginArgs, dir: &std::path::Path, database_url:
             })
             .await?;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (idle_before, _) = rss_mb();
     let rss = RssSampler::start();
     let deadline = Instant::now() + args.duration;
     let started = Instant::now();
@@ -231,7 +232,7 @@ pub(crate) async fn login(args: &LoginArgs, dir: &std::path::Path, database_url:
                     .begin_login(pb::BeginLoginRequest {
                         email: format!("login-{i}@example.com"),
                         password: PW.into(),
-                        ..Default::default()
+                        context: Some(pb::ClientContext { ip: format!("198.51.100.{}", i % 250), ..Default::default() }),
                     })
                     .await?
                     .into_inner();

@@ -48,6 +48,10 @@ pub struct ConfigFile {
     /// Database pool size [default: 16].
     #[arg(long, env = "TESSERA_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+    /// PostgreSQL: subjects whose sealed TOTP devices each replica keeps in memory for
+    /// verifications; 0 keeps none [default: 10000].
+    #[arg(long, env = "TESSERA_DEVICE_CACHE")]
+    pub device_cache: Option<usize>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "TESSERA_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -199,6 +203,8 @@ pub struct ServerConfig {
     pub support_tokens: Vec<[u8; 32]>,
     /// Pool size.
     pub db_max_connections: u32,
+    /// PostgreSQL's device cache, in subjects.
+    pub device_cache: usize,
     /// JSON logs.
     pub log_json: bool,
     /// The breached-password check.
@@ -390,6 +396,7 @@ impl ServerConfig {
             admin_addr: given.admin_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
             issuer: given.issuer.unwrap_or_else(|| "Tessera".into()),
             db_max_connections: given.db_max_connections.unwrap_or(16).clamp(1, 1000),
+            device_cache: given.device_cache.unwrap_or(tessera_store::DEFAULT_DEVICE_CACHE).min(10_000_000),
             tokens,
             support_tokens,
             log_json,
