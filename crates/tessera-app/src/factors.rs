@@ -10,8 +10,8 @@ use tessera_core::seal::{Aad, KeyId, Keyring, Sealed};
 use tessera_core::throttle::Gate;
 use tessera_core::{CoreError, otpauth, qr, validate};
 use tessera_store::{
-    Acceptance, Activation, AuditEvent, GateAccept, GateResult, NewAuditEvent, NewRecoveryCode, NewTotpFactor,
-    Rotation, SECOND_FACTOR, SealedSecret, TotpDevice,
+    Acceptance, Activation, AuditEvent, ChangeKind, Done, GateAccept, GateResult, NewAuditEvent, NewRecoveryCode,
+    NewTotpFactor, Rotation, SECOND_FACTOR, SealedSecret, TotpDevice,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -140,7 +140,7 @@ pub(crate) struct FirstFactor<'a> {
 /// token. Returns (first, sessions revoked, raised). An authenticator app's confirmation and a
 /// security key's registration both apply it.
 pub(crate) async fn first_factor_rule(
-    change: &mut tessera_store::FactorChange,
+    change: &mut tessera_store::FactorChange<'_>,
     subject: &str,
     f: &FirstFactor<'_>,
     now: OffsetDateTime,
@@ -165,6 +165,16 @@ pub(crate) async fn first_factor_rule(
         raised = change.rotate_session(&r, now, idle_cutoff).await?;
     }
     Ok((true, revoked, raised))
+}
+
+/// How a confirmation's change ended.
+enum Confirmed {
+    /// Confirmed: (first factor, sessions revoked, session raised).
+    Yes((bool, u64, bool)),
+    /// The device is no longer a pending setup this session may finish.
+    NotPending,
+    /// The code's step was used already.
+    Replayed,
 }
 
 /// What a failed or refused attempt becomes.
@@ -468,23 +478,49 @@ impl App {
         ev_codes.detail = json!({ "count": rows.len(), "reason": "first factor" }).to_string();
         let (token, hash) = self.fresh_token()?;
         let idle_cutoff = self.config.sessions.idle_cutoff(now);
-        let mut change = self.store.begin_confirmation(subject).await?;
-        let activation = Activation { factor_id, session_id, pending_cutoff: now - PENDING_TTL, idle_cutoff, now };
-        if !change.activate_pending(&activation).await? {
-            return Err(AppError::FailedPrecondition(
-                "this setup is no longer pending (finished, cancelled or expired)".into(),
-            ));
-        }
-        if !change.use_step(factor_id, step, now).await? {
-            drop(change);
-            let ev = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmFailed, ctx);
-            return Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_confirm());
-        }
-        change.audit(&ev_confirm).await?;
-        let added = FirstFactor { codes: &rows, audit: &ev_codes, session_id, new_token_hash: &hash };
-        let (first, sessions_revoked, raised) =
-            first_factor_rule(&mut change, subject, &added, now, idle_cutoff).await?;
-        change.commit().await?;
+        // The steps, in one change (on SQLite, one job of the writer thread).
+        let (fid, sid, owner) = (factor_id.to_owned(), session_id.map(str::to_owned), subject.to_owned());
+        let confirmed = self
+            .store
+            .change_factors(subject, ChangeKind::Confirmation, move |change| {
+                Box::pin(async move {
+                    let activation = Activation {
+                        factor_id: &fid,
+                        session_id: sid.as_deref(),
+                        pending_cutoff: now - PENDING_TTL,
+                        idle_cutoff,
+                        now,
+                    };
+                    if !change.activate_pending(&activation).await? {
+                        return Ok(Done::Rollback(Confirmed::NotPending));
+                    }
+                    if !change.use_step(&fid, step, now).await? {
+                        return Ok(Done::Rollback(Confirmed::Replayed));
+                    }
+                    change.audit(&ev_confirm).await?;
+                    let added = FirstFactor {
+                        codes: &rows,
+                        audit: &ev_codes,
+                        session_id: sid.as_deref(),
+                        new_token_hash: &hash,
+                    };
+                    let rule = first_factor_rule(change, &owner, &added, now, idle_cutoff).await?;
+                    Ok::<_, AppError>(Done::Commit(Confirmed::Yes(rule)))
+                })
+            })
+            .await?;
+        let (first, sessions_revoked, raised) = match confirmed {
+            Confirmed::Yes(rule) => rule,
+            Confirmed::NotPending => {
+                return Err(AppError::FailedPrecondition(
+                    "this setup is no longer pending (finished, cancelled or expired)".into(),
+                ));
+            }
+            Confirmed::Replayed => {
+                let ev = self.event(now, subject, Some(factor_id), AuditKind::TotpConfirmFailed, ctx);
+                return Ok(self.fail(subject, reserved, now, ev, "replay", ctx).await?.into_confirm());
+            }
+        };
         metrics::counter!("tessera_enrolments_total", "stage" => "confirmed").increment(1);
         let factor =
             self.store.totp_device(subject, factor_id).await?.map(|d| d.factor).ok_or(AppError::NotFound("factor"))?;
@@ -511,16 +547,21 @@ impl App {
         pending_only: bool,
         audit: &NewAuditEvent,
     ) -> Result<bool, AppError> {
-        let mut change = self.store.begin_factor_change(subject).await?;
-        if !change.delete_factor(factor_id, pending_only).await? {
-            return Ok(false);
-        }
-        if change.active_factors().await? == 0 {
-            change.void_recovery_codes().await?;
-        }
-        change.audit(audit).await?;
-        change.commit().await?;
-        Ok(true)
+        let (fid, audit) = (factor_id.to_owned(), audit.clone());
+        self.store
+            .change_factors(subject, ChangeKind::Other, move |change| {
+                Box::pin(async move {
+                    if !change.delete_factor(&fid, pending_only).await? {
+                        return Ok(Done::Rollback(false));
+                    }
+                    if change.active_factors().await? == 0 {
+                        change.void_recovery_codes().await?;
+                    }
+                    change.audit(&audit).await?;
+                    Ok::<_, AppError>(Done::Commit(true))
+                })
+            })
+            .await
     }
 
     /// Check a TOTP code against every active device of the subject. A code is accepted at

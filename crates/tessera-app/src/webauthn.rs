@@ -34,7 +34,9 @@ use serde_json::json;
 use tessera_core::CoreError;
 use tessera_core::factor::{AuditKind, Factor, FactorKind};
 use tessera_core::validate;
-use tessera_store::{LiveSession, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse};
+use tessera_store::{
+    ChangeKind, Done, LiveSession, NewCeremony, NewWebauthnCredential, WebauthnCredential, WebauthnInsert, WebauthnUse,
+};
 use time::Duration;
 use webauthn_rs::prelude::DiscoverableAuthentication;
 use webauthn_rs::prelude::{
@@ -433,33 +435,42 @@ impl App {
         ev_codes.detail = json!({ "count": codes.len(), "reason": "first factor" }).to_string();
         let (token, hash) = self.fresh_token()?;
         let idle_cutoff = self.config.sessions.idle_cutoff(now);
-        let mut change = self.store.begin_factor_change(subject).await?;
-        let live = session.map(|s| LiveSession { id: s.id(), now, idle_cutoff });
-        match change.insert_webauthn(&row, MAX_WEBAUTHN_CREDENTIALS, live).await? {
-            WebauthnInsert::Inserted => {}
-            WebauthnInsert::SessionGone => {
-                return Err(AppError::FailedPrecondition("this session has ended: sign in again".into()));
-            }
-            WebauthnInsert::LimitReached => {
-                return Err(AppError::FailedPrecondition(format!(
-                    "at most {MAX_WEBAUTHN_CREDENTIALS} security keys and passkeys; remove one first"
-                )));
-            }
-            WebauthnInsert::AlreadyRegistered => {
-                return Err(AppError::FailedPrecondition("this authenticator is registered already".into()));
-            }
-        }
-        change.audit(&ev).await?;
-        // The rule of the first factor, as for an authenticator app.
-        let added = FirstFactor {
-            codes: &codes,
-            audit: &ev_codes,
-            session_id: session.map(Session::id),
-            new_token_hash: &hash,
-        };
-        let (first, sessions_revoked, raised) =
-            first_factor_rule(&mut change, subject, &added, now, idle_cutoff).await?;
-        change.commit().await?;
+        // The steps, in one change (on SQLite, one job of the writer thread).
+        let (owner, sid) = (subject.to_owned(), session.map(|s| s.id().to_owned()));
+        let (first, sessions_revoked, raised) = self
+            .store
+            .change_factors(subject, ChangeKind::Other, move |change| {
+                Box::pin(async move {
+                    let live = sid.as_deref().map(|id| LiveSession { id, now, idle_cutoff });
+                    match change.insert_webauthn(&row, MAX_WEBAUTHN_CREDENTIALS, live).await? {
+                        WebauthnInsert::Inserted => {}
+                        WebauthnInsert::SessionGone => {
+                            return Err(AppError::FailedPrecondition("this session has ended: sign in again".into()));
+                        }
+                        WebauthnInsert::LimitReached => {
+                            return Err(AppError::FailedPrecondition(format!(
+                                "at most {MAX_WEBAUTHN_CREDENTIALS} security keys and passkeys; remove one first"
+                            )));
+                        }
+                        WebauthnInsert::AlreadyRegistered => {
+                            return Err(AppError::FailedPrecondition(
+                                "this authenticator is registered already".into(),
+                            ));
+                        }
+                    }
+                    change.audit(&ev).await?;
+                    // The rule of the first factor, as for an authenticator app.
+                    let added = FirstFactor {
+                        codes: &codes,
+                        audit: &ev_codes,
+                        session_id: sid.as_deref(),
+                        new_token_hash: &hash,
+                    };
+                    let rule = first_factor_rule(change, &owner, &added, now, idle_cutoff).await?;
+                    Ok(Done::Commit(rule))
+                })
+            })
+            .await?;
         metrics::counter!("tessera_enrolments_total", "stage" => "webauthn").increment(1);
         // Committed: what follows must not turn the answer into an error (the first factor's
         // recovery codes and the session's new token are shown only in it).

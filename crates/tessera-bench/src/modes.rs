@@ -232,7 +232,10 @@ pub(crate) async fn login(args: &LoginArgs, dir: &std::path::Path, database_url:
                     .begin_login(pb::BeginLoginRequest {
                         email: format!("login-{i}@example.com"),
                         password: PW.into(),
-                        context: Some(pb::ClientContext { ip: format!("198.51.100.{}", i % 250), ..Default::default() }),
+                        context: Some(pb::ClientContext {
+                            ip: format!("198.51.100.{}", i % 250),
+                            ..Default::default()
+                        }),
                     })
                     .await?
                     .into_inner();

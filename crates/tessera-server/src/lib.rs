@@ -171,11 +171,7 @@ pub async fn open_store(cfg: &ServerConfig) -> Result<Store, ServerError> {
     }
     let store = Store::connect(
         &cfg.database_url,
-        StoreOptions {
-            max_connections: cfg.db_max_connections,
-            device_cache: cfg.device_cache,
-            ..Default::default()
-        },
+        StoreOptions { max_connections: cfg.db_max_connections, device_cache: cfg.device_cache, ..Default::default() },
     )
     .await?;
     store.migrate().await?;

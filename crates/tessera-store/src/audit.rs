@@ -1,10 +1,10 @@
 //! The append-only audit trail.
 
+use crate::exec::{Exec, args};
 use crate::sql::AUDIT_INSERT;
 pub use crate::sql::NewAuditEvent;
 use crate::{Store, StoreError};
 use rusqlite::named_params;
-use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
 use time::OffsetDateTime;
 
@@ -39,19 +39,23 @@ impl AuditEvent {
 }
 
 /// Append `ev` ([`AUDIT_INSERT`]).
-pub(crate) async fn insert(conn: &mut AnyConnection, ev: &NewAuditEvent) -> Result<(), StoreError> {
-    sqlx::query(sqlx::AssertSqlSafe(AUDIT_INSERT.as_str()))
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(to_millis(ev.at))
-        .bind(&ev.subject_id)
-        .bind(&ev.factor_id)
-        .bind(&ev.actor)
-        .bind(ev.kind.as_str())
-        .bind(&ev.ip)
-        .bind(&ev.user_agent)
-        .bind(&ev.detail)
-        .execute(conn)
-        .await?;
+pub(crate) async fn insert(conn: &mut dyn Exec, ev: &NewAuditEvent) -> Result<(), StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    conn.execute(
+        &AUDIT_INSERT,
+        args![
+            id.as_str(),
+            to_millis(ev.at),
+            &ev.subject_id,
+            ev.factor_id.as_ref(),
+            ev.actor.as_ref(),
+            ev.kind.as_str(),
+            ev.ip.as_ref(),
+            ev.user_agent.as_ref(),
+            &ev.detail
+        ],
+    )
+    .await?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@
 //! the replay guard before its other writes and does nothing more when the guard refuses).
 
 use crate::StoreError;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,7 @@ pub(crate) type Outcome<T> = rusqlite::Result<Result<T, StoreError>>;
 /// A job of a batch, whatever its reply's type.
 trait Job: Send {
     /// Run the work inside the batch's transaction, keeping its result for the reply.
-    fn run(&mut self, conn: &Connection) -> rusqlite::Result<()>;
+    fn run(&mut self, conn: &mut Connection) -> rusqlite::Result<()>;
     /// Answer the caller: the work's result if the batch committed (`Ok`), else the batch's
     /// error.
     fn answer(self: Box<Self>, batch: Result<(), &str>);
@@ -57,9 +57,9 @@ struct Typed<T, W> {
 impl<T, W> Job for Typed<T, W>
 where
     T: Send,
-    W: FnOnce(&Connection) -> Outcome<T> + Send,
+    W: FnOnce(&mut Connection) -> Outcome<T> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+    fn run(&mut self, conn: &mut Connection) -> rusqlite::Result<()> {
         if let Some(work) = self.work.take() {
             self.result = Some(work(conn)?);
         }
@@ -126,7 +126,7 @@ impl Batcher {
     pub(crate) async fn run<T, W>(&self, work: W) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        W: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
+        W: FnOnce(&mut Connection) -> Outcome<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job = Box::new(Typed { work: Some(work), result: None, reply });
@@ -187,13 +187,31 @@ fn write_batch(conn: &mut Connection, jobs: &mut Vec<Box<dyn Job>>, turn: &Mutex
 }
 
 /// Run the jobs in one transaction. An SQL error rolls back the batch (`Err`); a job's own
-/// failure is kept for its reply.
-fn execute(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for j in jobs {
-        j.run(&tx)?;
+/// failure is kept for its reply. (The transaction is begun and ended by hand, so each job gets
+/// the connection itself: `&mut Connection` is `Send`, which a job's steps may need.)
+fn execute(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), String> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+    let mut run = || {
+        for j in jobs.iter_mut() {
+            // A job that panics (a bug) fails its batch, not the writer thread.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j.run(conn))) {
+                Ok(r) => r.map_err(|e| e.to_string())?,
+                Err(_) => return Err("a write panicked".to_owned()),
+            }
+            // An error SQLite answers by rolling back the whole transaction (a full disk, an
+            // I/O error) must fail the batch: the jobs before it were lost.
+            if conn.is_autocommit() {
+                return Err("SQLite rolled the batch's transaction back".to_owned());
+            }
+        }
+        conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+    };
+    let r = run();
+    if r.is_err() && !conn.is_autocommit() {
+        // (Also undoes a savepoint a panicking job left open.)
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    tx.commit()
+    r
 }
 
 #[cfg(test)]
@@ -221,13 +239,13 @@ mod tests {
     fn job<T, W>(work: W) -> (Box<dyn Job>, Rx<T>)
     where
         T: Send + 'static,
-        W: FnOnce(&Connection) -> Outcome<T> + Send + 'static,
+        W: FnOnce(&mut Connection) -> Outcome<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         (Box::new(Typed { work: Some(work), result: None, reply }), rx)
     }
 
-    fn gate(conn: &Connection) -> Outcome<Option<i64>> {
+    fn gate(conn: &mut Connection) -> Outcome<Option<i64>> {
         crate::attempts::gate_sqlite(conn, "s", crate::SECOND_FACTOR, 0, 5).map(Ok)
     }
 
@@ -256,14 +274,14 @@ mod tests {
         // both callers are told.
         conn.execute_batch("ALTER TABLE audit_events RENAME TO audit_moved").unwrap();
         let (g, mut g_rx) = job(gate);
-        let (a, mut a_rx) = job(|c: &Connection| crate::audit::insert_sqlite(c, &event("s")).map(Ok));
+        let (a, mut a_rx) = job(|c: &mut Connection| crate::audit::insert_sqlite(c, &event("s")).map(Ok));
         assert!(!batch(&mut conn, vec![g, a]));
         assert!(matches!(g_rx.try_recv().unwrap(), Err(StoreError::Batch(_))));
         assert!(matches!(a_rx.try_recv().unwrap(), Err(StoreError::Batch(_))));
         conn.execute_batch("ALTER TABLE audit_moved RENAME TO audit_events").unwrap();
 
         // A job's own failure answers that job only; the batch commits.
-        let (f, mut f_rx) = job(|_: &Connection| Ok(Err::<(), _>(StoreError::Corrupt("no key".into()))));
+        let (f, mut f_rx) = job(|_: &mut Connection| Ok(Err::<(), _>(StoreError::Corrupt("no key".into()))));
         let (g, mut g_rx) = job(gate);
         assert!(batch(&mut conn, vec![f, g]));
         assert!(matches!(f_rx.try_recv().unwrap(), Err(StoreError::Corrupt(m)) if m == "no key"));

@@ -1,12 +1,15 @@
 //! Factors and their sealed TOTP secrets; the replay guard.
 
 use crate::audit;
+use crate::exec::{Exec, Lite, args};
 use crate::recovery::{self, NewRecoveryCode};
 use crate::sql::{
     self, DEVICE_COLUMNS, DEVICE_FROM, DeviceRow, FactorRow, NewAuditEvent, SECOND_FACTOR, SealedSecret, TotpDevice,
 };
 use crate::{Store, StoreError, attempts, sessions};
 use sqlx::AnyConnection;
+use std::future::Future;
+use std::pin::Pin;
 use tessera_core::clock::to_millis;
 use tessera_core::factor::Factor;
 use tessera_core::otp::TotpParams;
@@ -57,64 +60,151 @@ pub struct Activation<'a> {
 /// one writer), so two changes to one subject's factors are serialised and each counts the
 /// factors the other left. Counters, then user, then factor, then secret: the order every
 /// transaction that touches them takes (the verification path takes counters, then secret).
-pub struct FactorChange {
-    tx: crate::WriteTx,
+pub struct FactorChange<'x> {
+    exec: &'x mut dyn Exec,
     subject_id: String,
 }
 
-impl std::fmt::Debug for FactorChange {
+impl std::fmt::Debug for FactorChange<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FactorChange").field("subject_id", &self.subject_id).finish_non_exhaustive()
     }
 }
 
-impl Store {
-    /// Begin a change to `subject_id`'s factors that confirms a device: the subject's
-    /// second-factor failures are reset too (kept only if the change commits).
-    pub async fn begin_confirmation(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql::LOCK_AND_CLEAR.as_str()))
-            .bind(subject_id)
-            .bind(SECOND_FACTOR)
-            .execute(&mut *tx)
-            .await?;
-        crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
-        Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
-    }
+/// How a change ends: its result, and whether its steps are kept.
+#[derive(Debug)]
+pub enum Done<R> {
+    /// Commit the steps.
+    Commit(R),
+    /// Undo every step (the change found it could not go on).
+    Rollback(R),
+}
 
-    /// Begin any other change to `subject_id`'s factors.
-    pub async fn begin_factor_change(&self, subject_id: &str) -> Result<FactorChange, StoreError> {
+/// What a change's closure returns (see [`Store::change_factors`]).
+pub type ChangeFuture<'c, R, E> = Pin<Box<dyn Future<Output = Result<Done<R>, E>> + Send + 'c>>;
+
+/// Which change: a confirmation also clears the subject's second-factor failures (kept only if
+/// it commits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A device's first code confirms it.
+    Confirmation,
+    /// Any other change.
+    Other,
+}
+
+impl Store {
+    /// Change `subject_id`'s factors: `f` takes the steps it decides on (each one statement,
+    /// see [`FactorChange`]) and says whether to keep them. Its `Err` (or a store error it
+    /// passes on) undoes them too.
+    ///
+    /// On SQLite the whole change is one job of the writer thread (inside a savepoint of its
+    /// batch): `f`'s future is polled there once and every step is done at once, without a
+    /// round trip per statement. So `f` must await nothing but its steps (a future that is not
+    /// done after one poll is undone and fails). On PostgreSQL it is a transaction.
+    pub async fn change_factors<R, E, F>(&self, subject_id: &str, kind: ChangeKind, f: F) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: for<'c, 'x> FnOnce(&'c mut FactorChange<'x>) -> ChangeFuture<'c, R, E> + Send + 'static,
+    {
+        let subject = subject_id.to_owned();
+        if let Some(b) = &self.batcher {
+            return b.run(move |conn| change_on_writer(conn, subject, kind, f)).await?;
+        }
         let mut tx = self.begin().await?;
-        attempts::lock_row(&mut tx, subject_id, SECOND_FACTOR).await?;
-        crate::users::lock_user(&mut tx, self.backend, subject_id).await?;
-        Ok(FactorChange { tx, subject_id: subject_id.to_owned() })
+        let mut change = FactorChange { exec: &mut *tx, subject_id: subject };
+        change.lock(kind).await?;
+        crate::users::lock_user(change.exec, self.backend, subject_id).await?;
+        match f(&mut change).await? {
+            Done::Commit(r) => {
+                tx.commit().await?;
+                Ok(r)
+            }
+            Done::Rollback(r) => Ok(r),
+        }
     }
 }
 
-impl FactorChange {
+/// SQLite: a factor change as one job of the writer thread, in a savepoint of its batch.
+fn change_on_writer<R, E, F>(
+    conn: &mut rusqlite::Connection,
+    subject_id: String,
+    kind: ChangeKind,
+    f: F,
+) -> crate::batch::Outcome<Result<R, E>>
+where
+    E: From<StoreError>,
+    F: for<'c, 'x> FnOnce(&'c mut FactorChange<'x>) -> ChangeFuture<'c, R, E>,
+{
+    conn.execute_batch("SAVEPOINT factor_change")?;
+    let result = {
+        let mut lite = Lite(&mut *conn);
+        let mut change = FactorChange { exec: &mut lite, subject_id };
+        let mut fut = std::pin::pin!(async {
+            change.lock(kind).await?;
+            f(&mut change).await
+        });
+        match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => {
+                Err(E::from(StoreError::Batch("a factor change waited on something other than its steps".into())))
+            }
+        }
+    };
+    match result {
+        Ok(Done::Commit(r)) => {
+            conn.execute_batch("RELEASE factor_change")?;
+            Ok(Ok(Ok(r)))
+        }
+        Ok(Done::Rollback(r)) => {
+            conn.execute_batch("ROLLBACK TO factor_change; RELEASE factor_change")?;
+            Ok(Ok(Ok(r)))
+        }
+        Err(e) => {
+            // (If SQLite rolled the whole transaction back, this fails and so does the batch.)
+            conn.execute_batch("ROLLBACK TO factor_change; RELEASE factor_change")?;
+            Ok(Ok(Err(e)))
+        }
+    }
+}
+
+impl FactorChange<'_> {
+    /// The first step: lock the subject's counters row (and clear it for a confirmation).
+    async fn lock(&mut self, kind: ChangeKind) -> Result<(), StoreError> {
+        let sql = match kind {
+            ChangeKind::Confirmation => sql::LOCK_AND_CLEAR.as_str(),
+            ChangeKind::Other => attempts::LOCK_ROW,
+        };
+        self.exec.execute(sql, args![self.subject_id.as_str(), SECOND_FACTOR]).await?;
+        Ok(())
+    }
+
     /// Mark a pending device active — only if it is still pending, unexpired and started by
     /// the confirming session, which must still be live and not idle (a session revoked after
     /// the page was resolved must not finish its setup). `false` (nothing changed) otherwise.
     pub async fn activate_pending(&mut self, a: &Activation<'_>) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3, session_id = NULL \
-             WHERE id = $1 AND subject_id = $2 AND status = 'pending' AND created_at > $4 \
-             AND COALESCE(session_id, '') = COALESCE($5, '') \
-             AND ($5 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $5 AND s.user_id = $2 \
-                  AND s.revoked_at IS NULL AND s.expires_at > $3 AND s.last_seen_at > $6))",
-        )
-        .bind(a.factor_id)
-        .bind(&self.subject_id)
-        .bind(to_millis(a.now))
-        .bind(to_millis(a.pending_cutoff))
-        .bind(a.session_id)
-        .bind(to_millis(a.idle_cutoff))
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
+        let n = self
+            .exec
+            .execute(
+                "UPDATE factors SET status = 'active', confirmed_at = $3, last_used_at = $3, session_id = NULL \
+                 WHERE id = $1 AND subject_id = $2 AND status = 'pending' AND created_at > $4 \
+                 AND COALESCE(session_id, '') = COALESCE($5, '') \
+                 AND ($5 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $5 AND s.user_id = $2 \
+                      AND s.revoked_at IS NULL AND s.expires_at > $3 AND s.last_seen_at > $6))",
+                args![
+                    a.factor_id,
+                    self.subject_id.as_str(),
+                    to_millis(a.now),
+                    to_millis(a.pending_cutoff),
+                    a.session_id,
+                    to_millis(a.idle_cutoff)
+                ],
+            )
+            .await?;
         if n == 1 {
             // A factor added: every trusted browser of the subject must prove it again.
-            crate::trust::void(&mut self.tx, &self.subject_id).await?;
+            crate::trust::void(self.exec, &self.subject_id).await?;
         }
         Ok(n == 1)
     }
@@ -123,20 +213,20 @@ impl FactorChange {
     /// `false` if it (or a later one) was already used: the code is a replay (or the device is
     /// not the subject's).
     pub async fn use_step(&mut self, factor_id: &str, step: u64, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let n = sqlx::query(sqlx::AssertSqlSafe(sql::OWNED_REPLAY_GUARD.as_str()))
-            .bind(factor_id)
-            .bind(sql::step_i64(step))
-            .bind(to_millis(now))
-            .bind(&self.subject_id)
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
+        let n = self
+            .exec
+            .execute(
+                &sql::OWNED_REPLAY_GUARD,
+                args![factor_id, sql::step_i64(step), to_millis(now), self.subject_id.as_str()],
+            )
+            .await?;
         Ok(n == 1)
     }
 
     /// How many active factors the subject has, as this change sees them.
     pub async fn active_factors(&mut self) -> Result<u64, StoreError> {
-        Ok(u64::try_from(active_count(&mut self.tx, &self.subject_id).await?).unwrap_or(0))
+        let n = self.exec.scalar(ACTIVE_COUNT, args![self.subject_id.as_str()]).await?.unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Delete a factor and its secret (`pending_only`: only if it is still a pending setup —
@@ -144,19 +234,19 @@ impl FactorChange {
     /// `false` if there was no such factor.
     pub async fn delete_factor(&mut self, factor_id: &str, pending_only: bool) -> Result<bool, StoreError> {
         // The factor row first, then its secret: the order confirming locks them in.
-        let n = sqlx::query("DELETE FROM factors WHERE id = $1 AND subject_id = $2 AND ($3 = 0 OR status = 'pending')")
-            .bind(factor_id)
-            .bind(&self.subject_id)
-            .bind(i64::from(pending_only))
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
+        let n = self
+            .exec
+            .execute(
+                "DELETE FROM factors WHERE id = $1 AND subject_id = $2 AND ($3 = 0 OR status = 'pending')",
+                args![factor_id, self.subject_id.as_str(), i64::from(pending_only)],
+            )
+            .await?;
         if n != 1 {
             return Ok(false);
         }
-        crate::trust::void(&mut self.tx, &self.subject_id).await?;
+        crate::trust::void(self.exec, &self.subject_id).await?;
         // (The foreign key's cascade has removed the secret with its row; this is a no-op then.)
-        sqlx::query("DELETE FROM totp_secrets WHERE factor_id = $1").bind(factor_id).execute(&mut *self.tx).await?;
+        self.exec.execute("DELETE FROM totp_secrets WHERE factor_id = $1", args![factor_id]).await?;
         Ok(true)
     }
 
@@ -166,21 +256,18 @@ impl FactorChange {
         codes: &[NewRecoveryCode],
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        recovery::replace(&mut self.tx, &self.subject_id, codes, now).await
+        recovery::replace(self.exec, &self.subject_id, codes, now).await
     }
 
     /// Delete every recovery code of the subject.
     pub async fn void_recovery_codes(&mut self) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM recovery_codes WHERE subject_id = $1")
-            .bind(&self.subject_id)
-            .execute(&mut *self.tx)
-            .await?;
+        self.exec.execute("DELETE FROM recovery_codes WHERE subject_id = $1", args![self.subject_id.as_str()]).await?;
         Ok(())
     }
 
     /// Revoke every live session of the subject except `keep`; returns how many.
     pub async fn revoke_other_sessions(&mut self, keep: Option<&str>, now: OffsetDateTime) -> Result<u64, StoreError> {
-        sessions::revoke_others(&mut self.tx, &self.subject_id, keep, now).await
+        sessions::revoke_others(self.exec, &self.subject_id, keep, now).await
     }
 
     /// Give a live, not idle session of the subject a new token and level (see [`Rotation`]);
@@ -196,27 +283,22 @@ impl FactorChange {
         if r.user_id != self.subject_id {
             return Ok(false);
         }
-        sessions::rotate(&mut self.tx, r, now, idle_cutoff).await
+        sessions::rotate(self.exec, r, now, idle_cutoff).await
     }
 
     /// Append an audit event.
     pub async fn audit(&mut self, ev: &NewAuditEvent) -> Result<(), StoreError> {
-        audit::insert(&mut self.tx, ev).await
+        audit::insert(self.exec, ev).await
     }
 
-    /// The transaction (for the steps other modules add: `webauthn`).
-    pub(crate) fn tx(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+    /// The change's executor (for the steps other modules add: `webauthn`).
+    pub(crate) fn exec(&mut self) -> &mut dyn Exec {
+        self.exec
     }
 
     /// The subject this change is about.
     pub(crate) fn subject(&self) -> &str {
         &self.subject_id
-    }
-
-    /// Commit the change.
-    pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await
     }
 }
 
@@ -260,12 +342,8 @@ fn insert_totp_sqlite(
     Ok(true)
 }
 
-async fn active_count(conn: &mut AnyConnection, subject_id: &str) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'")
-        .bind(subject_id)
-        .fetch_one(conn)
-        .await?)
-}
+/// How many active factors a subject has (`$1`).
+const ACTIVE_COUNT: &str = "SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'";
 
 impl Store {
     /// Insert a pending TOTP factor with its sealed secret, unless the subject already has
@@ -397,5 +475,107 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tessera_core::factor::AuditKind;
+
+    fn event(subject: &str) -> NewAuditEvent {
+        NewAuditEvent {
+            at: OffsetDateTime::UNIX_EPOCH,
+            subject_id: subject.into(),
+            factor_id: None,
+            actor: None,
+            kind: AuditKind::TotpEnrolled,
+            ip: None,
+            user_agent: None,
+            detail: "{}".into(),
+        }
+    }
+
+    async fn audit_rows(store: &Store, subject: &str) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE subject_id = $1")
+            .bind(subject)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    /// On SQLite a factor change is one job of the writer thread, in a savepoint of its batch:
+    /// a change that ends in a rollback, an error (its own or an SQL error) or a wait on
+    /// anything but its steps leaves nothing, and never takes the other jobs of its batch with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_factor_change_is_all_or_nothing_on_the_writer_thread() {
+        let (_dir, _path, store) = crate::temp_sqlite().await;
+        let change = |subject: &'static str, end: u8| {
+            let s = store.clone();
+            async move {
+                s.change_factors(subject, ChangeKind::Other, move |c| {
+                    Box::pin(async move {
+                        c.audit(&event(subject)).await?;
+                        match end {
+                            0 => Ok(Done::Commit(())),
+                            1 => Ok(Done::Rollback(())),
+                            2 => Err(StoreError::Corrupt("the app said no".into())),
+                            3 => {
+                                // An SQL error after a step: the step goes too.
+                                c.exec.execute("INSERT INTO no_such_table VALUES (1)", Vec::new()).await?;
+                                Ok(Done::Commit(()))
+                            }
+                            4 => {
+                                // Awaiting anything but a step (a future not ready at once)
+                                // is refused.
+                                let mut polled = false;
+                                std::future::poll_fn(|_| {
+                                    if polled {
+                                        return std::task::Poll::Ready(());
+                                    }
+                                    polled = true;
+                                    std::task::Poll::Pending
+                                })
+                                .await;
+                                Ok(Done::Commit(()))
+                            }
+                            _ => panic!("a bug in a change"),
+                        }
+                    })
+                })
+                .await
+            }
+        };
+        // Many at once, so they share batches with the committing ones.
+        let ends = [(0, "kept"), (1, "rolled"), (2, "refused"), (3, "broken"), (4, "waited"), (5, "panicked")];
+        let mut tasks = Vec::new();
+        for round in 0..20 {
+            for (end, subject) in ends {
+                let t = change(subject, end);
+                tasks.push((round, end, tokio::spawn(t)));
+            }
+        }
+        let mut kept = 0;
+        for (_, end, t) in tasks {
+            let r = t.await.unwrap();
+            match end {
+                // A panicking job fails its whole batch (a bug), so a change that shared it may
+                // fail too; the writer lives on.
+                0 => kept += i64::from(r.is_ok()),
+                1 => assert!(r.is_ok() || matches!(r, Err(StoreError::Batch(_)))),
+                2 => assert!(matches!(r, Err(StoreError::Corrupt(_)) | Err(StoreError::Batch(_)))),
+                _ => assert!(r.is_err(), "end {end}"),
+            }
+        }
+        assert_eq!(audit_rows(&store, "kept").await, kept, "every change answered as committed was kept");
+        change("kept", 0).await.unwrap();
+        assert_eq!(audit_rows(&store, "kept").await, kept + 1, "the writer survived the panics");
+        for subject in ["rolled", "refused", "broken", "waited", "panicked"] {
+            assert_eq!(audit_rows(&store, subject).await, 0, "{subject}: nothing left");
+        }
+        // Each change locked (created) the subject's counters row first; the undone ones did not.
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(rows, 1);
     }
 }

@@ -18,6 +18,7 @@ mod audit;
 mod batch;
 mod checkpoint;
 mod error;
+mod exec;
 mod factors;
 mod keys;
 mod mail_tokens;
@@ -37,7 +38,7 @@ pub use accounts::{
 pub use attempts::GateResult;
 pub use audit::AuditEvent;
 pub use error::StoreError;
-pub use factors::{Activation, FactorChange, NewTotpFactor};
+pub use factors::{Activation, ChangeFuture, ChangeKind, Done, FactorChange, NewTotpFactor};
 pub use keys::{KeyUsage, SealedRow};
 pub use mail_tokens::{
     EMAIL_CHANGE, EMAIL_VERIFICATION, EmailChange, NewMailToken, PASSWORD_RESET, PasswordChange, PasswordReset,

@@ -1,6 +1,7 @@
 //! Recovery codes: stored as keyed MACs, redeemed once, atomically.
 
 use crate::audit::{self, NewAuditEvent};
+use crate::exec::{Exec, args};
 use crate::{Store, StoreError, attempts};
 use sqlx::AnyConnection;
 use tessera_core::clock::to_millis;
@@ -21,12 +22,12 @@ pub struct NewRecoveryCode {
 
 /// Replace every code of the subject by `codes` (regenerating voids the old batch).
 pub(crate) async fn replace(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     subject_id: &str,
     codes: &[NewRecoveryCode],
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM recovery_codes WHERE subject_id = $1").bind(subject_id).execute(&mut *conn).await?;
+    conn.execute("DELETE FROM recovery_codes WHERE subject_id = $1", args![subject_id]).await?;
     if codes.is_empty() {
         return Ok(());
     }
@@ -42,11 +43,11 @@ pub(crate) async fn replace(
         "INSERT INTO recovery_codes (id, subject_id, batch_id, key_id, code_mac, created_at) VALUES {}",
         rows.join(", ")
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject_id).bind(to_millis(now));
+    let mut values = args![subject_id, to_millis(now)];
     for c in codes {
-        q = q.bind(&c.id).bind(&c.batch_id).bind(&c.key_id).bind(&c.code_mac);
+        values.extend(args![&c.id, &c.batch_id, &c.key_id, &c.code_mac]);
     }
-    q.execute(&mut *conn).await?;
+    conn.execute(&sql, values).await?;
     Ok(())
 }
 

@@ -158,28 +158,29 @@ pub(crate) async fn insert_session(conn: &mut AnyConnection, s: &NewSession) -> 
 /// old token stops working in the same statement, and so does its forward token (the caller
 /// mints a new one where it keeps a domain-wide cookie). `false` if the session is not live.
 pub(crate) async fn rotate(
-    conn: &mut AnyConnection,
+    conn: &mut dyn crate::exec::Exec,
     r: &Rotation<'_>,
     now: OffsetDateTime,
     idle_cutoff: OffsetDateTime,
 ) -> Result<bool, StoreError> {
-    let n = sqlx::query(
-        "UPDATE sessions SET token_hash = $3, aal = $4, forward_hash = NULL, \
-         password_verified_at = COALESCE($5, password_verified_at), \
-         mfa_verified_at = COALESCE($6, mfa_verified_at), last_seen_at = $7 \
-         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $7 AND last_seen_at > $8",
-    )
-    .bind(r.session_id)
-    .bind(r.user_id)
-    .bind(r.new_token_hash)
-    .bind(r.aal)
-    .bind(r.password_verified_at.map(to_millis))
-    .bind(r.mfa_verified_at.map(to_millis))
-    .bind(to_millis(now))
-    .bind(to_millis(idle_cutoff))
-    .execute(conn)
-    .await?
-    .rows_affected();
+    let n = conn
+        .execute(
+            "UPDATE sessions SET token_hash = $3, aal = $4, forward_hash = NULL, \
+             password_verified_at = COALESCE($5, password_verified_at), \
+             mfa_verified_at = COALESCE($6, mfa_verified_at), last_seen_at = $7 \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $7 AND last_seen_at > $8",
+            crate::exec::args![
+                r.session_id,
+                r.user_id,
+                r.new_token_hash,
+                r.aal,
+                r.password_verified_at.map(to_millis),
+                r.mfa_verified_at.map(to_millis),
+                to_millis(now),
+                to_millis(idle_cutoff)
+            ],
+        )
+        .await?;
     Ok(n == 1)
 }
 
@@ -196,21 +197,17 @@ pub enum PasswordSession {
 
 /// Revoke every live session of `user_id` except `keep` (if given); returns how many.
 pub(crate) async fn revoke_others(
-    conn: &mut AnyConnection,
+    conn: &mut dyn crate::exec::Exec,
     user_id: &str,
     keep: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
+    conn.execute(
         "UPDATE sessions SET revoked_at = $2 \
          WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND ($3 IS NULL OR id <> $3)",
+        crate::exec::args![user_id, to_millis(now), keep],
     )
-    .bind(user_id)
-    .bind(to_millis(now))
-    .bind(keep)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    .await
 }
 
 /// Forget the user's known browsers but `keep` (a token's SHA-256), in the caller's transaction:

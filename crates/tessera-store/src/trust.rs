@@ -6,7 +6,6 @@ use crate::audit::{self, NewAuditEvent};
 use crate::outbox::{NewNotification, insert_notification};
 use crate::sessions::{NewSession, insert_session};
 use crate::{Store, StoreError};
-use sqlx::AnyConnection;
 use tessera_core::clock::{from_millis, to_millis};
 use time::OffsetDateTime;
 
@@ -55,12 +54,8 @@ fn row((id, label, created_at, last_used_at, expires_at): Raw) -> TrustRow {
 }
 
 /// End every trust of `user_id` (in the caller's transaction); how many.
-pub(crate) async fn void(conn: &mut AnyConnection, user_id: &str) -> Result<u64, StoreError> {
-    Ok(sqlx::query("DELETE FROM trusted_browsers WHERE user_id = $1")
-        .bind(user_id)
-        .execute(conn)
-        .await?
-        .rows_affected())
+pub(crate) async fn void(conn: &mut dyn crate::exec::Exec, user_id: &str) -> Result<u64, StoreError> {
+    conn.execute("DELETE FROM trusted_browsers WHERE user_id = $1", crate::exec::args![user_id]).await
 }
 
 impl Store {

@@ -86,12 +86,12 @@ pub struct ResetReport {
 /// already serialises writers): a password-level sign-in and a first factor's confirmation take
 /// it, so neither can slip a session past the other.
 pub(crate) async fn lock_user(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut dyn crate::exec::Exec,
     backend: crate::Backend,
     user_id: &str,
 ) -> Result<(), StoreError> {
     if backend == crate::Backend::Postgres {
-        sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE").bind(user_id).execute(conn).await?;
+        conn.execute("SELECT id FROM users WHERE id = $1 FOR UPDATE", crate::exec::args![user_id]).await?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! concurrency, and only within its lifetime and by what began it (`bound_to`).
 
 use crate::audit::{self, NewAuditEvent};
+use crate::exec::args;
 use crate::factors::FactorChange;
 use crate::sql::FactorRow;
 use crate::{Store, StoreError};
@@ -170,7 +171,7 @@ impl TryFrom<CredentialRow> for WebauthnCredential {
     }
 }
 
-impl FactorChange {
+impl FactorChange<'_> {
     /// Register a credential as an active factor of the subject, unless the subject already
     /// has `max` WebAuthn credentials, the credential is registered already, or `session`
     /// (the one registering it, on the pages) is no longer live: a session revoked after its
@@ -184,64 +185,64 @@ impl FactorChange {
     ) -> Result<WebauthnInsert, StoreError> {
         let subject = self.subject().to_owned();
         if let Some(s) = session {
-            let live: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
-                 AND expires_at > $3 AND last_seen_at > $4",
-            )
-            .bind(s.id)
-            .bind(&subject)
-            .bind(to_millis(s.now))
-            .bind(to_millis(s.idle_cutoff))
-            .fetch_one(&mut *self.tx())
-            .await?;
+            let live = self
+                .exec()
+                .scalar(
+                    "SELECT COUNT(*) FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+                     AND expires_at > $3 AND last_seen_at > $4",
+                    args![s.id, &subject, to_millis(s.now), to_millis(s.idle_cutoff)],
+                )
+                .await?
+                .unwrap_or(0);
             if live != 1 {
                 return Ok(WebauthnInsert::SessionGone);
             }
         }
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND kind IN ('security_key', 'passkey')",
-        )
-        .bind(&subject)
-        .fetch_one(&mut *self.tx())
-        .await?;
+        let n = self
+            .exec()
+            .scalar(
+                "SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND kind IN ('security_key', 'passkey')",
+                args![&subject],
+            )
+            .await?
+            .unwrap_or(0);
         if n >= i64::from(max) {
             return Ok(WebauthnInsert::LimitReached);
         }
-        let taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webauthn_credentials WHERE credential_id = $1")
-            .bind(&c.credential_id)
-            .fetch_one(&mut *self.tx())
-            .await?;
+        let taken = self
+            .exec()
+            .scalar("SELECT COUNT(*) FROM webauthn_credentials WHERE credential_id = $1", args![&c.credential_id])
+            .await?
+            .unwrap_or(0);
         if taken > 0 {
             return Ok(WebauthnInsert::AlreadyRegistered);
         }
-        sqlx::query(
-            "INSERT INTO factors (id, subject_id, kind, label, status, created_at, confirmed_at) \
-             VALUES ($1, $2, $3, $4, 'active', $5, $5)",
-        )
-        .bind(&c.factor_id)
-        .bind(&subject)
-        .bind(c.kind.as_str())
-        .bind(&c.label)
-        .bind(to_millis(c.created_at))
-        .execute(&mut *self.tx())
-        .await?;
+        self.exec()
+            .execute(
+                "INSERT INTO factors (id, subject_id, kind, label, status, created_at, confirmed_at) \
+                 VALUES ($1, $2, $3, $4, 'active', $5, $5)",
+                args![&c.factor_id, &subject, c.kind.as_str(), &c.label, to_millis(c.created_at)],
+            )
+            .await?;
         // (Two subjects registering one credential at once: the unique index refuses the second.)
-        sqlx::query(
-            "INSERT INTO webauthn_credentials (factor_id, credential_id, credential, sign_count, transports, \
-             backup_eligible, backup_state, aaguid, user_verified) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&c.factor_id)
-        .bind(&c.credential_id)
-        .bind(&c.credential)
-        .bind(i64::from(c.sign_count))
-        .bind(&c.transports)
-        .bind(i64::from(c.backup_eligible))
-        .bind(i64::from(c.backup_state))
-        .bind(&c.aaguid)
-        .bind(i64::from(c.user_verified))
-        .execute(&mut *self.tx())
-        .await?;
-        crate::trust::void(self.tx(), &subject).await?;
+        self.exec()
+            .execute(
+                "INSERT INTO webauthn_credentials (factor_id, credential_id, credential, sign_count, transports, \
+                 backup_eligible, backup_state, aaguid, user_verified) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                args![
+                    &c.factor_id,
+                    &c.credential_id,
+                    &c.credential,
+                    i64::from(c.sign_count),
+                    &c.transports,
+                    i64::from(c.backup_eligible),
+                    i64::from(c.backup_state),
+                    c.aaguid.as_ref(),
+                    i64::from(c.user_verified)
+                ],
+            )
+            .await?;
+        crate::trust::void(self.exec(), &subject).await?;
         Ok(WebauthnInsert::Inserted)
     }
 }
@@ -461,10 +462,18 @@ mod tests {
             user_verified: false,
             created_at: now,
         };
-        let mut change = store.begin_factor_change("s1").await.unwrap();
-        assert_eq!(change.insert_webauthn(&cred("f1", 1), 20, None).await.unwrap(), WebauthnInsert::Inserted);
-        assert_eq!(change.insert_webauthn(&cred("f2", 1), 20, None).await.unwrap(), WebauthnInsert::AlreadyRegistered);
-        change.commit().await.unwrap();
+        let (c1, c2) = (cred("f1", 1), cred("f2", 1));
+        let (first, second) = store
+            .change_factors("s1", crate::ChangeKind::Other, move |change| {
+                Box::pin(async move {
+                    let first = change.insert_webauthn(&c1, 20, None).await?;
+                    let second = change.insert_webauthn(&c2, 20, None).await?;
+                    Ok::<_, crate::StoreError>(crate::Done::Commit((first, second)))
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!((first, second), (WebauthnInsert::Inserted, WebauthnInsert::AlreadyRegistered));
         let ev = crate::NewAuditEvent {
             at: now,
             subject_id: "s1".into(),

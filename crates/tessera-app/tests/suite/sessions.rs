@@ -289,7 +289,7 @@ both!(pending_devices_belong_to_their_session_and_expire);
 /// itself checks the owner, the expiry and that the owner session is still live; without recent
 /// proof only a setup that is still pending can be removed.
 async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
-    use tessera_store::Activation;
+    use tessera_store::{Activation, ChangeKind, Done};
     let c = ctx();
     let t = signed_up(h, "ada@example.com", &c).await;
     let s = sess(h, &t).await;
@@ -309,8 +309,8 @@ async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
     assert!(h.app.devices(&s).await.unwrap().is_empty(), "an expired setup is not listed");
 
     // The store's activating statement, on its own: the wrong session, an expired setup and a
-    // revoked owner session all leave the setup pending. (Each change is dropped uncommitted,
-    // which rolls it back: the right session's activation, too, leaves it pending.)
+    // revoked owner session all leave the setup pending. (Each change rolls back: the right
+    // session's activation, too, leaves it pending.)
     let e = h.app.add_totp_device(&s, "Phone", &c).await.unwrap();
     let now = h.clock_now_dt();
     let base = Activation {
@@ -321,7 +321,23 @@ async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
         now,
     };
     let activates = async |a: Activation<'_>| {
-        h.store.begin_confirmation(s.user_id()).await.unwrap().activate_pending(&a).await.unwrap()
+        let (fid, sid) = (a.factor_id.to_owned(), a.session_id.map(str::to_owned));
+        let (cutoff, idle, now) = (a.pending_cutoff, a.idle_cutoff, a.now);
+        h.store
+            .change_factors(s.user_id(), ChangeKind::Confirmation, move |change| {
+                Box::pin(async move {
+                    let a = Activation {
+                        factor_id: &fid,
+                        session_id: sid.as_deref(),
+                        pending_cutoff: cutoff,
+                        idle_cutoff: idle,
+                        now,
+                    };
+                    Ok::<_, tessera_store::StoreError>(Done::Rollback(change.activate_pending(&a).await?))
+                })
+            })
+            .await
+            .unwrap()
     };
     for (why, a) in [
         ("another session", Activation { session_id: Some("someone-else"), ..base }),
@@ -345,12 +361,17 @@ async fn pending_setups_expire_and_the_store_checks_the_owner(h: &Harness) {
     let active = h.app.list_factors(&uid).await.unwrap().into_iter().find(|f| f.confirmed_at.is_some()).unwrap();
     assert!(reauth_needed(&h.app.remove_device(&s, &active.id, &c).await).is_some());
     h.app.remove_device(&s, &pending.factor_id, &c).await.unwrap();
-    let mut change = h.store.begin_factor_change(&uid).await.unwrap();
-    assert!(
-        !change.delete_factor(&active.id, true).await.unwrap(),
-        "the pending-only delete never takes an active factor (a setup confirmed meanwhile)"
-    );
-    drop(change);
+    let id = active.id.clone();
+    let deleted = h
+        .store
+        .change_factors(&uid, ChangeKind::Other, move |change| {
+            Box::pin(async move {
+                Ok::<_, tessera_store::StoreError>(Done::Rollback(change.delete_factor(&id, true).await?))
+            })
+        })
+        .await
+        .unwrap();
+    assert!(!deleted, "the pending-only delete never takes an active factor (a setup confirmed meanwhile)");
     assert!(accepted(&h.app.verify_totp(&uid, &fresh(h, &secret), &c).await.unwrap()));
 }
 both!(pending_setups_expire_and_the_store_checks_the_owner);
