@@ -138,7 +138,7 @@ pub(crate) async fn enrol(args: &EnrolArgs, dir: &std::path::Path, database_url:
                     })
                     .await?;
                 let secret = Secret::from_base32(&e.secret_base32)?;
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let now = tessera_core::clock::Clock::now(&tessera_core::clock::SystemClock).unix_timestamp();
                 let code = otp::format_code(otp::totp(&secret, &TotpParams::default(), now), 6);
                 c.confirm_totp(&id, &e.factor_id, &code).await?;
                 lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
