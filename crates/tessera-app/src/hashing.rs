@@ -8,16 +8,24 @@
 //! cores, also bound how many hashes run at once (the rest wait in the queue, not on a core).
 
 use crate::AppError;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use tessera_core::password::Workspace;
 
-type Job = Box<dyn FnOnce(&mut Workspace) + Send>;
+/// A hash to run, unless its caller has gone (`None` from the check: skip it).
+struct Job {
+    abandoned: Box<dyn Fn() -> bool + Send>,
+    run: Box<dyn FnOnce(&mut Workspace) + Send>,
+}
+
+/// Hashes that may wait for a thread: beyond, a caller is told the service is busy (a flood of
+/// logins must not queue minutes of argon2 ahead of the next real one).
+const QUEUE: usize = 256;
 
 /// The handle to the hashing threads; they stop when every handle is dropped.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Hashers {
-    tx: Sender<Job>,
+    tx: SyncSender<Job>,
     /// Whether any thread started (if none could, hashes run on tokio's blocking pool).
     started: bool,
 }
@@ -25,7 +33,7 @@ pub(crate) struct Hashers {
 impl Hashers {
     /// Start `threads` hashing threads.
     pub(crate) fn new(threads: usize) -> Self {
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let mut started = false;
         for i in 0..threads.max(1) {
@@ -48,13 +56,27 @@ impl Hashers {
         if !self.started {
             return tokio::task::spawn_blocking(move || f(&mut Workspace::new())).await.map_err(|_| stopped());
         }
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Box::new(move |ws: &mut Workspace| {
-                let _ = reply.send(f(ws));
-            }))
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())
+        let (reply, rx) = tokio::sync::oneshot::channel::<T>();
+        // The sender, shared: the thread asks it whether the caller still waits, then sends.
+        let watch = Arc::new(Mutex::new(Some(reply)));
+        let watched = watch.clone();
+        let job = Job {
+            // A caller that has gone (a closed connection) is not worth 19 MiB and 50 ms.
+            abandoned: Box::new(move || watched.lock().map_or(true, |r| r.as_ref().is_none_or(|s| s.is_closed()))),
+            run: Box::new(move |ws: &mut Workspace| {
+                let out = f(ws);
+                if let Some(s) = watch.lock().ok().and_then(|mut r| r.take()) {
+                    let _ = s.send(out);
+                }
+            }),
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => rx.await.map_err(|_| stopped()),
+            Err(TrySendError::Full(_)) => {
+                Err(AppError::Store(tessera_store::StoreError::Busy("too many password checks waiting".into())))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+        }
     }
 }
 
@@ -67,9 +89,70 @@ fn work(rx: &Mutex<Receiver<Job>>) {
             Ok(r) => r.recv(),
             Err(_) => return,
         };
-        match job {
-            Ok(job) => job(&mut ws),
-            Err(_) => return,
+        let Ok(job) = job else { return };
+        if (job.abandoned)() {
+            continue;
         }
+        // A panic (a bug) answers its caller with an error (the reply is dropped) and this
+        // thread goes on, with a fresh workspace.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(&mut ws))).is_err() {
+            tracing::error!("a password hash panicked");
+            ws = Workspace::new();
+        }
+    }
+}
+
+impl std::fmt::Debug for Hashers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hashers").field("started", &self.started).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The queue is bounded (beyond it: busy, at once), a hash whose caller has gone is skipped,
+    /// and a panicking hash fails its caller only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_is_bounded_and_skips_callers_that_left() {
+        let h = Hashers::new(1);
+        // Hold the one thread.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::spawn({
+            let h = h.clone();
+            async move { h.run(move |_| held.recv().is_ok()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // A caller that gives up after queueing: its hash never runs.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let gone = h.run(move |_| r.fetch_add(1, Ordering::SeqCst));
+        assert!(tokio::time::timeout(std::time::Duration::ZERO, gone).await.is_err());
+        // Fill the queue (one place is taken by the caller that left).
+        let mut waiting = Vec::new();
+        for _ in 0..QUEUE - 1 {
+            let h = h.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiting.push(rx);
+            tokio::spawn(async move {
+                let _ = tx.send(h.run(|_| 1).await);
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let busy = h.run(|_| 1).await;
+        assert!(matches!(busy, Err(AppError::Store(tessera_store::StoreError::Busy(_)))), "{busy:?}");
+        // Let the thread go: every queued caller is answered; the one that left was skipped.
+        release.send(()).unwrap();
+        assert!(blocker.await.unwrap().unwrap());
+        for rx in waiting {
+            assert_eq!(rx.await.unwrap().unwrap(), 1);
+        }
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "the abandoned hash did not run");
+        // A panic answers its caller with an error; the thread goes on.
+        assert!(h.run(|_| -> u8 { panic!("a bug") }).await.is_err());
+        assert_eq!(h.run(|_| 7).await.unwrap(), 7);
     }
 }

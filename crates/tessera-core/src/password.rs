@@ -200,10 +200,15 @@ pub fn verify_with(ws: &mut Workspace, p: &Password, phc: &str) -> Verified {
         Ok(v) => v.unwrap_or_default(),
         Err(_) => return mismatch,
     };
+    // A stored hash is ours, but a tampered row must not make one login allocate terabytes or
+    // run for hours: at most 8 times the current costs (old, weaker parameters verify).
+    let cur = current_params();
+    if params.m_cost() > 8 * cur.m_cost() || params.t_cost() > 8 * cur.t_cost() || params.p_cost() > 8 * cur.p_cost() {
+        return mismatch;
+    }
     let mut out = Zeroizing::new(vec![0u8; expected.len()]);
     let ok = ws.run(&Argon2::new(alg, version, params.clone()), &params, p.expose(), salt, &mut out)
         && Output::new(&out).is_ok_and(|o| &o == expected);
-    let cur = current_params();
     let needs_rehash = params.m_cost() != cur.m_cost()
         || params.t_cost() != cur.t_cost()
         || params.p_cost() != cur.p_cost()
@@ -282,6 +287,9 @@ mod tests {
         }
         assert_eq!(ws.blocks.len(), current_params().block_count(), "only the current size is kept");
         assert!(ws.blocks.iter().all(|b| b.as_ref().iter().all(|w| *w == 0)), "zeroized after use");
+        // a (tampered) hash asking for 4 TiB of memory is a mismatch, not an allocation
+        let huge = h.replace("m=19456", "m=4294967295");
+        assert!(huge.contains("m=4294967295") && !verify(&p, &huge).ok);
         // garbage never panics
         assert!(!verify(&p, "not a phc string").ok);
         assert!(!verify(&p, "").ok);

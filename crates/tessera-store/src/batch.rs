@@ -128,6 +128,11 @@ impl Batcher {
         T: Send + 'static,
         W: FnOnce(&mut Connection) -> Outcome<T> + Send + 'static,
     {
+        if ON_WRITER.with(std::cell::Cell::get) {
+            // A job (a factor change's closure) must not queue another: it would commit
+            // whatever became of the job, and wait for a batch that cannot start.
+            return Err(StoreError::Batch("a write queued from inside the writer thread".into()));
+        }
         let (reply, rx) = oneshot::channel();
         let job = Box::new(Typed { work: Some(work), result: None, reply });
         self.tx.send(Msg::Job(job)).await.map_err(|_| StoreError::Batch("the writer has stopped".into()))?;
@@ -144,8 +149,14 @@ impl Batcher {
     }
 }
 
+thread_local! {
+    /// Set on the writer thread (see [`Batcher::run`]).
+    static ON_WRITER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// The writer loop. On a stop, the connection is closed before the stop is answered.
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
+    ON_WRITER.with(|w| w.set(true));
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         let mut stop = None;

@@ -123,6 +123,15 @@ pub(crate) struct Lite<'c>(pub(crate) &'c mut rusqlite::Connection);
 impl Lite<'_> {
     fn bind(stmt: &mut rusqlite::CachedStatement<'_>, args: Vec<Arg>) -> rusqlite::Result<()> {
         use rusqlite::types::Value;
+        // Every parameter of the statement is one of ours (`$1`…`$n`), never left unbound
+        // (SQLite would read it as NULL).
+        let (given, wanted) = (args.len(), stmt.parameter_count());
+        let named = (1..=wanted).all(|i| {
+            stmt.parameter_name(i).and_then(|n| n.strip_prefix('$')?.parse::<usize>().ok()).is_some_and(|n| n <= given)
+        });
+        if !named {
+            return Err(rusqlite::Error::InvalidParameterCount(given, wanted));
+        }
         for (i, a) in args.into_iter().enumerate() {
             // Bind by name (`$1`…); a statement need not use every argument.
             let Some(at) = stmt.parameter_index(&format!("${}", i + 1))? else {

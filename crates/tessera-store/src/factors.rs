@@ -101,7 +101,8 @@ impl Store {
     /// On SQLite the whole change is one job of the writer thread (inside a savepoint of its
     /// batch): `f`'s future is polled there once and every step is done at once, without a
     /// round trip per statement. So `f` must await nothing but its steps (a future that is not
-    /// done after one poll is undone and fails). On PostgreSQL it is a transaction.
+    /// done after one poll is undone and fails) and must not use the store otherwise (a write
+    /// queued from the writer thread fails). On PostgreSQL it is a transaction.
     pub async fn change_factors<R, E, F>(&self, subject_id: &str, kind: ChangeKind, f: F) -> Result<R, E>
     where
         R: Send + 'static,
@@ -310,7 +311,8 @@ async fn purge_expired(conn: &mut AnyConnection, subject_id: &str, cutoff: Offse
 }
 
 /// SQLite: [`Store::insert_totp_factor`] as one job of the writer thread (the same statements,
-/// in the batch's transaction: nothing is written when the subject is at the limit).
+/// in the batch's transaction). At the limit, the purge of expired setups is kept here (on
+/// PostgreSQL it is rolled back with the rest): harmless either way, they had expired.
 fn insert_totp_sqlite(
     c: &rusqlite::Connection,
     f: &NewTotpFactor,
@@ -513,6 +515,7 @@ mod tests {
         let (_dir, _path, store) = crate::temp_sqlite().await;
         let change = |subject: &'static str, end: u8| {
             let s = store.clone();
+            let s2 = store.clone();
             async move {
                 s.change_factors(subject, ChangeKind::Other, move |c| {
                     Box::pin(async move {
@@ -540,6 +543,11 @@ mod tests {
                                 .await;
                                 Ok(Done::Commit(()))
                             }
+                            5 => {
+                                // Using the store otherwise from inside the change is refused.
+                                s2.append_audit(&event(subject)).await?;
+                                Ok(Done::Commit(()))
+                            }
                             _ => panic!("a bug in a change"),
                         }
                     })
@@ -548,7 +556,8 @@ mod tests {
             }
         };
         // Many at once, so they share batches with the committing ones.
-        let ends = [(0, "kept"), (1, "rolled"), (2, "refused"), (3, "broken"), (4, "waited"), (5, "panicked")];
+        let ends =
+            [(0, "kept"), (1, "rolled"), (2, "refused"), (3, "broken"), (4, "waited"), (5, "queued"), (6, "panicked")];
         let mut tasks = Vec::new();
         for round in 0..20 {
             for (end, subject) in ends {
@@ -571,7 +580,7 @@ mod tests {
         assert_eq!(audit_rows(&store, "kept").await, kept, "every change answered as committed was kept");
         change("kept", 0).await.unwrap();
         assert_eq!(audit_rows(&store, "kept").await, kept + 1, "the writer survived the panics");
-        for subject in ["rolled", "refused", "broken", "waited", "panicked"] {
+        for subject in ["rolled", "refused", "broken", "waited", "queued", "panicked"] {
             assert_eq!(audit_rows(&store, subject).await, 0, "{subject}: nothing left");
         }
         // Each change locked (created) the subject's counters row first; the undone ones did not.

@@ -255,27 +255,9 @@ pub(crate) static ACTIVE_DEVICES: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {DEVICE_COLUMNS} {DEVICE_FROM} WHERE f.subject_id = $1 AND {IN_USE} ORDER BY f.created_at, f.id")
 });
 
-/// PostgreSQL: [`ACTIVE_DEVICES`] with the subject's device version (see `verify`) in every
-/// row, read in the same snapshot.
-pub(crate) static VERSIONED_DEVICES: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {DEVICE_COLUMNS}, (SELECT a.device_version FROM attempts a \
-         WHERE a.subject_id = $1 AND a.kind = '{SECOND_FACTOR}') AS device_version \
-         {DEVICE_FROM} WHERE f.subject_id = $1 AND {IN_USE} ORDER BY f.created_at, f.id"
-    )
-});
-
-/// PostgreSQL: the subject's device version alone (a subject without devices).
+/// PostgreSQL: the subject's device version (see `verify`).
 pub(crate) static DEVICE_VERSION: LazyLock<String> =
     LazyLock::new(|| format!("SELECT device_version FROM attempts WHERE subject_id = $1 AND kind = '{SECOND_FACTOR}'"));
-
-/// PostgreSQL: a row of [`VERSIONED_DEVICES`].
-#[derive(sqlx::FromRow)]
-pub(crate) struct VersionedRow {
-    #[sqlx(flatten)]
-    pub(crate) device: DeviceRow,
-    pub(crate) device_version: Option<i64>,
-}
 
 impl DeviceRow {
     /// A row of [`ACTIVE_DEVICES`] read by rusqlite (the SQLite writer thread).

@@ -23,8 +23,8 @@
 use crate::attempts::{GateResult, admits};
 use crate::audit::insert_sqlite;
 use crate::sql::{
-    self, AUDIT_COLUMNS, Acceptance, CLEAR, DeviceRow, NOT_CLEAR, SECOND_FACTOR, TotpDevice, VersionedRow,
-    count_failure, open, u32_of, unused_step,
+    self, AUDIT_COLUMNS, Acceptance, CLEAR, DeviceRow, NOT_CLEAR, SECOND_FACTOR, TotpDevice, count_failure, open,
+    u32_of, unused_step,
 };
 use crate::{Store, StoreError};
 use rusqlite::{Connection, named_params};
@@ -119,16 +119,19 @@ impl Store {
         // Each stale answer means a change to the devices committed meanwhile: a few in a row
         // would take someone changing them continuously.
         for _ in 0..4 {
-            let entry = match cached.take() {
-                Some(e) => e,
+            let (entry, from_cache) = match cached.take() {
+                Some(e) => (e, true),
                 None => {
                     let e = Arc::new(self.read_versioned(subject_id).await?);
                     self.devices.put(subject_id, e.clone());
-                    e
+                    (e, false)
                 }
             };
             let accept = match check(&entry.devices) {
                 Ok(a) => a,
+                // A cached secret the check cannot open (sealed under a key since retired, once
+                // every row was re-sealed): read the devices again before failing.
+                Err(_) if from_cache => continue,
                 Err(e) => return Ok(Err(e)),
             };
             let nonce = accept.as_ref().and_then(|a| {
@@ -150,21 +153,23 @@ impl Store {
         Err(StoreError::Busy("the subject's devices kept changing during a verification".into()))
     }
 
-    /// PostgreSQL: the subject's active devices and their version, read in one snapshot.
+    /// PostgreSQL: the subject's device version, then its active devices. The version is read
+    /// first, so a change committed between the two reads leaves the entry with an older
+    /// version than its devices: stale, and read again at its first use, never taken for
+    /// fresh.
     async fn read_versioned(&self, subject_id: &str) -> Result<CachedDevices, StoreError> {
-        let rows = sqlx::query_as::<_, VersionedRow>(AssertSqlSafe(sql::VERSIONED_DEVICES.as_str()))
+        let version = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql::DEVICE_VERSION.as_str()))
+            .bind(subject_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(0);
+        let devices = sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql::ACTIVE_DEVICES.as_str()))
             .bind(subject_id)
             .fetch_all(&self.pool)
-            .await?;
-        let version = match rows.first() {
-            Some(r) => r.device_version.unwrap_or(0),
-            None => sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql::DEVICE_VERSION.as_str()))
-                .bind(subject_id)
-                .fetch_optional(&self.pool)
-                .await?
-                .unwrap_or(0),
-        };
-        let devices = rows.into_iter().map(|r| TotpDevice::try_from(r.device)).collect::<Result<_, _>>()?;
+            .await?
+            .into_iter()
+            .map(TotpDevice::try_from)
+            .collect::<Result<_, _>>()?;
         Ok(CachedDevices { version, devices })
     }
 }

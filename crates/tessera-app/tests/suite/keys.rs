@@ -57,7 +57,14 @@ async fn rotate_and_reencrypt(h: &Harness) {
     for s in ["u1", "u2", "u3"] {
         devices.push((s, active_device(h, s).await.0));
     }
-    let old = h.keyring().current_id().to_string();
+    let old_id = h.keyring().current_id();
+    let old = old_id.to_string();
+    // A replica verifies a code of each: its device cache (PostgreSQL) holds the old seals.
+    let (replica, _) = h.replica().await;
+    for (s, e) in &devices {
+        assert!(accepted(&replica.verify_totp(s, &h.code(&e.secret_base32, 1), &ctx()).await.unwrap()), "{s}");
+    }
+    h.clock.advance(Duration::seconds(60));
     // rotate in the file, as `tessera keys rotate` does; the running app learns of it lazily
     let path = h.dir.path().join("keyring");
     let mut k = tessera_app::keyfile::read_file(&path).unwrap();
@@ -84,6 +91,17 @@ async fn rotate_and_reencrypt(h: &Harness) {
     assert!(!h.app.key_in_use(&old).await.unwrap(), "now the old key can retire");
     // a second pass has nothing to do
     assert_eq!(h.app.reencrypt(100).await.unwrap().rewritten, 0);
+    // The old key retires and the keyring reloads: the replica's cached seals are under a key it
+    // no longer has; it reads the devices again instead of failing.
+    let mut k = tessera_app::keyfile::read_file(&path).unwrap();
+    k.retire(&old_id).unwrap();
+    tessera_app::keyfile::write_file(&path, &k).unwrap();
+    h.keys.reload().unwrap();
+    assert!(!h.keyring().ids().contains(&old_id), "the old key is gone");
+    for (s, e) in &devices {
+        h.clock.advance(Duration::seconds(30));
+        assert!(accepted(&replica.verify_totp(s, &h.code(&e.secret_base32, 0), &ctx()).await.unwrap()), "{s}");
+    }
 }
 both!(rotate_and_reencrypt);
 

@@ -7,10 +7,21 @@ ALTER TABLE attempts ADD COLUMN device_version BIGINT NOT NULL DEFAULT 0;
 
 -- The bump: a trigger rather than a line in each writer, so no writer can forget it (support
 -- resets, key re-encryption and lockouts change devices too).
-CREATE FUNCTION tessera_devices_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- (`SET search_path FROM CURRENT`: the function finds this schema's tables whatever the
+-- search path of the session that fires it.)
+CREATE FUNCTION tessera_devices_changed() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 DECLARE
     subject TEXT;
 BEGIN
+    -- (Nested: PL/pgSQL evaluates every operand, and totp_secrets has no subject_id.)
+    IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'factors' THEN
+        IF OLD.subject_id IS DISTINCT FROM NEW.subject_id THEN
+            -- A device moved to another subject: the one it left changed too.
+            INSERT INTO attempts (subject_id, kind, device_version) VALUES (OLD.subject_id, 'second_factor', 1)
+            ON CONFLICT (subject_id, kind) DO UPDATE SET device_version = attempts.device_version + 1;
+        END IF;
+    END IF;
     IF TG_TABLE_NAME = 'totp_secrets' THEN
         SELECT subject_id INTO subject FROM factors WHERE id = NEW.factor_id;
     ELSIF TG_OP = 'DELETE' THEN
