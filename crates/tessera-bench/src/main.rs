@@ -21,6 +21,11 @@
 //! full decision (session, user, membership and policy) every time, on a real clock.
 //!
 //! `cargo run --release -p tessera-bench -- check --concurrency 64 --duration 20s --database sqlite`
+//!
+//! `enrol` drives EnrollTotp + ConfirmTotp pairs for new subjects (with `omit_qr` unless
+//! `--with-qr`) and reports the SQLite WAL's size on disk; `login` drives BeginLogin (argon2id)
+//! and reports the process's memory before, during and after; `floor` runs pgbench's
+//! one-`UPDATE`-by-key floor on PostgreSQL, which `verify --floor` also runs after its load.
 #![allow(clippy::indexing_slicing)]
 
 use anyhow::{Context, Result, bail};
