@@ -118,37 +118,39 @@ mod tests {
     /// and a panicking hash fails its caller only.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_queue_is_bounded_and_skips_callers_that_left() {
+        use std::time::Duration;
+        // Polls a caller once: enough to queue its hash (the queueing is synchronous).
+        async fn queue<F: std::future::Future + Unpin>(f: &mut F) {
+            assert!(tokio::time::timeout(Duration::ZERO, f).await.is_err(), "answered at once");
+        }
         let h = Hashers::new(1);
-        // Hold the one thread.
+        // Hold the one thread, and wait until it holds.
+        let (started, running) = std::sync::mpsc::channel::<()>();
         let (release, held) = std::sync::mpsc::channel::<()>();
-        let blocker = tokio::spawn({
-            let h = h.clone();
-            async move { h.run(move |_| held.recv().is_ok()).await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut blocker = Box::pin(h.run(move |_| {
+            let _ = started.send(());
+            held.recv().is_ok()
+        }));
+        queue(&mut blocker).await;
+        tokio::task::spawn_blocking(move || running.recv().unwrap()).await.unwrap();
         // A caller that gives up after queueing: its hash never runs.
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
-        let gone = h.run(move |_| r.fetch_add(1, Ordering::SeqCst));
-        assert!(tokio::time::timeout(std::time::Duration::ZERO, gone).await.is_err());
+        queue(&mut Box::pin(h.run(move |_| r.fetch_add(1, Ordering::SeqCst)))).await;
         // Fill the queue (one place is taken by the caller that left).
         let mut waiting = Vec::new();
         for _ in 0..QUEUE - 1 {
-            let h = h.clone();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            waiting.push(rx);
-            tokio::spawn(async move {
-                let _ = tx.send(h.run(|_| 1).await);
-            });
+            let mut f = Box::pin(h.run(|_| 1));
+            queue(&mut f).await;
+            waiting.push(f);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let busy = h.run(|_| 1).await;
         assert!(matches!(busy, Err(AppError::Store(tessera_store::StoreError::Busy(_)))), "{busy:?}");
         // Let the thread go: every queued caller is answered; the one that left was skipped.
         release.send(()).unwrap();
-        assert!(blocker.await.unwrap().unwrap());
-        for rx in waiting {
-            assert_eq!(rx.await.unwrap().unwrap(), 1);
+        assert!(blocker.await.unwrap());
+        for f in waiting {
+            assert_eq!(f.await.unwrap(), 1);
         }
         assert_eq!(ran.load(Ordering::SeqCst), 0, "the abandoned hash did not run");
         // A panic answers its caller with an error; the thread goes on.

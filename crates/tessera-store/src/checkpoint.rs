@@ -235,7 +235,9 @@ mod tests {
         for i in 0..50 {
             write(i).await;
         }
-        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        // (The store's own checkpoint thread runs too, every 250 ms: the assertions below hold
+        // whichever of the two empties the file.)
+        let len = || std::fs::metadata(&wal).unwrap().len();
         let turn = &Mutex::new(());
         let mut last = Pages::default();
         let tick = |last: &mut Pages| {
@@ -246,15 +248,16 @@ mod tests {
         assert_eq!(tick(&mut last), Pass::Passive);
         write(100).await;
         assert_eq!(tick(&mut last), Pass::Passive);
-        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        assert!(len() > 0);
         // No write since the tick before, and all copied: the WAL file is emptied...
-        assert_eq!(tick(&mut last), Pass::Truncated);
-        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "the WAL file is empty on disk");
+        let t = tick(&mut last);
+        assert!(t == Pass::Truncated || len() == 0, "{t:?}");
+        assert_eq!(len(), 0, "the WAL file is empty on disk");
         // ...and the store goes on writing (and reading what it wrote) as before.
         write(200).await;
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts").fetch_one(&store.pool).await.unwrap();
         assert_eq!(n, 52);
-        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        assert!(len() > 0);
         assert_eq!(tick(&mut last), Pass::Passive, "a fresh write is not quiet yet");
     }
 
