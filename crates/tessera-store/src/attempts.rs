@@ -1,6 +1,7 @@
 //! Attempt counters: the atomic gate that bounds guessing, locks, and resets.
 
 use crate::audit;
+use crate::exec::{Exec, args};
 use crate::sql::{GATE, NewAuditEvent, RESET, u32_of};
 use crate::{Backend, Store, StoreError};
 use rusqlite::{OptionalExtension, named_params};
@@ -20,14 +21,15 @@ pub enum GateResult {
 
 /// Lock the subject's counters row of `kind` for the transaction, creating it (zeroed) if the
 /// subject has none yet: a row every subject can be serialised on, user or not.
-pub(crate) async fn lock_row(conn: &mut AnyConnection, subject_id: &str, kind: &str) -> Result<(), StoreError> {
-    sqlx::query(LOCK_ROW).bind(subject_id).bind(kind).execute(conn).await?;
+pub(crate) async fn lock_row(conn: &mut dyn Exec, subject_id: &str, kind: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO attempts (subject_id, kind) VALUES ($1, $2) \
+         ON CONFLICT (subject_id, kind) DO UPDATE SET kind = excluded.kind",
+        args![subject_id, kind],
+    )
+    .await?;
     Ok(())
 }
-
-/// [`lock_row`]'s statement (`$1` subject, `$2` kind).
-pub(crate) const LOCK_ROW: &str = "INSERT INTO attempts (subject_id, kind) VALUES ($1, $2) \
-     ON CONFLICT (subject_id, kind) DO UPDATE SET kind = excluded.kind";
 
 /// Clear a subject's counters of one kind after a success ([`RESET`]).
 pub(crate) async fn reset(conn: &mut AnyConnection, subject_id: &str, kind: &str) -> Result<(), StoreError> {

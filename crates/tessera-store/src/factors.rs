@@ -7,7 +7,6 @@ use crate::sql::{
     self, DEVICE_COLUMNS, DEVICE_FROM, DeviceRow, FactorRow, NewAuditEvent, SECOND_FACTOR, SealedSecret, TotpDevice,
 };
 use crate::{Store, StoreError, attempts, sessions};
-use sqlx::AnyConnection;
 use std::future::Future;
 use std::pin::Pin;
 use tessera_core::clock::to_millis;
@@ -173,12 +172,13 @@ where
 impl FactorChange<'_> {
     /// The first step: lock the subject's counters row (and clear it for a confirmation).
     async fn lock(&mut self, kind: ChangeKind) -> Result<(), StoreError> {
-        let sql = match kind {
-            ChangeKind::Confirmation => sql::LOCK_AND_CLEAR.as_str(),
-            ChangeKind::Other => attempts::LOCK_ROW,
-        };
-        self.exec.execute(sql, args![self.subject_id.as_str(), SECOND_FACTOR]).await?;
-        Ok(())
+        match kind {
+            ChangeKind::Confirmation => {
+                self.exec.execute(&sql::LOCK_AND_CLEAR, args![self.subject_id.as_str(), SECOND_FACTOR]).await?;
+                Ok(())
+            }
+            ChangeKind::Other => attempts::lock_row(self.exec, &self.subject_id, SECOND_FACTOR).await,
+        }
     }
 
     /// Mark a pending device active — only if it is still pending, unexpired and started by
@@ -287,6 +287,45 @@ impl FactorChange<'_> {
         sessions::rotate(self.exec, r, now, idle_cutoff).await
     }
 
+    /// Insert a pending TOTP device with its sealed secret, unless the subject has
+    /// `max_factors` TOTP devices already (`false`, nothing inserted). The subject's pending
+    /// devices started at or before `pending_cutoff` (expired) are deleted first.
+    pub(crate) async fn insert_pending_totp(
+        &mut self,
+        f: &NewTotpFactor,
+        max_factors: u32,
+        pending_cutoff: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let (who, cutoff) = (f.subject_id.as_str(), to_millis(pending_cutoff));
+        self.exec.execute(sql::PURGE_PENDING_SECRETS, args![who, cutoff]).await?;
+        self.exec.execute(sql::PURGE_PENDING_FACTORS, args![who, cutoff]).await?;
+        let n = self.exec.scalar(sql::COUNT_TOTP, args![who]).await?.unwrap_or(0);
+        if n >= i64::from(max_factors) {
+            return Ok(false);
+        }
+        self.exec
+            .execute(
+                sql::INSERT_PENDING_TOTP,
+                args![&f.id, who, &f.label, to_millis(f.created_at), f.session_id.as_ref()],
+            )
+            .await?;
+        self.exec
+            .execute(
+                sql::INSERT_TOTP_SECRET,
+                args![
+                    &f.id,
+                    f.params.algorithm().as_str(),
+                    i64::from(f.params.digits()),
+                    i64::from(f.params.period()),
+                    &f.sealed.key_id,
+                    &f.sealed.nonce,
+                    &f.sealed.ciphertext
+                ],
+            )
+            .await?;
+        Ok(true)
+    }
+
     /// Append an audit event.
     pub async fn audit(&mut self, ev: &NewAuditEvent) -> Result<(), StoreError> {
         audit::insert(self.exec, ev).await
@@ -303,47 +342,6 @@ impl FactorChange<'_> {
     }
 }
 
-/// Delete the subject's pending devices started at or before `cutoff`.
-async fn purge_expired(conn: &mut AnyConnection, subject_id: &str, cutoff: OffsetDateTime) -> Result<(), StoreError> {
-    sqlx::query(sql::PURGE_PENDING_SECRETS).bind(subject_id).bind(to_millis(cutoff)).execute(&mut *conn).await?;
-    sqlx::query(sql::PURGE_PENDING_FACTORS).bind(subject_id).bind(to_millis(cutoff)).execute(conn).await?;
-    Ok(())
-}
-
-/// SQLite: [`Store::insert_totp_factor`] as one job of the writer thread (the same statements,
-/// in the batch's transaction). At the limit, the purge of expired setups is kept here (on
-/// PostgreSQL it is rolled back with the rest): harmless either way, they had expired.
-fn insert_totp_sqlite(
-    c: &rusqlite::Connection,
-    f: &NewTotpFactor,
-    max_factors: u32,
-    cutoff_ms: i64,
-    audit: &NewAuditEvent,
-) -> rusqlite::Result<bool> {
-    use rusqlite::named_params;
-    let who = named_params! { "$1": f.subject_id, "$2": cutoff_ms };
-    c.prepare_cached(sql::PURGE_PENDING_SECRETS)?.execute(who)?;
-    c.prepare_cached(sql::PURGE_PENDING_FACTORS)?.execute(who)?;
-    let n: i64 = c.prepare_cached(sql::COUNT_TOTP)?.query_row(named_params! { "$1": f.subject_id }, |r| r.get(0))?;
-    if n >= i64::from(max_factors) {
-        return Ok(false);
-    }
-    c.prepare_cached(sql::INSERT_PENDING_TOTP)?.execute(named_params! {
-        "$1": f.id, "$2": f.subject_id, "$3": f.label, "$4": to_millis(f.created_at), "$5": f.session_id,
-    })?;
-    c.prepare_cached(sql::INSERT_TOTP_SECRET)?.execute(named_params! {
-        "$1": f.id,
-        "$2": f.params.algorithm().as_str(),
-        "$3": i64::from(f.params.digits()),
-        "$4": i64::from(f.params.period()),
-        "$5": f.sealed.key_id,
-        "$6": f.sealed.nonce,
-        "$7": f.sealed.ciphertext,
-    })?;
-    crate::audit::insert_sqlite(c, audit)?;
-    Ok(true)
-}
-
 /// How many active factors a subject has (`$1`).
 const ACTIVE_COUNT: &str = "SELECT COUNT(*) FROM factors WHERE subject_id = $1 AND status = 'active'";
 
@@ -358,38 +356,20 @@ impl Store {
         pending_cutoff: OffsetDateTime,
         audit: &NewAuditEvent,
     ) -> Result<bool, StoreError> {
-        if let Some(b) = &self.batcher {
-            let (f, audit) = (f.clone(), audit.clone());
-            let cutoff = to_millis(pending_cutoff);
-            return b.run(move |c| insert_totp_sqlite(c, &f, max_factors, cutoff, &audit).map(Ok)).await;
-        }
-        let mut tx = self.begin().await?;
-        purge_expired(&mut tx, &f.subject_id, pending_cutoff).await?;
-        let n: i64 = sqlx::query_scalar(sql::COUNT_TOTP).bind(&f.subject_id).fetch_one(&mut *tx).await?;
-        if n >= i64::from(max_factors) {
-            return Ok(false);
-        }
-        sqlx::query(sql::INSERT_PENDING_TOTP)
-            .bind(&f.id)
-            .bind(&f.subject_id)
-            .bind(&f.label)
-            .bind(to_millis(f.created_at))
-            .bind(&f.session_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::INSERT_TOTP_SECRET)
-            .bind(&f.id)
-            .bind(f.params.algorithm().as_str())
-            .bind(i64::from(f.params.digits()))
-            .bind(i64::from(f.params.period()))
-            .bind(&f.sealed.key_id)
-            .bind(&f.sealed.nonce)
-            .bind(&f.sealed.ciphertext)
-            .execute(&mut *tx)
-            .await?;
-        audit::insert(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        // A factor change (the counters row locked first), so two enrolments of one subject
+        // cannot both pass the limit; on SQLite one job of the writer thread.
+        let (f, audit) = (f.clone(), audit.clone());
+        self.change_factors(&f.subject_id.clone(), ChangeKind::Other, move |c| {
+            Box::pin(async move {
+                if !c.insert_pending_totp(&f, max_factors, pending_cutoff).await? {
+                    // (The purge of expired setups goes too: it is redone next time.)
+                    return Ok(Done::Rollback(false));
+                }
+                c.audit(&audit).await?;
+                Ok(Done::Commit(true))
+            })
+        })
+        .await
     }
 
     /// A subject's factors, oldest first, without pending devices started at or before

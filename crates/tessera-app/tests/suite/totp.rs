@@ -288,3 +288,25 @@ async fn a_device_changed_on_another_replica_is_seen_at_once(h: &Harness) {
     );
 }
 both!(a_device_changed_on_another_replica_is_seen_at_once);
+
+/// The limit of 10 devices holds under concurrency: each enrolment counts and inserts inside a
+/// factor change (the subject's counters row locked first), so two cannot both take the tenth.
+async fn concurrent_enrolments_keep_the_limit(h: &Harness) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let app = h.app.clone();
+            tokio::spawn(async move { app.enroll_totp(&req("olga"), &ctx()).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(AppError::FailedPrecondition(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok, 10, "exactly the limit");
+    assert_eq!(h.app.list_factors("olga").await.unwrap().len(), 10);
+}
+both!(concurrent_enrolments_keep_the_limit);
